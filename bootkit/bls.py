@@ -1,0 +1,166 @@
+"""Boot Loader Specification Type #1 entries: render, parse, and name them so that
+systemd-boot and GRUB's blscfg both list them in bootkit's menu order."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from bootkit.errors import BootkitError
+from bootkit.versioncmp import compare_versions
+
+ENTRY_PREFIX = "bootkit-"
+# Ranks are encoded in fixed-width fields; more deployments than this would not
+# sort correctly, so the transaction refuses them.
+MAX_RANK = 9999
+MAX_GENERATION = 99_999_999
+
+# bootkit-<generation>-<priority>-<os>-<id>[+<left>[-<done>]].conf
+_NAME_RE = re.compile(
+    r"\Abootkit-(?P<gen>\d{8})-(?P<prio>\d{4})-(?P<rest>.+?)"
+    r"(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf\Z"
+)
+
+
+@dataclass(frozen=True)
+class EntryName:
+    """What bootkit encodes in an entry's file name."""
+
+    generation: int
+    rank: int
+    tail: str  # "<os>-<id>"
+    tries_left: int | None = None
+    tries_done: int | None = None
+
+    @property
+    def filename(self) -> str:
+        # Newer generations and better ranks get larger numbers: GRUB's blscfg lists
+        # file names in descending version order, newest first.
+        name = f"{ENTRY_PREFIX}{self.generation:08d}-{MAX_RANK - self.rank:04d}-{self.tail}"
+        if self.tries_left is not None:
+            name += f"+{self.tries_left}"
+            if self.tries_done is not None:
+                name += f"-{self.tries_done}"
+        return name + ".conf"
+
+    @property
+    def sort_key(self) -> str:
+        # systemd-boot sorts sort-key ascending; while a crash leaves two generations
+        # on the ESP, the newer one must come first, hence the inverted generation.
+        return f"bootkit-{MAX_GENERATION - self.generation:08d}-{self.rank:04d}"
+
+    @classmethod
+    def parse(cls, filename: str) -> EntryName | None:
+        m = _NAME_RE.match(filename)
+        if not m:
+            return None
+        return cls(
+            generation=int(m["gen"]),
+            rank=MAX_RANK - int(m["prio"]),
+            tail=m["rest"],
+            tries_left=int(m["left"]) if m["left"] is not None else None,
+            tries_done=int(m["done"]) if m["done"] is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class BootEntry:
+    """The keys of a Type #1 entry that bootkit writes and reads."""
+
+    title: str
+    version: str
+    sort_key: str
+    linux: str
+    initrd: tuple[str, ...]
+    options: str
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+    def render(self) -> str:
+        lines = [
+            f"title {self.title}",
+            f"version {self.version}",
+            f"sort-key {self.sort_key}",
+            f"linux {self.linux}",
+            *(f"initrd {i}" for i in self.initrd),
+            f"options {self.options}",
+            *(f"{k} {v}" for k, v in self.extra),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+_KNOWN = {"title", "version", "sort-key", "linux", "initrd", "options"}
+
+
+def parse_entry(text: str, source: str = "entry") -> BootEntry:
+    """Parse an entry; raise BootkitError naming `source` when it is not one."""
+    values: dict[str, list[str]] = {}
+    extra: list[tuple[str, str]] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", key):
+            raise BootkitError(f"{source}:{lineno}: not a boot entry line: {raw!r}")
+        if key in _KNOWN:
+            values.setdefault(key, []).append(value.strip())
+        else:
+            extra.append((key, value.strip()))
+    if "linux" not in values:
+        raise BootkitError(f"{source}: boot entry has no 'linux' line")
+
+    def one(key: str) -> str:
+        return values.get(key, [""])[-1]
+
+    return BootEntry(
+        title=one("title"),
+        version=one("version"),
+        sort_key=one("sort-key"),
+        linux=one("linux"),
+        initrd=tuple(values.get("initrd", [])),
+        options=" ".join(values.get("options", [])),
+        extra=tuple(extra),
+    )
+
+
+def systemd_boot_order(entries: list[tuple[str, BootEntry]]) -> list[tuple[str, BootEntry]]:
+    """Order (filename, entry) pairs the way systemd-boot's menu does.
+
+    Entries with no tries left go last; entries with a sort-key come before those
+    without; then sort-key ascending, version descending, file name descending.
+    """
+
+    def cmp(x: tuple[str, BootEntry], y: tuple[str, BootEntry]) -> int:
+        (fx, ex), (fy, ey) = x, y
+        nx, ny = EntryName.parse(fx), EntryName.parse(fy)
+        dead_x = nx is not None and nx.tries_left == 0
+        dead_y = ny is not None and ny.tries_left == 0
+        if dead_x != dead_y:
+            return 1 if dead_x else -1
+        if bool(ex.sort_key) != bool(ey.sort_key):
+            return -1 if ex.sort_key else 1
+        if ex.sort_key and ey.sort_key:
+            if r := compare_versions(ex.sort_key, ey.sort_key):
+                return r
+            if r := compare_versions(ex.version, ey.version):
+                return -r
+        return -compare_versions(_entry_id(fx), _entry_id(fy))
+
+    from functools import cmp_to_key
+
+    return sorted(entries, key=cmp_to_key(cmp))
+
+
+def blscfg_order(filenames: list[str]) -> list[str]:
+    """Order file names the way GRUB's blscfg does: by name, newest version first."""
+    from functools import cmp_to_key
+
+    return sorted(
+        filenames, key=cmp_to_key(lambda a, b: -compare_versions(_entry_id(a), _entry_id(b)))
+    )
+
+
+def _entry_id(filename: str) -> str:
+    # Both bootloaders compare the name without the counting suffix and ".conf".
+    stem = filename.removesuffix(".conf")
+    return re.sub(r"\+\d+(-\d+)?\Z", "", stem)

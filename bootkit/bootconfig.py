@@ -1,0 +1,230 @@
+"""The boot configuration on $BOOT and the one step that switches it.
+
+A switch writes a complete new generation beside the old one and makes it visible
+last: BLS entries (every backend), plus `loader/loader.conf` for systemd-boot or the
+GRUB stub and slot file for GRUB. Nothing a bootloader reads is rewritten in place:
+
+1. payloads (kernels, initramfs images) are already on $BOOT under new names;
+2. the new entries and the GRUB slot file are written under temporary names that no
+   bootloader reads, and the filesystem is synced;
+3. they are renamed to their real names, the default entry first: its name sorts
+   before every older entry, so from that rename on it is what boots;
+4. the old generation is removed.
+
+A crash in step 3 can leave entries of both generations for one boot; the default is
+then the new one, every listed entry still boots, and the next command tidies up.
+GRUB's slot file switches in a single rename.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bootkit import grubcfg
+from bootkit.bls import MAX_RANK, BootEntry, EntryName, parse_entry
+from bootkit.config import SysrootConfig
+from bootkit.deployment import Deployment
+from bootkit.errors import BootkitError
+from bootkit.fsutil import atomic_write, fsync_dir, syncfs, temp_name, write_unsynced
+from bootkit.payloads import Payload
+
+ENTRIES_DIR = "loader/entries"
+LOADER_CONF = "loader/loader.conf"
+GRUB_STUB = "grub/grub.cfg"
+
+
+@dataclass(frozen=True)
+class BootView:
+    """What is on $BOOT now, read without trusting bootkit's own state."""
+
+    entries: list[tuple[str, BootEntry]]  # filename, parsed entry
+    bad_entries: list[tuple[str, str]]  # filename, why it could not be read
+    generations: set[int]
+    grub_slots: dict[int, str]  # slot -> text
+    stray: list[Path]  # temp files left by an interrupted write
+
+
+def options_for(cfg: SysrootConfig, dep: Deployment) -> str:
+    return " ".join([cfg.root_arg, "rw", f"bootkit={dep.path}", *dep.kargs])
+
+
+def entry_name(dep: Deployment, generation: int, rank: int, tries: int | None) -> EntryName:
+    return EntryName(generation, rank, f"{dep.os}-{dep.id}", tries_left=tries)
+
+
+def render_entry(cfg: SysrootConfig, dep: Deployment, name: EntryName) -> BootEntry:
+    payload = Payload(dep.os, dep.payload)
+    return BootEntry(
+        title=dep.title,
+        version=dep.version,
+        sort_key=name.sort_key,
+        linux=payload.rel("linux"),
+        initrd=(payload.rel("initrd"),),
+        options=options_for(cfg, dep),
+    )
+
+
+def grub_menu(cfg: SysrootConfig, ordered: Sequence[Deployment]) -> list[grubcfg.MenuEntry]:
+    out = []
+    for dep in ordered:
+        payload = Payload(dep.os, dep.payload)
+        out.append(
+            grubcfg.MenuEntry(
+                id=f"bootkit-{dep.os}-{dep.id}",
+                title=f"{dep.title} ({dep.version}, {dep.id})",
+                linux=payload.rel("linux"),
+                initrd=(payload.rel("initrd"),),
+                options=options_for(cfg, dep),
+            )
+        )
+    return out
+
+
+def loader_conf(cfg: SysrootConfig) -> str:
+    # No fixed default: systemd-boot boots the first entry, and bootkit's entry names
+    # put the default first. The pattern keeps entries of other systems from winning.
+    return f"timeout {cfg.timeout}\ndefault bootkit-*\n"
+
+
+def read_view(boot: Path) -> BootView:
+    entries: list[tuple[str, BootEntry]] = []
+    bad: list[tuple[str, str]] = []
+    gens: set[int] = set()
+    stray: list[Path] = []
+    edir = boot / ENTRIES_DIR
+    if edir.is_dir():
+        for p in sorted(edir.iterdir()):
+            if p.name.endswith(".bootkit-tmp"):
+                stray.append(p)
+                continue
+            name = EntryName.parse(p.name)
+            if name is None:
+                continue
+            gens.add(name.generation)
+            try:
+                entries.append((p.name, parse_entry(p.read_text(errors="replace"), str(p))))
+            except (BootkitError, OSError) as err:
+                bad.append((p.name, str(err)))
+    slots: dict[int, str] = {}
+    gdir = boot / grubcfg.SLOT_DIR.lstrip("/")
+    if gdir.is_dir():
+        for i in range(grubcfg.SLOTS):
+            p = gdir / f"slot-{i}.cfg"
+            if p.is_file():
+                slots[i] = p.read_text(errors="replace")
+        stray += sorted(gdir.glob(".*.bootkit-tmp"))
+    return BootView(entries, bad, gens, slots, stray)
+
+
+def switch(
+    boot: Path,
+    cfg: SysrootConfig,
+    ordered: Sequence[Deployment],
+    generation: int,
+    tries: dict[str, int | None] | None = None,
+) -> None:
+    """Make `ordered` (default first) the boot menu, as generation `generation`."""
+    if len(ordered) > MAX_RANK:
+        raise BootkitError(f"too many deployments ({len(ordered)}); the limit is {MAX_RANK}")
+    if not ordered:
+        raise BootkitError(
+            "refusing to write a boot configuration with no entries",
+            hint="deploy a tree first; bootkit never leaves a machine with nothing to boot",
+        )
+    tries = tries or {}
+    edir = boot / ENTRIES_DIR
+    edir.mkdir(parents=True, exist_ok=True)
+    before = read_view(boot)
+    for p in before.stray:
+        p.unlink()
+
+    # Step 2: everything new under names no bootloader reads.
+    staged: list[tuple[Path, Path]] = []
+    for rank, dep in enumerate(ordered):
+        name = entry_name(dep, generation, rank, tries.get(dep.ref))
+        final = edir / name.filename
+        text = render_entry(cfg, dep, name).render()
+        staged.append((write_unsynced(final, text.encode()), final))
+    grub_slot: tuple[Path, Path] | None = None
+    gdir = boot / grubcfg.SLOT_DIR.lstrip("/")
+    if cfg.bootloader == "grub":
+        gdir.mkdir(parents=True, exist_ok=True)
+        current = grubcfg.choose_slot(set(before.grub_slots))
+        # Only the slot in use may stay: the stub must see the new one as its successor.
+        for i in before.grub_slots:
+            if i != current:
+                (gdir / f"slot-{i}.cfg").unlink()
+        new_slot = 0 if current is None else (current + 1) % grubcfg.SLOTS
+        final = gdir / f"slot-{new_slot}.cfg"
+        text = grubcfg.render_slot(generation, grub_menu(cfg, ordered), cfg.timeout)
+        grub_slot = (write_unsynced(final, text.encode()), final)
+    syncfs(boot)
+
+    # Step 3: make them visible, default first.
+    for tmp, final in staged:
+        os.rename(tmp, final)
+    fsync_dir(edir)
+    if grub_slot:
+        os.rename(*grub_slot)
+        fsync_dir(gdir)
+
+    # Step 4: drop the old generation.
+    keep = {final.name for _, final in staged}
+    for fname, _ in before.entries:
+        if fname not in keep:
+            (edir / fname).unlink(missing_ok=True)
+    for fname, _ in before.bad_entries:
+        if fname not in keep:
+            (edir / fname).unlink(missing_ok=True)
+    fsync_dir(edir)
+    if grub_slot:
+        for i in range(grubcfg.SLOTS):
+            p = gdir / f"slot-{i}.cfg"
+            if p != grub_slot[1] and p.exists():
+                p.unlink()
+        fsync_dir(gdir)
+
+    install_static(boot, cfg)
+
+
+def install_static(boot: Path, cfg: SysrootConfig) -> None:
+    """Files that change only with the sysroot's settings, written only when they differ."""
+    wanted: dict[str, str] = {}
+    if cfg.bootloader == "systemd-boot":
+        wanted[LOADER_CONF] = loader_conf(cfg)
+    if cfg.bootloader == "grub":
+        wanted[GRUB_STUB] = grubcfg.render_stub()
+    for rel, text in wanted.items():
+        path = boot / rel
+        try:
+            if path.read_text() == text:
+                continue
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, text)
+    if cfg.bootloader == "grub":
+        from bootkit import grubenv
+
+        env_path = boot / grubcfg.GRUBENV.lstrip("/")
+        if not env_path.exists():
+            grubenv.write(env_path, {})
+
+
+def is_current(view: BootView, generation: int, cfg: SysrootConfig) -> bool:
+    """Whether $BOOT holds exactly generation `generation`, complete and tidy."""
+    if view.stray or view.bad_entries or view.generations != {generation}:
+        return False
+    if cfg.bootloader == "grub":
+        if len(view.grub_slots) != 1:
+            return False
+        (text,) = view.grub_slots.values()
+        if grubcfg.slot_generation(text) != generation:
+            return False
+    return True
+
+
+__all__ = ["BootView", "install_static", "is_current", "read_view", "switch", "temp_name"]

@@ -1,0 +1,54 @@
+"""Options and helpers shared by command families."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bootkit.sysroot import Sysroot, booted_path
+
+
+def default_sysroot() -> Path:
+    """`/`, except inside a booted deployment, where the physical root is at /sysroot."""
+    if booted_path() and Path("/sysroot/bootkit/config.json").is_file():
+        return Path("/sysroot")
+    return Path("/")
+
+
+def sysroot_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--sysroot",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="The physical root filesystem holding /bootkit (default: / or, in a booted "
+        "deployment, /sysroot).",
+    )(f)
+
+
+def open_sysroot(path: Path | None) -> Sysroot:
+    return Sysroot(path if path is not None else default_sysroot())
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def warn(message: str) -> None:
+    click.echo(f"bootkit: warning: {message}", err=True)
+
+
+@contextmanager
+def byte_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr when it is a terminal; silent otherwise."""
+    if not sys.stderr.isatty() or os.environ.get("BOOTKIT_NO_PROGRESS"):
+        yield lambda n: None
+        return
+    with click.progressbar(length=max(total, 1), label=label, file=sys.stderr) as bar:
+        yield bar.update

@@ -1,0 +1,252 @@
+"""Commands that manage deployments and the boot configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bootkit.cli.common import byte_progress, open_sysroot, print_json, sysroot_option, warn
+from bootkit.config import BOOTLOADERS
+from bootkit.deploy import INITRAMFS_MODES
+from bootkit.importer import source_size
+from bootkit.sysroot import DeploymentStatus, Sysroot
+
+
+@click.command()
+@sysroot_option
+@click.option("--os", "os_name", required=True, help="Name of the OS (the stateroot), e.g. fedora.")
+@click.option(
+    "--bootloader",
+    type=click.Choice(BOOTLOADERS),
+    required=True,
+    help="Which boot configuration to write: BLS entries + loader.conf (systemd-boot), "
+    "BLS entries + grub.cfg (grub), or BLS entries only (none).",
+)
+@click.option(
+    "--boot-dir",
+    default="/efi",
+    show_default=True,
+    help="Where $BOOT (the ESP, or an ext4 /boot partition) is mounted, under the sysroot.",
+)
+@click.option(
+    "--root-arg",
+    default="root=LABEL=bootkit-root",
+    show_default=True,
+    help="The kernel argument that finds the physical root at boot.",
+)
+@click.option("--timeout", default=3, show_default=True, help="Boot menu timeout in seconds.")
+@click.option("--force", is_flag=True, help="Change the configuration of an existing sysroot.")
+def init(
+    sysroot: Path | None,
+    os_name: str,
+    bootloader: str,
+    boot_dir: str,
+    root_arg: str,
+    timeout: int,
+    force: bool,
+) -> None:
+    """Lay out a sysroot for deployments and record its boot configuration."""
+    sr = Sysroot.init(sysroot or Path("/"), os_name, bootloader, boot_dir, root_arg, timeout, force)
+    click.echo(f"Initialized {sr.path} for {os_name}; bootloader {bootloader}; $BOOT at {boot_dir}")
+
+
+@click.command()
+@sysroot_option
+@click.argument("source", type=click.Path(exists=False, path_type=Path))
+@click.option("--os", "os_name", help="Stateroot to deploy into (default: the one from init).")
+@click.option("--version", help="Version shown in the menu (default: VERSION_ID from os-release).")
+@click.option("--karg", "kargs", multiple=True, help="Extra kernel argument; repeat for more.")
+@click.option(
+    "--no-default", is_flag=True, help="Add the deployment without making it the default."
+)
+@click.option(
+    "--initramfs",
+    type=click.Choice(INITRAMFS_MODES),
+    default="auto",
+    show_default=True,
+    help="Use the tree's own initramfs (tree), build one with bootkit (build), or the "
+    "tree's when it has one (auto).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the new deployment as JSON.")
+def deploy(
+    sysroot: Path | None,
+    source: Path,
+    os_name: str | None,
+    version: str | None,
+    kargs: tuple[str, ...],
+    no_default: bool,
+    initramfs: str,
+    as_json: bool,
+) -> None:
+    """Deploy SOURCE, a root tree (directory, or tar archive: plain, gzip, xz, zstd).
+
+    The kernel is taken from usr/lib/modules/<kver>/vmlinuz (initramfs.img beside
+    it) or boot/vmlinuz-<kver> (with boot/initrd.img-<kver>). Files identical to ones
+    already deployed are stored once. The new /etc is the tree's defaults (usr/etc,
+    or its /etc) plus the changes made in the current deployment's /etc.
+
+    /var is shared by all deployments of an OS: it is filled from the tree's /var
+    only while it is empty; later deploys never touch it.
+    """
+    sr = open_sysroot(sysroot)
+    with byte_progress(
+        f"Importing {source.name}", source_size(source) if source.exists() else 0
+    ) as bar:
+        dep = sr.deploy(source, os_name, version, kargs, not no_default, initramfs, bar, warn)
+    if as_json:
+        print_json(_dep_json(sr, dep.ref))
+    else:
+        role = "default" if not no_default else "not default"
+        click.echo(
+            f"Deployed {dep.ref} ({dep.title} {dep.version}, kernel {dep.kernel_version}); {role}"
+        )
+
+
+def _dep_json(sr: Sysroot, ref: str) -> dict:
+    for s in sr.status():
+        if s.deployment.ref == ref:
+            return _status_json(s)
+    return {}
+
+
+def _status_json(s: DeploymentStatus) -> dict:
+    d = s.deployment
+    return {
+        "id": d.id,
+        "os": d.os,
+        "version": d.version,
+        "title": d.title,
+        "kernel_version": d.kernel_version,
+        "default": s.default,
+        "booted": s.booted,
+        "pinned": d.pinned,
+        "entry": s.entry,
+        "path": d.path,
+        "kargs": list(d.kargs),
+        "created": d.created,
+    }
+
+
+@click.command()
+@sysroot_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(sysroot: Path | None, as_json: bool) -> None:
+    """List deployments in boot menu order: the default first, then newest first."""
+    sr = open_sysroot(sysroot)
+    rows = sr.status()
+    from bootkit import bootconfig
+
+    view = bootconfig.read_view(sr.boot_path)
+    if as_json:
+        print_json(
+            {
+                "deployments": [_status_json(s) for s in rows],
+                "bad_entries": [{"file": f, "error": e} for f, e in view.bad_entries],
+            }
+        )
+        return
+    if not rows:
+        click.echo("No deployments yet; add one with 'bootkit deploy SOURCE'.")
+    for s in rows:
+        d = s.deployment
+        marks = "".join(m for m, on in (("*", s.default), ("b", s.booted), ("p", d.pinned)) if on)
+        click.echo(f"{marks:<3} {d.ref}  {d.title} {d.version}  kernel {d.kernel_version}")
+        click.echo(f"      entry: {s.entry or '(missing: run bootkit bootloader update)'}")
+    for f, e in view.bad_entries:
+        click.echo(f"bootkit: warning: unreadable boot entry {f}: {e}", err=True)
+    if rows:
+        click.echo("(* default, b booted, p pinned)")
+
+
+@click.command()
+@sysroot_option
+def rollback(sysroot: Path | None) -> None:
+    """Make the previous deployment (second in the menu) the default."""
+    dep = open_sysroot(sysroot).rollback()
+    click.echo(f"Default is now {dep.ref} ({dep.title} {dep.version}); reboot to use it")
+
+
+@click.command("set-default")
+@sysroot_option
+@click.argument("ident", metavar="ID")
+def set_default(sysroot: Path | None, ident: str) -> None:
+    """Make deployment ID (an id, <os>/<id>, or its serial number) the default."""
+    dep = open_sysroot(sysroot).set_default(ident)
+    click.echo(f"Default is now {dep.ref} ({dep.title} {dep.version})")
+
+
+@click.command()
+@sysroot_option
+@click.argument("ident", metavar="ID")
+def pin(sysroot: Path | None, ident: str) -> None:
+    """Keep deployment ID through 'bootkit cleanup'."""
+    dep = open_sysroot(sysroot).set_pinned(ident, True)
+    click.echo(f"Pinned {dep.ref}")
+
+
+@click.command()
+@sysroot_option
+@click.argument("ident", metavar="ID")
+def unpin(sysroot: Path | None, ident: str) -> None:
+    """Let 'bootkit cleanup' remove deployment ID again."""
+    dep = open_sysroot(sysroot).set_pinned(ident, False)
+    click.echo(f"Unpinned {dep.ref}")
+
+
+@click.command()
+@sysroot_option
+@click.argument("ident", metavar="ID")
+def undeploy(sysroot: Path | None, ident: str) -> None:
+    """Remove deployment ID, its boot entry, and payloads nothing else uses.
+
+    The booted deployment is refused. When ID is the default, the newest remaining
+    deployment becomes the default.
+    """
+    dep = open_sysroot(sysroot).undeploy(ident)
+    click.echo(f"Removed {dep.ref}")
+
+
+@click.command()
+@sysroot_option
+@click.option(
+    "--keep",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="How many of the newest deployments to keep besides default, booted and pinned.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cleanup(sysroot: Path | None, keep: int, as_json: bool) -> None:
+    """Remove old deployments and boot payloads that no entry references."""
+    removed, payloads = open_sysroot(sysroot).cleanup(keep)
+    if as_json:
+        print_json(
+            {
+                "removed": [d.ref for d in removed],
+                "payloads": [f"{p.os}/{p.name}" for p in payloads],
+            }
+        )
+        return
+    click.echo(
+        f"Removed {len(removed)} deployment(s){': ' if removed else ''}"
+        f"{', '.join(d.ref for d in removed)}; {len(payloads)} boot payload(s)"
+    )
+
+
+@click.group()
+def bootloader() -> None:
+    """Boot configuration commands."""
+
+
+@bootloader.command("update")
+@sysroot_option
+def bootloader_update(sysroot: Path | None) -> None:
+    """Regenerate all boot entries and bootloader configuration from the recorded state."""
+    state = open_sysroot(sysroot).bootloader_update()
+    click.echo(
+        f"Bootloader updated; generation {state.generation}; {len(state.deployments)} entries"
+    )
+
+
+COMMANDS = [init, deploy, status, rollback, set_default, pin, unpin, undeploy, cleanup, bootloader]

@@ -1,0 +1,66 @@
+"""A sysroot's recorded configuration (`/bootkit/config.json`): what `bootkit init` decided."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from bootkit.errors import BootkitError
+from bootkit.fsutil import atomic_write
+from bootkit.names import check_name
+
+BOOTLOADERS = ("systemd-boot", "grub", "none")
+
+
+@dataclass(frozen=True)
+class SysrootConfig:
+    os: str
+    bootloader: str
+    boot_dir: str = "/efi"
+    root_arg: str = "root=LABEL=bootkit-root"
+    timeout: int = 3
+    tries: int = 0  # boot counting: 0 means off
+    uki: bool = False
+    signing_key: str | None = None
+    signing_cert: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.os, "os")
+        if self.bootloader not in BOOTLOADERS:
+            raise BootkitError(
+                f"unknown bootloader {self.bootloader!r}",
+                hint=f"use one of {', '.join(BOOTLOADERS)}",
+            )
+        if not self.boot_dir.startswith("/"):
+            raise BootkitError(f"boot directory must be absolute, not {self.boot_dir!r}")
+        if not self.root_arg.startswith("root="):
+            raise BootkitError(
+                f"root argument must start with 'root=', not {self.root_arg!r}",
+                hint="for example root=LABEL=bootkit-root or root=UUID=...",
+            )
+
+    def with_changes(self, **changes: Any) -> SysrootConfig:
+        return replace(self, **changes)
+
+    def save(self, path: Path) -> None:
+        atomic_write(path, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> SysrootConfig:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise BootkitError(
+                f"{path.parent.parent} is not a bootkit sysroot (no {path.name})",
+                hint="run 'bootkit init' first, or pass --sysroot",
+            ) from None
+        except (OSError, ValueError) as err:
+            raise BootkitError(
+                f"cannot read {path}: {err}", hint="restore it or run 'bootkit init --force'"
+            ) from None
+        known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or not {"os", "bootloader"} <= data.keys():
+            raise BootkitError(f"{path}: missing 'os' or 'bootloader'")
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,184 @@
+"""`bootkit deploy`: import a tree, prepare its /etc, /var and boot payload, then switch."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bootkit import etcmerge, payloads
+from bootkit.deployment import Deployment
+from bootkit.errors import BootkitError
+from bootkit.fsutil import fsync_dir, syncfs
+from bootkit.importer import import_source
+from bootkit.kernel import TreeKernel, find_kernel, read_os_release
+from bootkit.names import check_name
+from bootkit.payloads import Payload
+
+INITRAMFS_MODES = ("auto", "tree", "build")
+
+
+def deploy(
+    sysroot,  # type: ignore[no-untyped-def]  # bootkit.sysroot.Sysroot (import cycle)
+    source: Path,
+    os_name: str | None,
+    version: str | None,
+    kargs: tuple[str, ...],
+    make_default: bool,
+    initramfs: str,
+    progress: Callable[[int], None] | None,
+    warn: Callable[[str], None] | None,
+) -> Deployment:
+    if initramfs not in INITRAMFS_MODES:
+        raise BootkitError(
+            f"unknown initramfs mode {initramfs!r}", hint=f"use one of {', '.join(INITRAMFS_MODES)}"
+        )
+    if not source.exists():
+        raise BootkitError(
+            f"source {source} does not exist",
+            hint="give a directory or a tar archive of a root tree",
+        )
+    for karg in kargs:
+        if not karg or any(c.isspace() for c in karg) or karg.startswith(("bootkit=", "root=")):
+            raise BootkitError(
+                f"invalid kernel argument {karg!r}",
+                hint="one argument per --karg, no spaces; bootkit= and root= are set by bootkit",
+            )
+    with sysroot.locked():
+        sysroot.repair()
+        cfg = sysroot.config
+        os_name = check_name(os_name or cfg.os, "os")
+        state = sysroot.state()
+        stateroot = sysroot.stateroot(os_name)
+        (stateroot / "deploy").mkdir(parents=True, exist_ok=True)
+        (stateroot / "var").mkdir(exist_ok=True)
+        staging = stateroot / "deploy" / f".staging-{os.getpid()}-{secrets.token_hex(4)}"
+        boot = sysroot.boot_path
+        new_payload: Payload | None = None
+        try:
+            report = import_source(source, staging, sysroot.objects, progress)
+            if report.skipped and warn:
+                warn(
+                    f"skipped {len(report.skipped)} special file(s): {', '.join(report.skipped[:10])}"
+                    + (" ..." if len(report.skipped) > 10 else "")
+                )
+            previous = next((d for d in sysroot.ordered(state) if d.os == os_name), None)
+            _prepare_etc(
+                staging, sysroot.deployment_dir(os_name, previous.id) if previous else None
+            )
+            _prepare_var(staging, stateroot / "var")
+            kernel = find_kernel(staging)
+            osrel = read_os_release(staging)
+            with _initrd_for(sysroot, staging, kernel, initramfs) as initrd:
+                files = {"linux": kernel.linux, "initrd": initrd}
+                payload = Payload(
+                    os_name, payloads.payload_name(kernel.version, list(files.values()))
+                )
+                if payloads.install(
+                    boot, payload, files, reclaimable=sysroot.reclaimable_bytes(state)
+                ):
+                    new_payload = payload
+            serial = state.serial + 1
+            dep = Deployment(
+                os=os_name,
+                id=f"{serial}-{report.digest[:8]}",
+                version=version
+                or osrel.get("VERSION_ID")
+                or osrel.get("VERSION")
+                or kernel.version,
+                source=str(source.resolve()),
+                kernel_version=kernel.version,
+                payload=payload.name,
+                title=osrel.get("PRETTY_NAME") or osrel.get("NAME") or os_name,
+                created=time.time(),
+                serial=serial,
+                kargs=kargs,
+            )
+            syncfs(staging)
+            final = sysroot.deployment_dir(os_name, dep.id)
+            os.rename(staging, final)
+            fsync_dir(final.parent)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            if new_payload is not None:
+                shutil.rmtree(new_payload.dir(boot), ignore_errors=True)
+            raise
+        dep.save(sysroot.metadata_path(os_name, dep.id))
+        new_state = state.with_changes(
+            serial=serial,
+            deployments=(*state.deployments, dep.ref),
+            default=dep.ref if make_default or state.default is None else state.default,
+        )
+        sysroot.commit(new_state)
+        return dep
+
+
+def _prepare_etc(tree: Path, previous: Path | None) -> None:
+    """usr/etc holds the defaults; etc becomes the merge of the admin's changes onto them."""
+    if (tree / "usr/etc").is_dir():
+        if (tree / "etc").is_symlink() or (tree / "etc").exists():
+            _remove(tree / "etc")
+    else:
+        etcmerge.etc_from_tree(tree)
+    if previous is not None and (previous / "etc").is_dir():
+        etcmerge.merge_etc(previous / "usr/etc", previous / "etc", tree / "usr/etc", tree / "etc")
+    else:
+        etcmerge.copy_etc(tree / "usr/etc", tree / "etc")
+
+
+def _prepare_var(tree: Path, shared: Path) -> None:
+    """The OS's /var seeds the shared /var once, while it is empty; later trees' /var is dropped."""
+    var = tree / "var"
+    if var.is_dir() and not var.is_symlink():
+        if not any(shared.iterdir()):
+            for child in var.iterdir():
+                os.rename(child, shared / child.name)
+            st = var.stat()
+            os.chmod(shared, st.st_mode & 0o7777)
+        _remove(var)
+    elif var.is_symlink() or var.exists():
+        _remove(var)
+    var.mkdir(mode=0o755)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+class _initrd_for:
+    """The initramfs to boot `kernel` with: the tree's own, or one bootkit builds."""
+
+    def __init__(self, sysroot, tree: Path, kernel: TreeKernel, mode: str) -> None:  # type: ignore[no-untyped-def]
+        self.sysroot, self.tree, self.kernel, self.mode = sysroot, tree, kernel, mode
+        self.built: Path | None = None
+
+    def __enter__(self) -> Path:
+        if self.mode in ("auto", "tree") and self.kernel.initramfs is not None:
+            return self.kernel.initramfs
+        if self.mode == "tree":
+            raise BootkitError(
+                f"the tree has no initramfs for kernel {self.kernel.version}",
+                hint="ship usr/lib/modules/<kver>/initramfs.img, or use --initramfs build",
+            )
+        if self.kernel.modules_dir is None:
+            raise BootkitError(
+                f"cannot build an initramfs: the tree has no modules for kernel {self.kernel.version}",
+                hint=f"ship usr/lib/modules/{self.kernel.version}/, or an initramfs.img beside the kernel",
+            )
+        from bootkit.initramfs import build_initramfs
+
+        tmp = self.sysroot.meta / "tmp"
+        tmp.mkdir(exist_ok=True)
+        self.built = tmp / f"initrd-{os.getpid()}"
+        build_initramfs(self.built, self.kernel.version, self.kernel.modules_dir)
+        return self.built
+
+    def __exit__(self, *exc: object) -> None:
+        if self.built is not None:
+            self.built.unlink(missing_ok=True)

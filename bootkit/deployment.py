@@ -1,0 +1,64 @@
+"""Deployment metadata: `/bootkit/deploy/<os>/deploy/<id>.json` beside the tree it describes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from bootkit.errors import BootkitError
+from bootkit.fsutil import atomic_write
+from bootkit.names import check_name
+
+
+@dataclass(frozen=True)
+class Deployment:
+    os: str
+    id: str
+    version: str
+    source: str
+    kernel_version: str
+    payload: str  # "<kver>-<sha256 prefix>" under $BOOT/bootkit/<os>/
+    title: str
+    created: float
+    serial: int
+    kargs: tuple[str, ...] = field(default=())
+    pinned: bool = False
+
+    @property
+    def ref(self) -> str:
+        return f"{self.os}/{self.id}"
+
+    @property
+    def path(self) -> str:
+        """Its path on the physical root, as `bootkit=` names it."""
+        return f"/bootkit/deploy/{self.os}/deploy/{self.id}"
+
+    def with_changes(self, **changes: Any) -> Deployment:
+        return replace(self, **changes)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["kargs"] = list(self.kargs)
+        return json.dumps(data, indent=2) + "\n"
+
+    def save(self, path: Path) -> None:
+        atomic_write(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> Deployment:
+        try:
+            data = json.loads(path.read_text())
+            known = {f.name for f in fields(cls)}
+            data = {k: v for k, v in data.items() if k in known}
+            data["kargs"] = tuple(data.get("kargs", ()))
+            dep = cls(**data)
+        except (OSError, ValueError, TypeError) as err:
+            raise BootkitError(
+                f"cannot read deployment metadata {path}: {err}",
+                hint="restore the file, or remove the deployment with 'bootkit undeploy'",
+            ) from None
+        check_name(dep.os, "os")
+        check_name(dep.id, "deployment")
+        return dep

@@ -1,0 +1,457 @@
+"""The /etc of a deployment: what the admin changed, and carrying those changes to a new one.
+
+A deployment keeps its OS's pristine defaults in `usr/etc` and its live, writable
+configuration in `etc`. The admin's changes are the difference between the two. On
+deploy, the new deployment's `etc` is its own defaults with the current deployment's
+changes laid on top (the three-way merge):
+
+- a file or symlink the admin added or modified wins over the new defaults;
+- a path the admin deleted stays deleted, even if the new defaults still ship it;
+- a default the admin never touched comes from the new defaults, changed or not;
+- modes, owners, symlink targets and extended attributes travel with each change;
+- where the admin and the new defaults both changed what kind of thing a path is
+  (a file against a directory, a symlink against a directory), nothing sensible can
+  be chosen for the admin, so the merge stops with an error naming the path.
+
+Everything here works on plain directory paths and writes only into a destination
+directory it creates itself. Nothing is fsynced file by file: the caller builds the
+whole deployment, syncs the filesystem once, and discards the destination on failure.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bootkit.errors import BootkitError
+
+NodeType = Literal["file", "dir", "symlink", "other"]
+ChangeKind = Literal["added", "modified", "deleted"]
+
+# Labels that a security policy (SELinux, IMA/EVM) assigns by itself and that may
+# legitimately differ between usr/etc and etc; they are copied, but a difference in
+# them alone is not something the admin changed.
+_POLICY_XATTRS = frozenset({"security.selinux", "security.ima", "security.evm"})
+
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Node:
+    """One filesystem object as the merge sees it (the object itself, symlinks not followed)."""
+
+    path: Path
+    type: NodeType
+    mode: int  # permission bits, including setuid/setgid/sticky
+    uid: int
+    gid: int
+    size: int
+    target: str | None  # symlink target
+    rdev: int  # device number of device nodes
+    xattrs: tuple[tuple[str, bytes], ...]
+    dev_ino: tuple[int, int]
+    times_ns: tuple[int, int]
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == "dir"
+
+
+@dataclass(frozen=True)
+class EtcChange:
+    """One path whose live state differs from the defaults.
+
+    `type` is the kind of object in the live /etc (for a deletion: in the defaults);
+    `changed` says what differs for a modification: any of "type", "content",
+    "target", "device", "mode", "owner", "xattrs".
+    """
+
+    path: str  # relative to /etc, e.g. "ssh/sshd_config"
+    kind: ChangeKind
+    type: NodeType
+    changed: tuple[str, ...] = field(default=())
+
+    @property
+    def letter(self) -> str:
+        return {"added": "A", "modified": "M", "deleted": "D"}[self.kind]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "type": self.type,
+            "changed": list(self.changed),
+        }
+
+
+# --- reading trees ---------------------------------------------------------------
+
+
+def _node_type(mode: int) -> NodeType:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def _read_xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as err:
+        if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return ()
+        raise
+    values = []
+    for name in sorted(names):
+        try:
+            values.append((name, os.getxattr(path, name, follow_symlinks=False)))
+        except OSError as err:
+            # Gone between listing and reading, or not readable through this call.
+            if err.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+    return tuple(values)
+
+
+def _node(path: Path) -> Node:
+    st = os.lstat(path)
+    kind = _node_type(st.st_mode)
+    return Node(
+        path=path,
+        type=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        size=st.st_size,
+        target=os.readlink(path) if kind == "symlink" else None,
+        rdev=st.st_rdev if kind == "other" else 0,
+        xattrs=_read_xattrs(path),
+        dev_ino=(st.st_dev, st.st_ino),
+        times_ns=(st.st_atime_ns, st.st_mtime_ns),
+    )
+
+
+def _walk(root: Path, prefix: str = "") -> Iterator[tuple[str, Node]]:
+    with os.scandir(root) as entries:
+        names = sorted(entry.name for entry in entries)
+    for name in names:
+        rel = f"{prefix}{name}"
+        node = _node(root / name)
+        yield rel, node
+        if node.is_dir:
+            yield from _walk(root / name, f"{rel}/")
+
+
+def read_tree(root: Path) -> dict[str, Node]:
+    """Every object under `root` by its path relative to `root` (not `root` itself)."""
+    if not root.is_dir() or root.is_symlink():
+        raise BootkitError(f"{root} is not a directory", hint="expected an /etc tree")
+    return dict(_walk(root))
+
+
+def _path_order(rel: str) -> list[str]:
+    # Parents before children, and a directory's content right after it.
+    return rel.split("/")
+
+
+# --- comparing -------------------------------------------------------------------
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            block_a = fa.read(_CHUNK)
+            block_b = fb.read(_CHUNK)
+            if block_a != block_b:
+                return False
+            if not block_a:
+                return True
+
+
+def _admin_xattrs(node: Node) -> tuple[tuple[str, bytes], ...]:
+    return tuple(item for item in node.xattrs if item[0] not in _POLICY_XATTRS)
+
+
+def differences(default: Node, live: Node) -> tuple[str, ...]:
+    """What differs between a default and its live counterpart; empty when unchanged."""
+    if default.type != live.type:
+        return ("type",)
+    found: list[str] = []
+    if default.type == "file" and default.dev_ino != live.dev_ino:
+        if default.size != live.size or not _same_content(default.path, live.path):
+            found.append("content")
+    elif default.type == "symlink" and default.target != live.target:
+        found.append("target")
+    elif default.type == "other" and default.rdev != live.rdev:
+        found.append("device")
+    # Linux symlinks have no mode of their own; it is always 0777.
+    if default.type != "symlink" and default.mode != live.mode:
+        found.append("mode")
+    if (default.uid, default.gid) != (live.uid, live.gid):
+        found.append("owner")
+    if _admin_xattrs(default) != _admin_xattrs(live):
+        found.append("xattrs")
+    return tuple(found)
+
+
+def _changes(defaults: dict[str, Node], live: dict[str, Node]) -> list[EtcChange]:
+    found = []
+    for rel in sorted(defaults.keys() | live.keys(), key=_path_order):
+        default, current = defaults.get(rel), live.get(rel)
+        if default is None:
+            assert current is not None
+            found.append(EtcChange(rel, "added", current.type))
+        elif current is None:
+            found.append(EtcChange(rel, "deleted", default.type))
+        elif changed := differences(default, current):
+            found.append(EtcChange(rel, "modified", current.type, changed))
+    return found
+
+
+def etc_changes(defaults: Path, live: Path) -> list[EtcChange]:
+    """The admin's changes: every path where `live` differs from `defaults`.
+
+    Listed parents first (a directory before its content); inside an added or deleted
+    directory every object is listed as added or deleted too.
+    """
+    return _changes(read_tree(defaults), read_tree(live))
+
+
+# --- writing ---------------------------------------------------------------------
+
+
+def _set_xattrs(path: Path, node: Node) -> None:
+    for name, value in node.xattrs:
+        try:
+            os.setxattr(path, name, value, follow_symlinks=False)
+        except OSError as err:
+            # The destination filesystem may lack xattrs, and Linux refuses user.*
+            # attributes on symlinks; neither is the admin's data to lose loudly.
+            if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                return
+            if err.errno == errno.EPERM and node.type == "symlink":
+                continue
+            raise
+
+
+def _set_metadata(path: Path, node: Node) -> None:
+    # Owner first (chown clears setuid/setgid), mode last (an ACL xattr rewrites
+    # the group bits), times at the very end.
+    if os.geteuid() == 0:
+        os.chown(path, node.uid, node.gid, follow_symlinks=False)
+    _set_xattrs(path, node)
+    if node.type != "symlink":
+        os.chmod(path, node.mode)
+    os.utime(path, ns=node.times_ns, follow_symlinks=False)
+
+
+def _create(path: Path, node: Node) -> None:
+    """Make a copy of `node` at `path` (which must not exist); directories get no content.
+
+    A directory is created private and gets its metadata later, once its content is
+    in place (a read-only mode would stop that content, and writing it bumps mtime).
+    """
+    if node.type == "dir":
+        os.mkdir(path, 0o700)
+        return
+    if node.type == "symlink":
+        assert node.target is not None
+        os.symlink(node.target, path)
+    elif node.type == "file":
+        shutil.copyfile(node.path, path, follow_symlinks=False)
+    else:
+        os.mknod(path, stat.S_IFMT(os.lstat(node.path).st_mode) | 0o600, node.rdev)
+    _set_metadata(path, node)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+class _Builder:
+    """Builds a new /etc in a fresh directory, never writing outside it.
+
+    Paths are resolved one component at a time with lstat, so a symlink in the new
+    tree never leads a write or a removal out of the destination.
+    """
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.dir_metadata: dict[str, Node] = {}
+
+    def lookup(self, rel: str) -> Node | None:
+        """The object at `rel` in the destination, or None when it or a parent is missing
+        or a parent is not a real directory."""
+        current = self.dest
+        parts = rel.split("/")
+        for part in parts[:-1]:
+            current = current / part
+            try:
+                if not stat.S_ISDIR(os.lstat(current).st_mode):
+                    return None
+            except FileNotFoundError:
+                return None
+        try:
+            return _node(current / parts[-1])
+        except FileNotFoundError:
+            return None
+
+    def place(self, rel: str, node: Node) -> None:
+        _create(self.dest / rel, node)
+        if node.is_dir:
+            self.dir_metadata[rel] = node
+
+    def remove(self, rel: str) -> None:
+        _remove(self.dest / rel)
+        for key in [k for k in self.dir_metadata if k == rel or k.startswith(f"{rel}/")]:
+            del self.dir_metadata[key]
+
+    def finish(self) -> None:
+        # Deepest first, so setting a directory's times is the last touch on it.
+        for rel in sorted(self.dir_metadata, key=lambda r: r.count("/"), reverse=True):
+            _set_metadata(self.dest / rel, self.dir_metadata[rel])
+        self.dir_metadata.clear()
+
+
+def _conflict(rel: str, local: Node, new: Node) -> BootkitError:
+    return BootkitError(
+        f"cannot merge /etc/{rel}: it is a {local.type} in the current configuration "
+        f"but a {new.type} in the new defaults",
+        hint=f"move /etc/{rel} aside or restore it to the default, then deploy again; "
+        "the current configuration was not changed",
+    )
+
+
+def _copy_tree(nodes: dict[str, Node], builder: _Builder) -> None:
+    for rel in sorted(nodes, key=_path_order):
+        builder.place(rel, nodes[rel])
+
+
+def _start(dest: Path, defaults: Path) -> _Builder:
+    if os.path.lexists(dest):
+        raise BootkitError(
+            f"{dest} already exists", hint="the new /etc is built in a fresh directory"
+        )
+    builder = _Builder(dest)
+    os.mkdir(dest, 0o700)
+    builder.dir_metadata[""] = _node(defaults)
+    return builder
+
+
+def copy_etc(defaults: Path, dest: Path) -> None:
+    """A first deployment's /etc: a faithful copy of its defaults at `dest` (created)."""
+    nodes = read_tree(defaults)
+    builder = _start(dest, defaults)
+    _copy_tree(nodes, builder)
+    builder.finish()
+
+
+def merge_etc(
+    old_defaults: Path | None, old_live: Path | None, new_defaults: Path, dest: Path
+) -> list[EtcChange]:
+    """Build the new deployment's /etc at `dest` (created; must not exist).
+
+    `dest` = `new_defaults` plus the changes that `old_live` carries relative to
+    `old_defaults`. Without an old deployment (both None) it is a copy of
+    `new_defaults`. Returns the local changes that were applied. On a conflict raises
+    BootkitError naming the path; `dest` is then half-built and the caller discards it.
+    """
+    if (old_defaults is None) != (old_live is None):
+        raise ValueError("old_defaults and old_live go together")
+    old = read_tree(old_defaults) if old_defaults is not None else {}
+    live = read_tree(old_live) if old_live is not None else {}
+    new = read_tree(new_defaults)
+    changes = _changes(old, live)
+
+    builder = _start(dest, new_defaults)
+    _copy_tree(new, builder)
+    for change in changes:
+        if change.kind == "deleted":
+            if builder.lookup(change.path) is not None:
+                builder.remove(change.path)
+        else:
+            _carry(change.path, old.get(change.path), live, builder)
+    if old_live is not None and old_defaults is not None:
+        root_changed = differences(_node(old_defaults), _node(old_live))
+        if root_changed:
+            builder.dir_metadata[""] = _node(old_live)
+    builder.finish()
+    return changes
+
+
+def _carry(rel: str, old: Node | None, live: dict[str, Node], builder: _Builder) -> None:
+    """Lay the admin's added or modified object at `rel` over the new defaults."""
+    local = live[rel]
+    parent, _, _ = rel.rpartition("/")
+    if parent:
+        _ensure_dir(parent, live, builder)
+    new = builder.lookup(rel)
+    if new is None:
+        builder.place(rel, local)
+    elif new.is_dir and local.is_dir:
+        builder.dir_metadata[rel] = local
+    elif not new.is_dir and not local.is_dir:
+        builder.remove(rel)
+        builder.place(rel, local)
+    elif old is not None and old.is_dir == new.is_dir:
+        # Only the admin changed what kind of thing this is: their choice stands.
+        builder.remove(rel)
+        builder.place(rel, local)
+    else:
+        raise _conflict(rel, local, new)
+
+
+def _ensure_dir(rel: str, live: dict[str, Node], builder: _Builder) -> None:
+    """Make sure the directory `rel` exists in the destination for the admin's content."""
+    parts = rel.split("/")
+    for depth in range(1, len(parts) + 1):
+        sub = "/".join(parts[:depth])
+        found = builder.lookup(sub)
+        if found is None:
+            # The new defaults dropped a directory the admin still keeps files in.
+            builder.place(sub, live[sub])
+        elif not found.is_dir:
+            raise _conflict(sub, live[sub], found)
+
+
+# --- trees as imported -----------------------------------------------------------
+
+
+def etc_from_tree(tree: Path) -> None:
+    """Give an imported root tree the deployment layout: its /etc defaults in `usr/etc`.
+
+    A tree that ships `etc` but no `usr/etc` has it moved there (one rename, within a
+    fresh import directory); the live `etc` is made by the deploy. A tree with both
+    is ambiguous unless `etc` is empty; a tree with neither gets empty defaults.
+    """
+    etc, usr_etc = tree / "etc", tree / "usr" / "etc"
+    for path in (etc, usr_etc):
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise BootkitError(
+                f"{path} is not a directory", hint="a root tree needs a real etc directory"
+            )
+    if usr_etc.is_dir():
+        if etc.is_dir():
+            if any(etc.iterdir()):
+                raise BootkitError(
+                    f"{tree} has both etc and usr/etc",
+                    hint="ship the /etc defaults in one of them only",
+                )
+            etc.rmdir()
+        return
+    usr_etc.parent.mkdir(mode=0o755, exist_ok=True)
+    if etc.is_dir():
+        os.rename(etc, usr_etc)
+    else:
+        usr_etc.mkdir(mode=0o755)

@@ -1,0 +1,99 @@
+"""Durable file operations: every write is temp file + fsync + rename + fsync of the directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def syncfs(path: Path) -> None:
+    """Flush the whole filesystem holding `path` (one call instead of one fsync per file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.syncfs(fd) if hasattr(os, "syncfs") else os.sync()
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: Path) -> Path:
+    # Bootloaders read only names they know (*.conf, grub.cfg, ...), so a
+    # leftover from a crash is never mistaken for a real file.
+    return path.with_name(f".{path.name}.bootkit-tmp")
+
+
+def write_unsynced(path: Path, data: bytes, mode: int = 0o644) -> Path:
+    """Write `data` to the temp name beside `path` without syncing; return the temp path.
+
+    For batches: write many, `syncfs` once, then `os.rename` each into place.
+    """
+    tmp = temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    return tmp
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new content."""
+    if isinstance(data, str):
+        data = data.encode()
+    tmp = temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.rename(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_copy(src: Path, dest: Path, mode: int = 0o644, chunk: int = 1 << 20) -> None:
+    """Copy `src` to `dest` durably, never leaving a partial `dest`."""
+    tmp = temp_name(dest)
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        while block := fin.read(chunk):
+            fout.write(block)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.chmod(tmp, mode)
+    os.rename(tmp, dest)
+    fsync_dir(dest.parent)
+
+
+def remove_file(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+@contextlib.contextmanager
+def temp_path_cleanup(path: Path) -> Iterator[Path]:
+    """Yield `path`; remove it if the block fails, so nothing half-made stays behind."""
+    try:
+        yield path
+    except BaseException:
+        if path.is_dir() and not path.is_symlink():
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            remove_file(path)
+        raise

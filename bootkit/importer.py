@@ -1,0 +1,480 @@
+"""Importing a root tree (a directory or a tar archive) as a new deployment tree.
+
+Regular files under `usr/` go through a content store (`/bootkit/objects`): a file
+whose content and metadata match one already stored becomes a hardlink to it, so a
+deployment that differs from the previous one in a few files costs a few files of
+disk. Files outside `usr/` (the live `/etc` among them) are copied, because they may
+be written to at run time and a write must never reach another deployment.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from bootkit.errors import BootkitError
+
+Progress = Callable[[int], None]
+IS_ROOT = os.geteuid() == 0
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@dataclass
+class ImportReport:
+    files: int = 0
+    bytes: int = 0
+    linked: int = 0  # files that reused an object already stored
+    skipped: list[str] = field(default_factory=list)  # device nodes, sockets, fifos
+    digest: str = ""  # identifies the tree's content
+
+
+@dataclass(frozen=True)
+class _Meta:
+    mode: int
+    uid: int
+    gid: int
+    xattrs: tuple[tuple[str, bytes], ...]
+    mtime: float
+
+
+def _object_key(content_hash: str, meta: _Meta) -> str:
+    h = hashlib.sha256(content_hash.encode())
+    h.update(f"\0{stat.S_IMODE(meta.mode):o}\0{meta.uid}\0{meta.gid}".encode())
+    for name, value in meta.xattrs:
+        h.update(b"\0" + name.encode() + b"=" + value)
+    return h.hexdigest()
+
+
+def _read_xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return ()
+    out = []
+    for name in sorted(names):
+        try:
+            out.append((name, os.getxattr(path, name, follow_symlinks=False)))
+        except OSError:
+            continue
+    return tuple(out)
+
+
+def _apply_meta(path: Path, meta: _Meta, *, symlink: bool = False) -> None:
+    if IS_ROOT:
+        os.chown(path, meta.uid, meta.gid, follow_symlinks=False)
+    for name, value in meta.xattrs:
+        try:
+            os.setxattr(path, name, value, follow_symlinks=False)
+        except OSError:
+            # Not every filesystem takes every namespace (security.* on tmpfs, say).
+            pass
+    if not symlink:
+        # chmod after chown: chown clears setuid/setgid bits.
+        os.chmod(path, stat.S_IMODE(meta.mode))
+    os.utime(path, (meta.mtime, meta.mtime), follow_symlinks=False)
+
+
+class ObjectStore:
+    """Files stored once by content and metadata, hardlinked into deployments."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.tmp = root / "tmp"
+        self.tmp.mkdir(mode=0o700, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / key[2:]
+
+    def link_into(self, key: str, dest: Path, fill: Callable[[Path], None], meta: _Meta) -> bool:
+        """Hardlink object `key` to `dest`, storing it first with `fill` if new. True if reused."""
+        obj = self.path(key)
+        if obj.exists():
+            try:
+                os.link(obj, dest)
+                return True
+            except OSError as err:
+                if err.errno != errno.EMLINK:
+                    raise
+                # Too many links to one inode (empty files, say): keep a private copy.
+                fill(dest)
+                _apply_meta(dest, meta)
+                return False
+        obj.parent.mkdir(exist_ok=True)
+        tmp = self.tmp / f"{key}.{os.getpid()}"
+        fill(tmp)
+        _apply_meta(tmp, meta)
+        os.rename(tmp, obj)
+        os.link(obj, dest)
+        return False
+
+    def prune(self) -> int:
+        """Remove objects no deployment links to; return bytes freed."""
+        freed = 0
+        for sub in self.root.iterdir():
+            if sub == self.tmp:
+                shutil.rmtree(sub, ignore_errors=True)
+                sub.mkdir(mode=0o700)
+                continue
+            if not sub.is_dir():
+                continue
+            for obj in sub.iterdir():
+                st = obj.lstat()
+                if st.st_nlink == 1:
+                    freed += st.st_size
+                    obj.unlink()
+        return freed
+
+
+def _dedup_eligible(rel: PurePosixPath) -> bool:
+    return rel.parts[:1] == ("usr",)
+
+
+class _Importer:
+    def __init__(self, dest: Path, store: ObjectStore, progress: Progress | None) -> None:
+        self.dest = dest
+        self.store = store
+        self.progress = progress or (lambda n: None)
+        self.report = ImportReport()
+        self.tree_hash = hashlib.sha256()
+        self.dir_meta: list[tuple[Path, _Meta]] = []
+
+    def _note(self, rel: PurePosixPath, what: str) -> None:
+        self.tree_hash.update(f"{rel}\0{what}\n".encode())
+
+    def skip(self, rel: PurePosixPath, kind: str) -> None:
+        self.report.skipped.append(f"/{rel} ({kind})")
+
+    def add_dir(self, rel: PurePosixPath, meta: _Meta) -> None:
+        path = self.dest / rel
+        if not path.is_dir() or path.is_symlink():
+            path.mkdir(mode=0o700)
+        # Modes are applied at the end: a read-only directory must still take its children.
+        self.dir_meta.append((path, meta))
+        self._note(rel, f"d{meta.mode:o}:{meta.uid}:{meta.gid}")
+
+    def add_symlink(self, rel: PurePosixPath, target: str, meta: _Meta) -> None:
+        path = self.dest / rel
+        os.symlink(target, path)
+        _apply_meta(path, meta, symlink=True)
+        self._note(rel, f"l{target}")
+
+    def add_file(
+        self,
+        rel: PurePosixPath,
+        meta: _Meta,
+        content_hash: str,
+        fill: Callable[[Path], None],
+        size: int,
+    ) -> None:
+        path = self.dest / rel
+        self.report.files += 1
+        self.report.bytes += size
+        if _dedup_eligible(rel):
+            key = _object_key(content_hash, meta)
+            if self.store.link_into(key, path, fill, meta):
+                self.report.linked += 1
+        else:
+            fill(path)
+            _apply_meta(path, meta)
+        self._note(rel, f"f{content_hash}:{meta.mode:o}:{meta.uid}:{meta.gid}")
+
+    def add_hardlink(self, rel: PurePosixPath, target: PurePosixPath) -> None:
+        os.link(self.dest / target, self.dest / rel)
+        self._note(rel, f"h{target}")
+
+    def finish(self) -> ImportReport:
+        for path, meta in reversed(self.dir_meta):
+            _apply_meta(path, meta)
+        self.report.digest = self.tree_hash.hexdigest()
+        return self.report
+
+
+def _meta_of(path: Path, st: os.stat_result) -> _Meta:
+    return _Meta(st.st_mode, st.st_uid, st.st_gid, _read_xattrs(path), st.st_mtime)
+
+
+def _hash_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _copier(src: Path) -> Callable[[Path], None]:
+    def fill(dst: Path) -> None:
+        shutil.copyfile(src, dst, follow_symlinks=False)
+
+    return fill
+
+
+def _walk(src: Path, rel: PurePosixPath) -> Iterator[tuple[PurePosixPath, os.DirEntry[str]]]:
+    with os.scandir(src / rel) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        child = rel / entry.name
+        yield child, entry
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(src, child)
+
+
+def import_directory(
+    src: Path, dest: Path, store: ObjectStore, progress: Progress | None = None
+) -> ImportReport:
+    imp = _Importer(dest, store, progress)
+    st = src.stat()
+    imp.add_dir(PurePosixPath("."), _meta_of(src, st))
+    for rel, entry in _walk(src, PurePosixPath()):
+        path = src / rel
+        st = entry.stat(follow_symlinks=False)
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            imp.add_dir(rel, _meta_of(path, st))
+        elif stat.S_ISLNK(mode):
+            imp.add_symlink(rel, os.readlink(path), _meta_of(path, st))
+        elif stat.S_ISREG(mode):
+            imp.add_file(rel, _meta_of(path, st), _hash_file(path), _copier(path), st.st_size)
+            imp.progress(st.st_size)
+        else:
+            imp.skip(rel, _kind(mode))
+    return imp.finish()
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device node"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    return "special file"
+
+
+def _member_path(name: str) -> PurePosixPath:
+    if name.startswith("/"):
+        raise BootkitError(
+            f"tar member {name!r} has an absolute path",
+            hint="build the archive relative to the tree's root",
+        )
+    parts = [p for p in PurePosixPath(name).parts if p != "."]
+    if ".." in parts:
+        raise BootkitError(
+            f"tar member {name!r} contains '..'", hint="the archive may be malicious; rebuild it"
+        )
+    return PurePosixPath(*parts) if parts else PurePosixPath(".")
+
+
+def _escapes(rel: PurePosixPath, target: str) -> bool:
+    """Whether a relative symlink at `rel` points above the tree's root."""
+    if target.startswith("/"):
+        return False  # resolved against the deployment's own root at boot
+    depth = len(rel.parent.parts) if str(rel.parent) != "." else 0
+    for part in PurePosixPath(target).parts:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part != ".":
+            depth += 1
+    return False
+
+
+class _CountingReader:
+    def __init__(self, f: IO[bytes], progress: Progress) -> None:
+        self.f = f
+        self.progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.progress(len(data))
+        return data
+
+
+@contextmanager
+def _open_tar_stream(src: Path, progress: Progress) -> Iterator[tarfile.TarFile]:
+    with open(src, "rb") as raw:
+        magic = raw.read(4)
+        raw.seek(0)
+        if magic == _ZSTD_MAGIC:
+            if shutil.which("zstd") is None:
+                raise BootkitError(
+                    f"{src} is zstd-compressed and the 'zstd' program is missing",
+                    hint="install zstd",
+                )
+            proc = subprocess.Popen(["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            assert proc.stdin and proc.stdout
+            import threading
+
+            def pump() -> None:
+                try:
+                    shutil.copyfileobj(_CountingReader(raw, progress), proc.stdin)  # type: ignore[arg-type]
+                except BrokenPipeError:
+                    pass
+                finally:
+                    proc.stdin.close()  # type: ignore[union-attr]
+
+            t = threading.Thread(target=pump, daemon=True)
+            t.start()
+            try:
+                with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
+                    yield tf
+            finally:
+                proc.stdout.close()
+                t.join()
+                rc = proc.wait()
+            if rc != 0:
+                raise BootkitError(
+                    f"{src}: zstd could not decompress it (exit {rc})",
+                    hint="the archive is corrupt",
+                )
+        else:
+            with tarfile.open(fileobj=_CountingReader(raw, progress), mode="r|*") as tf:  # type: ignore[call-overload]
+                yield tf
+
+
+def import_tar(
+    src: Path, dest: Path, store: ObjectStore, progress: Progress | None = None
+) -> ImportReport:
+    imp = _Importer(dest, store, progress)
+    seen_files: set[PurePosixPath] = set()
+    root_meta: _Meta | None = None
+    try:
+        with _open_tar_stream(src, imp.progress) as tf:
+            for m in tf:
+                rel = _member_path(m.name)
+                meta = _Meta(m.mode | _type_bits(m), m.uid, m.gid, _pax_xattrs(m), float(m.mtime))
+                if str(rel) == ".":
+                    if m.isdir():
+                        root_meta = meta
+                    continue
+                _check_parents(dest, rel, m.name)
+                if m.isdir():
+                    imp.add_dir(rel, meta)
+                elif m.issym():
+                    if _escapes(rel, m.linkname):
+                        raise BootkitError(
+                            f"tar member {m.name!r} is a symlink that escapes the tree ({m.linkname!r})",
+                            hint="the archive may be malicious; rebuild it",
+                        )
+                    imp.add_symlink(rel, m.linkname, meta)
+                elif m.islnk():
+                    target = _member_path(m.linkname)
+                    if target not in seen_files:
+                        raise BootkitError(
+                            f"tar member {m.name!r} is a hardlink to {m.linkname!r}, which is not an earlier file in the archive",
+                            hint="the archive may be malicious or truncated",
+                        )
+                    imp.add_hardlink(rel, target)
+                    seen_files.add(rel)
+                elif m.isreg():
+                    f = tf.extractfile(m)
+                    assert f is not None
+                    tmp = store.tmp / f"member.{os.getpid()}"
+                    h = hashlib.sha256()
+                    with open(tmp, "wb") as out:
+                        while block := f.read(1 << 20):
+                            h.update(block)
+                            out.write(block)
+
+                    def fill(dst: Path, tmp: Path = tmp) -> None:
+                        os.rename(tmp, dst)
+
+                    imp.add_file(rel, meta, h.hexdigest(), fill, m.size)
+                    if tmp.exists():
+                        tmp.unlink()
+                    seen_files.add(rel)
+                else:
+                    imp.skip(
+                        rel,
+                        "device node"
+                        if m.ischr() or m.isblk()
+                        else "fifo"
+                        if m.isfifo()
+                        else "special file",
+                    )
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as err:
+        raise BootkitError(
+            f"{src} is not a readable tar archive: {err}",
+            hint="check the file; it may be truncated or corrupt",
+        ) from None
+    if root_meta is not None:
+        imp.dir_meta.insert(0, (dest, root_meta))
+    return imp.finish()
+
+
+def _type_bits(m: tarfile.TarInfo) -> int:
+    if m.isdir():
+        return stat.S_IFDIR
+    if m.issym():
+        return stat.S_IFLNK
+    return stat.S_IFREG
+
+
+def _pax_xattrs(m: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
+    prefix = "SCHILY.xattr."
+    return tuple(
+        sorted(
+            (k[len(prefix) :], v.encode("utf-8", "surrogateescape"))
+            for k, v in m.pax_headers.items()
+            if k.startswith(prefix)
+        )
+    )
+
+
+def _check_parents(dest: Path, rel: PurePosixPath, name: str) -> None:
+    """Refuse a member whose parent directories are missing or are symlinks."""
+    cur = dest
+    for part in rel.parent.parts:
+        cur = cur / part
+        try:
+            st = cur.lstat()
+        except FileNotFoundError:
+            cur.mkdir(mode=0o755)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise BootkitError(
+                f"tar member {name!r} would be written through {cur.relative_to(dest)}, which is not a directory",
+                hint="the archive may be malicious; rebuild it",
+            )
+
+
+def import_source(
+    src: Path, dest: Path, store: ObjectStore, progress: Progress | None = None
+) -> ImportReport:
+    """Import `src` (directory or tar archive) into the fresh directory `dest`."""
+    if src.is_dir():
+        dest.mkdir()
+        return import_directory(src, dest, store, progress)
+    if src.is_file():
+        dest.mkdir()
+        return import_tar(src, dest, store, progress)
+    raise BootkitError(
+        f"source {src} does not exist", hint="give a directory or a tar archive of a root tree"
+    )
+
+
+def source_size(src: Path) -> int:
+    """Bytes the progress bar will count for `src`."""
+    if src.is_file():
+        return src.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(src):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total

@@ -1,0 +1,116 @@
+"""Kernels and initramfs images on $BOOT, content-addressed and shared between deployments.
+
+`$BOOT/bootkit/<os>/<kver>-<sha256 prefix>/{linux,initrd}`: the name changes whenever
+the content does, so a payload is written once under a new name and never rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from bootkit.errors import BootkitError
+from bootkit.fsutil import fsync_dir
+
+PAYLOAD_ROOT = "bootkit"
+# Room kept for entries, the GRUB slot file and FAT's own allocation rounding.
+SLACK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Payload:
+    os: str
+    name: str  # "<kver>-<hash>"
+
+    def rel(self, filename: str) -> str:
+        """Path of one of its files as the bootloader sees it, from $BOOT's root."""
+        return f"/{PAYLOAD_ROOT}/{self.os}/{self.name}/{filename}"
+
+    def dir(self, boot: Path) -> Path:
+        return boot / PAYLOAD_ROOT / self.os / self.name
+
+
+def payload_name(kver: str, files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return f"{kver}-{h.hexdigest()[:12]}"
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def install(boot: Path, payload: Payload, files: dict[str, Path], *, reclaimable: int = 0) -> bool:
+    """Copy `files` ({"linux": ..., "initrd": ...}) to the payload's directory; False if present.
+
+    Checks free space first, so a full $BOOT fails before anything is written.
+    """
+    final = payload.dir(boot)
+    if final.is_dir():
+        return False
+    need = sum(p.stat().st_size for p in files.values()) + SLACK_BYTES
+    final.parent.mkdir(parents=True, exist_ok=True)
+    have = free_bytes(final.parent)
+    if need > have:
+        mib = 1 << 20
+        hint = "remove old deployments with 'bootkit cleanup'"
+        if reclaimable:
+            hint = f"'bootkit cleanup' would free about {reclaimable / mib:.1f} MiB"
+        raise BootkitError(
+            f"not enough space on {boot}: the kernel and initramfs need {need / mib:.1f} MiB, "
+            f"{have / mib:.1f} MiB free",
+            hint=hint,
+        )
+    tmp = final.with_name(f".{final.name}.bootkit-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, src in files.items():
+            with open(src, "rb") as fin, open(tmp / name, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+                fout.flush()
+                os.fsync(fout.fileno())
+        fsync_dir(tmp)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(final.parent)
+    return True
+
+
+def present(boot: Path) -> dict[Payload, int]:
+    """Every payload on $BOOT with its size in bytes."""
+    out: dict[Payload, int] = {}
+    root = boot / PAYLOAD_ROOT
+    if not root.is_dir():
+        return out
+    for osdir in root.iterdir():
+        if not osdir.is_dir() or osdir.name == "grub":
+            continue
+        for d in osdir.iterdir():
+            if d.is_dir() and not d.name.startswith("."):
+                out[Payload(osdir.name, d.name)] = sum(f.stat().st_size for f in d.iterdir())
+    return out
+
+
+def remove_unreferenced(boot: Path, referenced: set[Payload]) -> list[Payload]:
+    removed = []
+    for p in present(boot):
+        if p not in referenced:
+            shutil.rmtree(p.dir(boot))
+            removed.append(p)
+    root = boot / PAYLOAD_ROOT
+    if root.is_dir():
+        for osdir in root.iterdir():
+            for stray in osdir.glob(".*.bootkit-tmp"):
+                shutil.rmtree(stray, ignore_errors=True)
+    if removed:
+        fsync_dir(root)
+    return removed

@@ -1,0 +1,396 @@
+"""A bootkit sysroot: the physical root holding deployments, and the transaction over it.
+
+Every command that changes boot state runs as one transaction under a lock:
+it first repairs whatever an interrupted command left behind, then records the new
+intent in `state.json`, then switches $BOOT to match (see `bootconfig`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bootkit import bootconfig, payloads
+from bootkit.config import SysrootConfig
+from bootkit.deployment import Deployment
+from bootkit.errors import BootkitError
+from bootkit.fsutil import fsync_dir
+from bootkit.importer import ObjectStore
+from bootkit.names import check_name, is_valid_name
+from bootkit.payloads import Payload
+from bootkit.state import State
+
+_BOOTKIT_ARG = re.compile(r"(?:^|\s)bootkit=(\S+)")
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    deployment: Deployment
+    default: bool
+    booted: bool
+    entry: str | None  # the entry file's name on $BOOT, if it has one
+
+
+def booted_path(cmdline_file: Path = Path("/proc/cmdline")) -> str | None:
+    path = Path(os.environ.get("BOOTKIT_PROC_CMDLINE", cmdline_file))
+    try:
+        m = _BOOTKIT_ARG.search(path.read_text())
+    except OSError:
+        return None
+    return m.group(1) if m else None
+
+
+class Sysroot:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.meta = self.path / "bootkit"
+
+    # --- layout -----------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.meta / "config.json"
+
+    @property
+    def state_path(self) -> Path:
+        return self.meta / "state.json"
+
+    @property
+    def config(self) -> SysrootConfig:
+        return SysrootConfig.load(self.config_path)
+
+    @property
+    def boot_path(self) -> Path:
+        return self.path / self.config.boot_dir.lstrip("/")
+
+    def stateroot(self, os_name: str) -> Path:
+        return self.meta / "deploy" / check_name(os_name, "os")
+
+    def deployment_dir(self, os_name: str, dep_id: str) -> Path:
+        return self.stateroot(os_name) / "deploy" / check_name(dep_id, "deployment")
+
+    def metadata_path(self, os_name: str, dep_id: str) -> Path:
+        return self.stateroot(os_name) / "deploy" / f"{check_name(dep_id, 'deployment')}.json"
+
+    @property
+    def objects(self) -> ObjectStore:
+        return ObjectStore(self.meta / "objects")
+
+    # --- reading ----------------------------------------------------------------
+
+    def state(self) -> State:
+        return State.load(self.state_path)
+
+    def load(self, ref: str) -> Deployment:
+        os_name, _, dep_id = ref.partition("/")
+        return Deployment.load(self.metadata_path(os_name, dep_id))
+
+    def deployments(self, state: State | None = None) -> list[Deployment]:
+        state = state or self.state()
+        return [self.load(ref) for ref in state.deployments]
+
+    def ordered(self, state: State | None = None) -> list[Deployment]:
+        """Menu order: the default first, then the others newest first."""
+        state = state or self.state()
+        deps = self.deployments(state)
+        deps.sort(key=lambda d: (d.ref != state.default, -d.serial))
+        return deps
+
+    def resolve(self, ident: str, state: State | None = None) -> Deployment:
+        """Find a deployment by `<os>/<id>`, `<id>`, or the serial number `<id>` starts with."""
+        state = state or self.state()
+        deps = self.deployments(state)
+        exact = [d for d in deps if ident in (d.ref, d.id)]
+        if not exact and ident.isdigit():
+            exact = [d for d in deps if d.serial == int(ident)]
+        if len(exact) == 1:
+            return exact[0]
+        if not exact:
+            known = ", ".join(d.id for d in deps) or "none"
+            raise BootkitError(
+                f"no deployment {ident!r}", hint=f"deployments: {known}; see 'bootkit status'"
+            )
+        raise BootkitError(f"{ident!r} names several deployments", hint="use <os>/<id>")
+
+    def status(self) -> list[DeploymentStatus]:
+        state = self.state()
+        booted = booted_path()
+        names: dict[str, str] = {}
+        with contextlib.suppress(BootkitError):
+            view = bootconfig.read_view(self.boot_path)
+            for fname, entry in view.entries:
+                m = _BOOTKIT_ARG.search(entry.options)
+                if m:
+                    names.setdefault(m.group(1), fname)
+        return [
+            DeploymentStatus(d, d.ref == state.default, d.path == booted, names.get(d.path))
+            for d in self.ordered(state)
+        ]
+
+    # --- the transaction --------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        if not self.meta.is_dir():
+            raise BootkitError(
+                f"{self.path} is not a bootkit sysroot", hint="run 'bootkit init' first"
+            )
+        fd = os.open(self.meta / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BootkitError(
+                    "another bootkit command is running on this sysroot",
+                    hint="wait for it to finish",
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+    def commit(self, state: State) -> State:
+        """Record `state` as the intent, then switch $BOOT to it as a new generation."""
+        cfg = self.config
+        state = state.with_changes(generation=state.generation + 1)
+        ordered = self.ordered(state)
+        if not ordered:
+            raise BootkitError(
+                "refusing to remove the last deployment", hint="deploy another tree first"
+            )
+        state.save(self.state_path)
+        bootconfig.switch(self.boot_path, cfg, ordered, state.generation)
+        payloads.remove_unreferenced(self.boot_path, {Payload(d.os, d.payload) for d in ordered})
+        return state
+
+    def repair(self) -> bool:
+        """Finish or undo what an interrupted command left; True if anything was done."""
+        state = self.state()
+        did = self._remove_orphans(state)
+        if not state.deployments:
+            return did
+        view = bootconfig.read_view(self.boot_path)
+        present = payloads.present(self.boot_path)
+        missing = [d for d in self.deployments(state) if Payload(d.os, d.payload) not in present]
+        if missing:
+            raise BootkitError(
+                f"the kernel of deployment {missing[0].ref} is missing from {self.boot_path}",
+                hint="redeploy it, or remove it with 'bootkit undeploy'",
+            )
+        if not bootconfig.is_current(
+            view, state.generation, self.config
+        ) or self._unlisted_payloads(state, present):
+            self.commit(state)
+            return True
+        return did
+
+    def _unlisted_payloads(self, state: State, present: dict[Payload, int]) -> bool:
+        wanted = {Payload(d.os, d.payload) for d in self.deployments(state)}
+        return bool(set(present) - wanted)
+
+    def _remove_orphans(self, state: State) -> bool:
+        """Deployment trees and metadata that no state lists: an interrupted deploy or undeploy."""
+        listed = set(state.deployments)
+        did = False
+        root = self.meta / "deploy"
+        if not root.is_dir():
+            return False
+        for osdir in root.iterdir():
+            ddir = osdir / "deploy"
+            if not ddir.is_dir():
+                continue
+            for p in ddir.iterdir():
+                stem = p.name.removesuffix(".json")
+                if f"{osdir.name}/{stem}" in listed and is_valid_name(stem):
+                    continue
+                did = True
+                if p.is_dir() and not p.is_symlink():
+                    _rmtree(p)
+                else:
+                    p.unlink()
+        if did:
+            self.objects.prune()
+        return did
+
+    def transaction(self, change: Callable[[State], State]) -> State:
+        with self.locked():
+            self.repair()
+            state = self.state()
+            return self.commit(change(state))
+
+    # --- operations -------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        path: Path | str,
+        os_name: str,
+        bootloader: str,
+        boot_dir: str = "/efi",
+        root_arg: str = "root=LABEL=bootkit-root",
+        timeout: int = 3,
+        force: bool = False,
+    ) -> Sysroot:
+        sr = cls(path)
+        cfg = SysrootConfig(
+            os=os_name, bootloader=bootloader, boot_dir=boot_dir, root_arg=root_arg, timeout=timeout
+        )
+        if sr.config_path.exists() and not force:
+            raise BootkitError(
+                f"{sr.path} is already a bootkit sysroot",
+                hint="use --force to change its configuration",
+            )
+        if not sr.path.is_dir():
+            raise BootkitError(f"sysroot {sr.path} does not exist or is not a directory")
+        (sr.meta / "deploy").mkdir(parents=True, exist_ok=True)
+        sr.stateroot(os_name).joinpath("deploy").mkdir(parents=True, exist_ok=True)
+        sr.stateroot(os_name).joinpath("var").mkdir(exist_ok=True)
+        sr.path.joinpath(boot_dir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        cfg.save(sr.config_path)
+        fsync_dir(sr.meta)
+        if force and sr.state().deployments:
+            with sr.locked():
+                sr.commit(sr.state())
+        return sr
+
+    def deploy(
+        self,
+        source: Path,
+        os_name: str | None = None,
+        version: str | None = None,
+        kargs: Sequence[str] = (),
+        make_default: bool = True,
+        initramfs: str = "auto",
+        progress: Callable[[int], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> Deployment:
+        from bootkit.deploy import deploy
+
+        return deploy(
+            self,
+            Path(source),
+            os_name,
+            version,
+            tuple(kargs),
+            make_default,
+            initramfs,
+            progress,
+            warn,
+        )
+
+    def rollback(self) -> Deployment:
+        def change(state: State) -> State:
+            ordered = self.ordered(state)
+            if len(ordered) < 2:
+                raise BootkitError("there is no other deployment to roll back to")
+            return state.with_changes(default=ordered[1].ref)
+
+        return self.load(self.transaction(change).default or "")
+
+    def set_default(self, ident: str) -> Deployment:
+        def change(state: State) -> State:
+            return state.with_changes(default=self.resolve(ident, state).ref)
+
+        return self.load(self.transaction(change).default or "")
+
+    def set_pinned(self, ident: str, pinned: bool) -> Deployment:
+        with self.locked():
+            dep = self.resolve(ident)
+            dep = dep.with_changes(pinned=pinned)
+            dep.save(self.metadata_path(dep.os, dep.id))
+            return dep
+
+    def undeploy(self, ident: str) -> Deployment:
+        with self.locked():
+            self.repair()
+            state = self.state()
+            dep = self.resolve(ident, state)
+            if dep.path == booted_path():
+                raise BootkitError(
+                    f"{dep.ref} is the booted deployment",
+                    hint="boot another one first, then undeploy it",
+                )
+            self._drop(state, [dep])
+            return dep
+
+    def _drop(self, state: State, deps: Sequence[Deployment]) -> State:
+        refs = {d.ref for d in deps}
+        remaining = tuple(r for r in state.deployments if r not in refs)
+        if not remaining:
+            raise BootkitError(
+                "refusing to remove the last deployment", hint="deploy another tree first"
+            )
+        default = state.default
+        if default in refs:
+            # The newest remaining deployment takes over.
+            default = remaining[-1]
+        new = self.commit(state.with_changes(deployments=remaining, default=default))
+        # Only now that no entry points at them may the trees go.
+        for d in deps:
+            self.metadata_path(d.os, d.id).unlink(missing_ok=True)
+            _rmtree(self.deployment_dir(d.os, d.id))
+        self.objects.prune()
+        return new
+
+    def cleanup_candidates(self, keep: int, state: State | None = None) -> list[Deployment]:
+        state = state or self.state()
+        booted = booted_path()
+        newest = sorted(self.deployments(state), key=lambda d: -d.serial)[:keep]
+        keep_refs = {d.ref for d in newest} | {state.default}
+        return [
+            d
+            for d in self.deployments(state)
+            if d.ref not in keep_refs and not d.pinned and d.path != booted
+        ]
+
+    def cleanup(self, keep: int = 2) -> tuple[list[Deployment], list[Payload]]:
+        with self.locked():
+            self.repair()
+            state = self.state()
+            doomed = self.cleanup_candidates(keep, state)
+            before = set(payloads.present(self.boot_path))
+            if doomed:
+                self._drop(state, doomed)
+            else:
+                self.commit(state)
+            after = set(payloads.present(self.boot_path))
+            return doomed, sorted(before - after, key=lambda p: p.name)
+
+    def reclaimable_bytes(self, state: State) -> int:
+        """What `cleanup` would free on $BOOT."""
+        doomed = self.cleanup_candidates(2, state)
+        present = payloads.present(self.boot_path)
+        still = {Payload(d.os, d.payload) for d in self.deployments(state) if d not in doomed}
+        return sum(size for p, size in present.items() if p not in still)
+
+    def bootloader_update(self) -> State:
+        with self.locked():
+            state = (self._remove_orphans(self.state()) and self.state()) or self.state()
+            if not state.deployments:
+                raise BootkitError(
+                    "nothing to boot yet", hint="deploy a tree first with 'bootkit deploy'"
+                )
+            return self.commit(state)
+
+
+def _rmtree(path: Path) -> None:
+    if not path.exists():
+        return
+
+    def onerror(func, p, exc):  # type: ignore[no-untyped-def]
+        # Read-only directories inside a tree: open them up and retry.
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            func(p)
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+def now() -> float:
+    return time.time()
