@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+import json
+import stat
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from bootkit import efivarstore, keys
+from bootkit.cli import main
+from bootkit.errors import BootkitError
+
+needs_snakeoil = pytest.mark.skipif(
+    not (keys.SNAKEOIL_VARS.is_file() and keys.SNAKEOIL_CERT.is_file()),
+    reason="Debian's ovmf package (snakeoil vars and certificate) is not installed",
+)
+
+
+@pytest.fixture(scope="module")
+def key_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, keys.KeyPair]]:
+    directory = tmp_path_factory.mktemp("keys") / "set"
+    return directory, keys.create_key_set(directory, "Example Corp")
+
+
+def test_key_set_files(key_dir: tuple[Path, dict[str, keys.KeyPair]]) -> None:
+    directory, pairs = key_dir
+    assert list(pairs) == ["PK", "KEK", "db"]
+    owner = uuid.UUID((directory / "GUID").read_text().strip())
+    public_keys = set()
+    for role, pair in pairs.items():
+        assert stat.S_IMODE(pair.key.stat().st_mode) == 0o600
+        key = keys.load_private_key(pair.key)
+        assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+        cert = keys.load_certificate(pair.cert)
+        assert keys.load_certificate(pair.cer) == cert  # DER and PEM hold the same certificate
+        assert pair.cer.read_bytes()[:1] == b"\x30" and pair.cert.read_bytes().startswith(b"-----")
+        assert cert.subject == cert.issuer
+        assert cert.subject.rfc4514_string() == f"CN=Example Corp {role}"
+        cert.verify_directly_issued_by(cert)  # self-signed, and the signature is valid
+        assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+        public_keys.add(cert.public_key().public_numbers().n)
+        (entry,) = keys.SignatureDatabase.parse(pair.esl.read_bytes())
+        assert uuid.UUID(bytes_le=entry.signatures[0].owner) == owner
+        assert keys.x509_in_signature_database(pair.esl.read_bytes()) == [cert]
+    assert len(public_keys) == 3
+
+
+def test_refuses_to_overwrite_keys(key_dir: tuple[Path, dict[str, keys.KeyPair]]) -> None:
+    directory, pairs = key_dir
+    before = pairs["db"].key.read_bytes()
+    with pytest.raises(BootkitError, match="already holds keys"):
+        keys.create_key_set(directory)
+    assert pairs["db"].key.read_bytes() == before
+
+
+def test_unsupported_key_size(tmp_path: Path) -> None:
+    with pytest.raises(BootkitError, match="unsupported key size"):
+        keys.create_key_set(tmp_path, bits=1024)
+    assert not list(tmp_path.iterdir())
+
+
+def test_signature_list_holds_several_certificates(
+    key_dir: tuple[Path, dict[str, keys.KeyPair]]
+) -> None:
+    certs = [keys.load_certificate(p.cert) for p in key_dir[1].values()]
+    data = keys.signature_list(certs, uuid.UUID(int=7))
+    assert keys.x509_in_signature_database(data) == certs
+    lists = keys.SignatureDatabase.parse(data)
+    # One list per certificate: a list's entries all have the same size.
+    ders = [c.public_bytes(serialization.Encoding.DER) for c in certs]
+    assert [e.list_size for e in lists] == [28 + 16 + len(d) for d in ders]
+    assert [e.signatures[0].data for e in lists] == ders
+    assert sum(e.list_size for e in lists) == len(data)
+
+
+def test_cli_keys_create(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["keys", "create", str(tmp_path / "k"), "--name", "cli",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    files = json.loads(result.output)
+    assert set(files) == {"PK", "KEK", "db"}
+    assert all(Path(p).is_file() for entry in files.values() for p in entry.values())
+    again = CliRunner().invoke(main, ["keys", "create", str(tmp_path / "k")])
+    assert again.exit_code == 1 and "already holds keys" in again.output
+
+
+def test_passphrase_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(keys.PASSPHRASE_ENV, raising=False)
+    assert keys.read_passphrase(None) is None
+    monkeypatch.setenv(keys.PASSPHRASE_ENV, "from-env")
+    assert keys.read_passphrase(None) == b"from-env"
+    file = tmp_path / "pass"
+    file.write_bytes(b"from-file\nignored\n")
+    assert keys.read_passphrase(file) == b"from-file"
+
+
+@needs_snakeoil
+def test_snakeoil_key_decrypts_and_matches_its_certificate() -> None:
+    key = keys.load_private_key(keys.SNAKEOIL_KEY, keys.SNAKEOIL_PASSPHRASE)
+    cert = keys.load_certificate(keys.SNAKEOIL_CERT)
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()
+    with pytest.raises(BootkitError, match="encrypted"):
+        keys.load_private_key(keys.SNAKEOIL_KEY)
+
+
+@needs_snakeoil
+def test_snakeoil_certificate_is_enrolled_in_the_snakeoil_vars() -> None:
+    snakeoil = keys.load_certificate(keys.SNAKEOIL_CERT)
+    variables = {v.name: v for v in efivarstore.read_variables_file(keys.SNAKEOIL_VARS)}
+    db = variables["db"]
+    assert db.vendor == keys.EFI_IMAGE_SECURITY_DATABASE_GUID
+    assert keys.x509_in_signature_database(db.data) == [snakeoil]
+    assert keys.x509_in_signature_database(variables["KEK"].data) == [snakeoil]
+    assert variables["PK"].vendor == keys.EFI_GLOBAL_VARIABLE_GUID
+    assert keys.x509_in_signature_database(variables["PK"].data) == [snakeoil]
+
+
+@needs_snakeoil
+def test_blank_vars_have_no_platform_key() -> None:
+    blank = keys.SNAKEOIL_VARS.with_name("OVMF_VARS_4M.fd")
+    if not blank.is_file():
+        pytest.skip(f"{blank} is not installed")
+    names = {v.name for v in efivarstore.read_variables_file(blank)}
+    assert not names & {"PK", "KEK", "db"}
+
+
+@needs_snakeoil
+def test_make_secure_boot_vars_and_cli_show(tmp_path: Path) -> None:
+    out = keys.make_secure_boot_vars(tmp_path / "vars.fd")
+    assert out.read_bytes() == keys.SNAKEOIL_VARS.read_bytes()
+    result = CliRunner().invoke(main, ["keys", "show", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    fingerprint = keys.load_certificate(keys.SNAKEOIL_CERT).fingerprint(
+        hashes.SHA256()).hex()
+    assert [c["sha256"] for c in shown["db"]] == [fingerprint]
+
+
+def test_not_a_vars_file(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.fd"
+    junk.write_bytes(bytes(4096))
+    with pytest.raises(BootkitError, match="not an OVMF vars image"):
+        efivarstore.read_variables_file(junk)
+
+
+def _store_image(tmp_path: Path) -> bytes:
+    """A minimal, empty authenticated variable store inside a firmware volume."""
+    size = 0x4000
+    volume = efivarstore.FirmwareVolumeHeader.build({
+        "zero_vector": bytes(16), "file_system_guid": bytes(16), "length": size,
+        "attributes": 0, "header_length": 72, "checksum": 0, "ext_header_offset": 0,
+        "reserved": 0, "revision": 2,
+    })
+    store = efivarstore.VariableStoreHeader.build({
+        "signature": efivarstore.AUTHENTICATED_VARIABLE_GUID.bytes_le, "size": size - 72,
+        "format": 0x5A, "state": 0xFE, "reserved": 0, "reserved1": 0,
+    })
+    head = volume.ljust(72, b"\0") + store
+    return head + b"\xff" * (size - len(head))
+
+
+def test_set_variables_round_trip_and_replace(tmp_path: Path) -> None:
+    image = _store_image(tmp_path)
+    vendor = uuid.UUID(int=1)
+    first = efivarstore.set_variables(image, [
+        efivarstore.Variable("Odd", vendor, 0x7, b"abc"),  # 3 bytes: next record is aligned
+        efivarstore.Variable("db", keys.EFI_IMAGE_SECURITY_DATABASE_GUID,
+                             keys.KEY_VARIABLE_ATTRIBUTES, b"old"),
+    ])
+    second = efivarstore.set_variables(first, [
+        efivarstore.Variable("db", keys.EFI_IMAGE_SECURITY_DATABASE_GUID,
+                             keys.KEY_VARIABLE_ATTRIBUTES, b"new-data"),
+    ])
+    live = efivarstore.read_variables(second)
+    assert [(v.name, v.data) for v in live] == [("Odd", b"abc"), ("db", b"new-data")]
+    assert len(second) == len(image)
+    with pytest.raises(BootkitError, match="no room"):
+        efivarstore.set_variables(second, [efivarstore.Variable("big", vendor, 7, bytes(0x4000))])
+
+
+@needs_snakeoil
+@pytest.mark.parametrize("template", [keys.BLANK_VARS, keys.SNAKEOIL_VARS], ids=["blank", "snakeoil"])
+def test_enroll_own_keys(tmp_path: Path, key_dir: tuple[Path, dict[str, keys.KeyPair]],
+                         template: Path) -> None:
+    directory, pairs = key_dir
+    out = tmp_path / "vars.fd"
+    result = CliRunner().invoke(main, ["keys", "enroll", str(directory), "-o", str(out),
+                                       "--template", str(template)])
+    assert result.exit_code == 0, result.output
+    variables = {v.name: v for v in efivarstore.read_variables_file(out)}
+    for role, pair in pairs.items():
+        assert keys.x509_in_signature_database(variables[role].data) == [
+            keys.load_certificate(pair.cert)]
+        assert variables[role].attributes == keys.KEY_VARIABLE_ATTRIBUTES
+    # Keys the template had are replaced, everything else is kept.
+    before = {v.name for v in efivarstore.read_variables_file(template)}
+    assert set(variables) == before | {"PK", "KEK", "db"}
+    assert len(efivarstore.read_variables_file(out)) == len(variables)  # no duplicates
+    assert out.stat().st_size == template.stat().st_size
