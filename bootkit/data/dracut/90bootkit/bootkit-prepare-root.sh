@@ -1,0 +1,1 @@
+../../../../dracut/90bootkit/bootkit-prepare-root.sh
