@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -34,17 +35,15 @@ def main() -> None:
     """
 
 
+# Each command family lives in its own module, which lists its commands in COMMANDS.
+_FAMILIES = ("deployments", "etc", "initramfs", "image", "uki")
+
+
 def _register() -> None:
-    # Each command family lives in its own module; importing it here is the
-    # whole registration.
-    from bootkit.cli import deployments
-
-    for command in deployments.COMMANDS:
-        main.add_command(command)
-    from bootkit.cli import etc
-
-    for command in etc.COMMANDS:
-        main.add_command(command)
+    for family in _FAMILIES:
+        module = importlib.import_module(f"bootkit.cli.{family}")
+        for command in module.COMMANDS:
+            main.add_command(command)
 
 
 _register()

@@ -1,0 +1,156 @@
+"""`bootkit image ...`: bootable disk images, made and changed from the host."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import click
+
+from bootkit import image as diskimage
+from bootkit.cli import deployments
+from bootkit.cli.common import byte_progress, print_json
+from bootkit.deploy import INITRAMFS_MODES
+from bootkit.errors import BootkitError
+from bootkit.esp import BOOTLOADERS
+from bootkit.importer import source_size
+
+
+def _import_progress(source: Path) -> AbstractContextManager[Callable[[int], None]]:
+    size = source_size(source) if source.exists() else 0
+    return byte_progress(f"Importing {source.name}", size)
+
+
+def _reporter(as_json: bool) -> diskimage.Report:
+    """Steps go to stdout, unless stdout is for JSON."""
+    if as_json:
+        return lambda message: None
+    return click.echo
+
+
+class _Size(click.ParamType):
+    name = "size"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        return diskimage.parse_size(str(value))
+
+
+SIZE = _Size()
+_IMAGE = click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+
+
+@click.group()
+def image() -> None:
+    """Bootable GPT disk images holding a bootkit sysroot.
+
+    Partition 1 is the ESP (FAT32) with the bootloader, the kernels and the boot
+    entries; partition 2 is the ext4 root (label bootkit-root) with the
+    deployments. Images are made and changed without root, loop devices or
+    mounts, and every change replaces the image file in one rename.
+    """
+
+
+@image.command()
+@_IMAGE
+@click.argument("sources", nargs=-1, required=True,
+                type=click.Path(exists=False, path_type=Path))
+@click.option("--size", type=SIZE, required=True, help="Size of the disk image, e.g. 2G.")
+@click.option("--bootloader", type=click.Choice(BOOTLOADERS), required=True,
+              help="The bootloader installed at EFI/BOOT/BOOTX64.EFI on the ESP.")
+@click.option("--os", "os_name", help="Stateroot name (default: ID from the first source's "
+              "os-release).")
+@click.option("--esp-size", type=SIZE, default="256M", show_default=True,
+              help="Size of the ESP, which holds every deployment's kernel and initramfs.")
+@click.option("--karg", "kargs", multiple=True,
+              help="Kernel argument for every deployment, e.g. console=ttyS0; repeat for more.")
+@click.option("--timeout", default=3, show_default=True, help="Boot menu timeout in seconds.")
+@click.option("--initramfs", type=click.Choice(INITRAMFS_MODES), default="auto",
+              show_default=True, help="As for 'bootkit deploy'.")
+@click.option("--force", is_flag=True, help="Replace IMAGE if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the deployments made as JSON.")
+def create(image: Path, sources: tuple[Path, ...], size: int, bootloader: str,
+           os_name: str | None, esp_size: int, kargs: tuple[str, ...], timeout: int,
+           initramfs: str, force: bool, as_json: bool) -> None:
+    """Make IMAGE with one deployment per SOURCE; the last one is the default.
+
+    Each SOURCE is a root tree (directory or tar archive) as 'bootkit deploy'
+    takes it. The root is found at boot by root=LABEL=bootkit-root; the
+    bootloader menu is on the serial console as well as the screen.
+    """
+    ids = diskimage.create_image(
+        image, size, bootloader, list(sources), os_name=os_name, esp_size=esp_size,
+        kargs=kargs, timeout=timeout, initramfs=initramfs, force=force,
+        report=_reporter(as_json), progress=_import_progress,
+    )
+    if as_json:
+        print_json({"image": str(image), "deployments": ids})
+
+
+@image.command()
+@_IMAGE
+@click.argument("source", type=click.Path(exists=False, path_type=Path))
+@click.option("--version", help="Version shown in the menu (default: from os-release).")
+@click.option("--karg", "kargs", multiple=True, help="Kernel argument; repeat for more.")
+@click.option("--no-default", is_flag=True, help="Add the deployment without making it the default.")
+@click.option("--initramfs", type=click.Choice(INITRAMFS_MODES), default="auto",
+              show_default=True, help="As for 'bootkit deploy'.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new deployment as JSON.")
+def deploy(image: Path, source: Path, version: str | None, kargs: tuple[str, ...],
+           no_default: bool, initramfs: str, as_json: bool) -> None:
+    """Add a deployment of SOURCE to IMAGE, keeping what was written to /etc and /var.
+
+    Without --karg the new deployment gets the kernel arguments of the current default.
+    """
+    if not source.exists():
+        raise BootkitError(f"source {source} does not exist",
+                           hint="give a directory or a tar archive of a root tree")
+    report = _reporter(as_json)
+    with diskimage.edit_image(image, report=report) as sr:
+        default = sr.state().default
+        if not kargs and default:
+            kargs = sr.load(default).kargs
+        report(f"Deploying {source}")
+        with _import_progress(source) as bar:
+            dep = sr.deploy(source, version=version, kargs=kargs, make_default=not no_default,
+                            initramfs=initramfs, progress=bar)
+    if as_json:
+        print_json({"id": dep.id, "os": dep.os, "version": dep.version, "path": dep.path,
+                    "default": not no_default})
+    else:
+        role = "the default" if not no_default else "not the default"
+        click.echo(f"Deployed {dep.ref} ({dep.title} {dep.version}); {role}")
+
+
+@image.command()
+@_IMAGE
+def rollback(image: Path) -> None:
+    """Make the previous deployment (second in the menu) the default of IMAGE."""
+    with diskimage.edit_image(image, report=click.echo) as sr:
+        dep = sr.rollback()
+    click.echo(f"Default is now {dep.ref} ({dep.title} {dep.version})")
+
+
+@image.command("set-default")
+@_IMAGE
+@click.argument("ident", metavar="ID")
+def set_default(image: Path, ident: str) -> None:
+    """Make deployment ID (an id, <os>/<id>, or its serial number) the default of IMAGE."""
+    with diskimage.edit_image(image, report=click.echo) as sr:
+        dep = sr.set_default(ident)
+    click.echo(f"Default is now {dep.ref} ({dep.title} {dep.version})")
+
+
+@image.command()
+@_IMAGE
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx: click.Context, image: Path, as_json: bool) -> None:
+    """List the deployments in IMAGE in boot menu order, as 'bootkit status' does."""
+    with diskimage.read_image(image) as sr:
+        ctx.invoke(deployments.status, sysroot=sr.path, as_json=as_json)
+
+
+COMMANDS = [image]

@@ -1,0 +1,222 @@
+"""ext4 filesystems inside a disk image file, made and read with e2fsprogs (no mounts).
+
+`mke2fs -d` fills a new filesystem from a directory; `debugfs rdump` copies one
+back out. e2fsprogs tools address a filesystem that starts `offset` bytes into a
+file as `image?offset=N`. rdump keeps modes, owners, times and symlinks but
+writes every hard link as a separate file and skips FIFOs and device nodes, so
+`extract_tree` restores those from a listing of inode numbers: deployments rely
+on hard links to share identical files.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from construct import Bytes, Const, Int16ul, Int32ul, PaddedString, Padding, Struct
+
+from bootkit.errors import BootkitError
+from bootkit.runtool import require_tool, run_tool
+
+BLOCK_SIZE = 4096
+SUPERBLOCK_OFFSET = 1024
+ROOT_INODE = 2
+_INCOMPAT_RECOVER = 0x4
+_STATE_CLEAN = 0x1
+
+# The leading part of the ext2/3/4 superblock, up to the volume name.
+Superblock = Struct(
+    Padding(0x2C),
+    "mtime" / Int32ul,
+    "wtime" / Int32ul,
+    "mnt_count" / Int16ul,
+    "max_mnt_count" / Int16ul,
+    "magic" / Const(0xEF53, Int16ul),
+    "state" / Int16ul,
+    Padding(0x60 - 0x3C),
+    "feature_incompat" / Int32ul,
+    "feature_ro_compat" / Int32ul,
+    "uuid" / Bytes(16),
+    "volume_name" / PaddedString(16, "utf8"),
+)
+
+
+@dataclass(frozen=True)
+class SuperblockInfo:
+    uuid: uuid.UUID
+    label: str
+    mount_count: int
+    last_mount: int
+    last_write: int
+    clean: bool
+    needs_recovery: bool
+
+
+def _device(image: Path, offset: int) -> str:
+    return f"{image}?offset={offset}"
+
+
+def _as_mapped_root(argv: list[str]) -> list[str]:
+    # Without root, files staged by the user would land in the filesystem owned
+    # by the user's uid; in a user namespace that maps the user to 0 they are
+    # root's, as an OS tree expects.
+    if os.geteuid() == 0:
+        return argv
+    return [require_tool("unshare"), "--map-root-user", *argv]
+
+
+def read_superblock(image: Path, offset: int) -> SuperblockInfo:
+    with open(image, "rb") as disk:
+        disk.seek(offset + SUPERBLOCK_OFFSET)
+        try:
+            sb = Superblock.parse(disk.read(0x88))
+        except Exception:
+            raise BootkitError(f"{image}: no ext4 filesystem at offset {offset}") from None
+    return SuperblockInfo(
+        uuid=uuid.UUID(bytes=sb.uuid),
+        label=sb.volume_name,
+        mount_count=sb.mnt_count,
+        last_mount=sb.mtime,
+        last_write=sb.wtime,
+        clean=bool(sb.state & _STATE_CLEAN),
+        needs_recovery=bool(sb.feature_incompat & _INCOMPAT_RECOVER),
+    )
+
+
+def make_ext4(
+    image: Path,
+    offset: int,
+    size: int,
+    tree: Path,
+    label: str,
+    fs_uuid: uuid.UUID,
+) -> None:
+    """Make an ext4 filesystem of exactly `size` bytes at `offset`, holding a copy of `tree`."""
+    if size % BLOCK_SIZE:
+        raise BootkitError(f"ext4 size {size} is not a multiple of {BLOCK_SIZE}")
+    argv = [
+        "mke2fs", "-q", "-F",
+        "-t", "ext4",
+        "-b", str(BLOCK_SIZE),
+        "-L", label,
+        "-U", str(fs_uuid),
+        "-d", str(tree),
+        # The size argument matters: without it mke2fs would take the rest of the file.
+        "-E", f"offset={offset},nodiscard",
+        str(image), str(size // BLOCK_SIZE),
+    ]
+    run_tool(_as_mapped_root(argv), "making the root filesystem")
+
+
+def replay_journal(fs_file: Path) -> None:
+    """Apply journalled changes left by a guest that did not unmount cleanly.
+
+    `fs_file` must hold the filesystem alone (offset 0): after replaying,
+    e2fsck reopens the device by its name and would lose an `?offset=`.
+    """
+    if read_superblock(fs_file, 0).needs_recovery:
+        run_tool(["e2fsck", "-E", "journal_only", "-p", str(fs_file)],
+                 "replaying the root filesystem's journal")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    inode: int
+    mode: int
+    uid: int
+    gid: int
+    path: str
+
+
+def _debugfs_script(image: Path, offset: int, commands: list[str]) -> str:
+    with tempfile.NamedTemporaryFile("w", prefix="bootkit-debugfs-", suffix=".cmd") as script:
+        script.write("\n".join(commands) + "\n")
+        script.flush()
+        proc = run_tool(
+            ["debugfs", "-f", script.name, _device(image, offset)],
+            "reading the root filesystem",
+        )
+    return proc.stdout.decode("utf-8", errors="surrogateescape")
+
+
+def _list_tree(image: Path, offset: int) -> list[_Entry]:
+    """Every name in the filesystem with its inode number, one debugfs run per tree level."""
+    entries: list[_Entry] = []
+    level = {ROOT_INODE: ""}
+    while level:
+        order = list(level.items())
+        # Addressing directories by inode number avoids quoting names.
+        output = _debugfs_script(image, offset, [f"ls -p <{ino}>" for ino, _ in order])
+        chunks = output.split("debugfs: ls -p <")[1:]
+        if len(chunks) != len(order):
+            raise BootkitError("debugfs printed an unexpected listing of the root filesystem")
+        next_level: dict[int, str] = {}
+        for (_, parent), chunk in zip(order, chunks, strict=True):
+            for line in chunk.splitlines()[1:]:
+                fields = line.split("/")
+                # "/inode/mode/uid/gid/name/size/"; a name never contains "/".
+                if len(fields) != 8 or fields[5] in (".", ".."):
+                    continue
+                inode, mode = int(fields[1]), int(fields[2], 8)
+                path = f"{parent}/{fields[5]}" if parent else fields[5]
+                entries.append(_Entry(inode, mode, int(fields[3]), int(fields[4]), path))
+                if stat.S_ISDIR(mode):
+                    next_level[inode] = path
+        level = next_level
+    return entries
+
+
+def _device_numbers(image: Path, offset: int, inodes: list[int]) -> dict[int, int]:
+    if not inodes:
+        return {}
+    output = _debugfs_script(image, offset, [f"stat <{ino}>" for ino in inodes])
+    numbers = {}
+    for ino, chunk in zip(inodes, output.split("debugfs: stat <")[1:], strict=True):
+        for line in chunk.splitlines():
+            if line.startswith("Device major/minor number:"):
+                major, minor = line.split(":", 1)[1].split("(")[0].strip().split(":")
+                numbers[ino] = os.makedev(int(major), int(minor))
+    return numbers
+
+
+def extract_tree(image: Path, offset: int, dest: Path) -> None:
+    """Copy the whole filesystem into the empty directory `dest`, hard links included."""
+    run_tool(["debugfs", "-R", f"rdump / {dest}", _device(image, offset)],
+             "reading the root filesystem")
+    entries = _list_tree(image, offset)
+    by_inode: dict[int, list[_Entry]] = {}
+    for entry in entries:
+        if stat.S_ISREG(entry.mode):
+            by_inode.setdefault(entry.inode, []).append(entry)
+    links = [names for names in by_inode.values() if len(names) > 1]
+    special = [e for e in entries if _is_special(e.mode)]
+    # Relinking and creating names touches directories; keep the times rdump gave them.
+    touched = {(dest / e.path).parent for e in special}
+    touched.update((dest / e.path).parent for names in links for e in names[1:])
+    times = {d: os.stat(d) for d in touched}
+    for names in links:
+        first = dest / names[0].path
+        for other in names[1:]:
+            target = dest / other.path
+            os.unlink(target)
+            os.link(first, target)
+    devices = _device_numbers(image, offset, [e.inode for e in special if not stat.S_ISFIFO(e.mode)])
+    for entry in special:
+        target = dest / entry.path
+        if stat.S_ISFIFO(entry.mode):
+            os.mkfifo(target, stat.S_IMODE(entry.mode))
+        else:
+            os.mknod(target, entry.mode, devices[entry.inode])
+        if os.geteuid() == 0:
+            os.chown(target, entry.uid, entry.gid)
+    for directory, st in times.items():
+        os.utime(directory, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _is_special(mode: int) -> bool:
+    # Sockets are left out: they mean nothing without the process that bound them.
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)

@@ -1,0 +1,164 @@
+"""A tiny OS to deploy and boot: busybox, a distribution kernel, and an init that reports.
+
+The tree is usr-merged (/bin, /sbin and /lib point into /usr) and carries the
+kernel at usr/lib/modules/<kver>/vmlinuz with just the modules the initramfs
+needs, so bootkit builds the initramfs at deploy time. Its /sbin/init does what a
+person would do to check a boot and reports each finding on the console as one
+line `BOOTKIT-TEST <key>=<value>`:
+
+- `id`: the version baked into the tree (usr/lib/bootkit-testos/id);
+- `bootkit`: the `bootkit=` argument the kernel got;
+- `mount:<path>`: for /, /usr, /etc, /var and /sysroot, the subtree of the
+  filesystem mounted there and its mount options, from /proc/self/mountinfo;
+- `write:<path>`: whether creating a file under /usr, /etc, /var and /sysroot works;
+- `var-history`, `etc-history`: what earlier boots appended to
+  /var/lib/bootkit-test/history and /etc/bootkit-test/history (ids, oldest first);
+- `done`: the report is complete.
+
+It then appends its id to both history files, remounts the filesystem read-only
+as a clean shutdown would, and powers off.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from bootkit import kmod
+
+from .kernel import KernelTree
+
+BUSYBOX = Path("/bin/busybox")
+OS_ID = "testos"
+MARKER = "BOOTKIT-TEST"
+
+# What the initramfs needs to find and mount the root on a virtio disk.
+FALLBACK_MODULES = ("virtio_pci", "virtio_blk", "ext4", "crc32c_generic")
+
+INIT = r"""#!/bin/sh
+# PID 1 of the bootkit test OS: report what the boot made of the system,
+# leave traces for the next boot, power off.
+PATH=/usr/sbin:/usr/bin
+export PATH
+mount -t proc proc /proc 2>/dev/null
+mount -t sysfs sysfs /sys 2>/dev/null
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+exec </dev/console >/dev/console 2>&1
+
+say() {
+    echo "BOOTKIT-TEST $1"
+}
+
+id=$(cat /usr/lib/bootkit-testos/id)
+say "id=$id"
+read -r cmdline </proc/cmdline
+for arg in $cmdline; do
+    case $arg in
+        bootkit=*) say "$arg" ;;
+    esac
+done
+# mountinfo: mount-id parent-id major:minor root mount-point options ...
+while read -r _ _ _ root point options _; do
+    case $point in
+        /|/usr|/etc|/var|/sysroot) say "mount:$point=root=$root options=$options" ;;
+    esac
+done </proc/self/mountinfo
+for dir in /usr /etc /var /sysroot; do
+    if (echo probe >"$dir/.bootkit-test-probe") 2>/dev/null; then
+        rm -f "$dir/.bootkit-test-probe"
+        say "write:$dir=yes"
+    else
+        say "write:$dir=no"
+    fi
+done
+say "var-history=$(tr '\n' ' ' 2>/dev/null </var/lib/bootkit-test/history)"
+say "etc-history=$(tr '\n' ' ' 2>/dev/null </etc/bootkit-test/history)"
+mkdir -p /var/lib/bootkit-test /etc/bootkit-test
+echo "$id" >>/var/lib/bootkit-test/history
+echo "$id" >>/etc/bootkit-test/history
+sync
+# Read-only before power-off, as a clean shutdown leaves it: the journal is empty.
+if mount -o remount,ro / 2>/dev/null; then
+    say "clean-shutdown=yes"
+else
+    say "clean-shutdown=no"
+fi
+say "done"
+poweroff -f
+"""
+
+
+def _initramfs_modules() -> Sequence[str]:
+    try:
+        from bootkit.initramfs import DEFAULT_MODULES
+    except ImportError:
+        return FALLBACK_MODULES
+    return DEFAULT_MODULES
+
+
+def _install_busybox(tree: Path) -> None:
+    shutil.copy2(BUSYBOX, tree / "usr/bin/busybox")
+    applets = subprocess.run(
+        [str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for applet in applets:
+        # usr-merged: bin/x and usr/bin/x both land in usr/bin.
+        rel = Path(applet)
+        if rel.parts[0] != "usr":
+            rel = Path("usr", *rel.parts)
+        link = tree / rel
+        if link.name == "busybox" or link.exists() or link.is_symlink():
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(tree / "usr/bin/busybox", link.parent))
+
+
+def _install_kernel(tree: Path, kernel: KernelTree) -> None:
+    dest = tree / "usr/lib/modules" / kernel.version
+    dest.mkdir(parents=True)
+    shutil.copy2(kernel.vmlinuz, dest / "vmlinuz")
+    for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        if (kernel.modules_dir / name).is_file():
+            shutil.copy2(kernel.modules_dir / name, dest / name)
+    order = kmod.load_order(kmod.ModuleTree(kernel.modules_dir), _initramfs_modules())
+    for module in order.modules:
+        target = dest / module.relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(module.path, target)
+
+
+def os_release(version: str) -> str:
+    return (
+        'NAME="Bootkit Test OS"\n'
+        f"ID={OS_ID}\n"
+        f"VERSION_ID={version}\n"
+        f'PRETTY_NAME="Bootkit Test OS {version}"\n'
+    )
+
+
+def build_testos(dest: Path, kernel: KernelTree, version: str) -> Path:
+    """Make the test OS tree of `version` at `dest` (which must not exist)."""
+    dest.mkdir(parents=True)
+    os.chmod(dest, 0o755)
+    for d in ("usr/bin", "usr/sbin", "usr/lib/bootkit-testos", "etc", "proc", "sys", "dev",
+              "run", "tmp", "var", "sysroot", "efi", "root", "mnt"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(dest / "tmp", 0o1777)
+    for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")):
+        (dest / link).symlink_to(target)
+    _install_busybox(dest)
+    init = dest / "usr/sbin/init"
+    init.unlink(missing_ok=True)
+    init.write_text(INIT)
+    init.chmod(0o755)
+    (dest / "usr/lib/os-release").write_text(os_release(version))
+    (dest / "etc/os-release").symlink_to("../usr/lib/os-release")
+    (dest / "etc/hostname").write_text(f"{OS_ID}\n")
+    (dest / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (dest / "etc/group").write_text("root:x:0:\n")
+    (dest / "usr/lib/bootkit-testos/id").write_text(f"{version}\n")
+    _install_kernel(dest, kernel)
+    return dest
