@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -13,12 +14,13 @@ from bootkit import etcmerge, payloads
 from bootkit.deployment import Deployment
 from bootkit.errors import BootkitError
 from bootkit.fsutil import fsync_dir, syncfs
-from bootkit.importer import import_source
+from bootkit.importer import HashCache, import_source
 from bootkit.kernel import TreeKernel, find_kernel, read_os_release
 from bootkit.names import check_name
 from bootkit.payloads import Payload
 
 INITRAMFS_MODES = ("auto", "tree", "build")
+HASH_CACHE = "import-cache.json"
 
 
 def deploy(
@@ -58,8 +60,11 @@ def deploy(
         staging = stateroot / "deploy" / f".staging-{os.getpid()}-{secrets.token_hex(4)}"
         boot = sysroot.boot_path
         new_payload: Payload | None = None
+        cache = HashCache(sysroot.meta / HASH_CACHE, source) if source.is_dir() else None
+        # A /var that is no longer empty is never refilled, so later trees' /var is not read.
+        dropped = frozenset({"var"}) if any((stateroot / "var").iterdir()) else frozenset()
         try:
-            report = import_source(source, staging, sysroot.objects, progress)
+            report = import_source(source, staging, sysroot.objects, progress, cache, dropped)
             if report.skipped and warn:
                 warn(
                     f"skipped {len(report.skipped)} special file(s): {', '.join(report.skipped[:10])}"
@@ -102,9 +107,14 @@ def deploy(
             os.rename(staging, final)
             fsync_dir(final.parent)
         except BaseException:
+            # Files stored for the discarded tree are linked from nowhere once it is gone.
+            with contextlib.suppress(OSError):
+                sysroot.objects.mark_prune_pending()
             shutil.rmtree(staging, ignore_errors=True)
             if new_payload is not None:
                 shutil.rmtree(new_payload.dir(boot), ignore_errors=True)
+            with contextlib.suppress(OSError):
+                sysroot.objects.prune()
             raise
         dep.save(sysroot.metadata_path(os_name, dep.id))
         new_state = state.with_changes(
@@ -113,6 +123,9 @@ def deploy(
             default=dep.ref if make_default or state.default is None else state.default,
         )
         sysroot.commit(new_state)
+        if cache is not None:
+            with contextlib.suppress(OSError):  # only an optimization for the next deploy
+                cache.save()
         return dep
 
 

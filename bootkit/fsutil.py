@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -16,11 +17,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+# Python has no os.syncfs; sync() instead would flush every filesystem on the machine.
+_syncfs = _load_syncfs()
+
+
 def syncfs(path: Path) -> None:
     """Flush the whole filesystem holding `path` (one call instead of one fsync per file)."""
+    if _syncfs is None:
+        os.sync()
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.syncfs(fd) if hasattr(os, "syncfs") else os.sync()
+        if _syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
     finally:
         os.close(fd)
 

@@ -43,14 +43,33 @@ def decode(data: bytes, source: str = "grubenv") -> dict[str, str]:
     except ConstructError as err:
         raise BootkitError(f"{source}: not a GRUB environment block ({err})") from None
     env: dict[str, str] = {}
-    for raw in block.body.split(b"\n"):
+    for raw in _lines(block.body):
         if not raw or raw.startswith(b"#"):
             continue
         key, sep, value = raw.partition(b"=")
         if not sep:
             raise BootkitError(f"{source}: malformed line {raw!r}")
-        env[key.decode()] = _unescape(value.decode())
+        try:
+            env[key.decode()] = _unescape(value.decode())
+        except UnicodeDecodeError:
+            raise BootkitError(f"{source}: line {raw!r} is not UTF-8") from None
     return env
+
+
+def _lines(body: bytes) -> list[bytes]:
+    """Split at each newline that no backslash escapes, as GRUB reads the block."""
+    out: list[bytes] = []
+    start = i = 0
+    while i < len(body):
+        if body[i] == 0x5C:  # a backslash takes the next byte with it, newline included
+            i += 2
+            continue
+        if body[i] == 0x0A:
+            out.append(body[start:i])
+            start = i + 1
+        i += 1
+    out.append(body[start:])
+    return out
 
 
 def _line(key: str, value: str) -> bytes:

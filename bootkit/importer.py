@@ -9,15 +9,18 @@ be written to at run time and a write must never reach another deployment.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
+import json
 import lzma
 import os
 import shutil
 import stat
 import subprocess
 import tarfile
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from bootkit.errors import BootkitError
+from bootkit.fsutil import atomic_write, fsync_dir
 
 Progress = Callable[[int], None]
 IS_ROOT = os.geteuid() == 0
@@ -58,10 +62,12 @@ def _object_key(content_hash: str, meta: _Meta) -> str:
     return h.hexdigest()
 
 
-def _read_xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
+def _read_xattrs(path: str | Path) -> tuple[tuple[str, bytes], ...]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
+        return ()
+    if not names:
         return ()
     out = []
     for name in sorted(names):
@@ -72,15 +78,13 @@ def _read_xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
     return tuple(out)
 
 
-def _apply_meta(path: Path, meta: _Meta, *, symlink: bool = False) -> None:
+def _apply_meta(path: str | Path, meta: _Meta, *, symlink: bool = False) -> None:
     if IS_ROOT:
         os.chown(path, meta.uid, meta.gid, follow_symlinks=False)
     for name, value in meta.xattrs:
-        try:
+        # Not every filesystem takes every namespace (security.* on tmpfs, say).
+        with contextlib.suppress(OSError):
             os.setxattr(path, name, value, follow_symlinks=False)
-        except OSError:
-            # Not every filesystem takes every namespace (security.* on tmpfs, say).
-            pass
     if not symlink:
         # chmod after chown: chown clears setuid/setgid bits.
         os.chmod(path, stat.S_IMODE(meta.mode))
@@ -92,38 +96,64 @@ class ObjectStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.tmp = root / "tmp"
+
+    def prepare(self) -> None:
+        """Create the store's directories; before storing anything."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.tmp.mkdir(mode=0o700, exist_ok=True)
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / key[2:]
 
-    def link_into(self, key: str, dest: Path, fill: Callable[[Path], None], meta: _Meta) -> bool:
+    def link_into(self, key: str, dest: str, fill: Callable[[str], None], meta: _Meta) -> bool:
         """Hardlink object `key` to `dest`, storing it first with `fill` if new. True if reused."""
-        obj = self.path(key)
-        if obj.exists():
-            try:
-                os.link(obj, dest)
-                return True
-            except OSError as err:
-                if err.errno != errno.EMLINK:
-                    raise
-                # Too many links to one inode (empty files, say): keep a private copy.
-                fill(dest)
-                _apply_meta(dest, meta)
-                return False
-        obj.parent.mkdir(exist_ok=True)
-        tmp = self.tmp / f"{key}.{os.getpid()}"
+        obj = f"{self.root}/{key[:2]}/{key[2:]}"
+        try:
+            os.link(obj, dest)
+            return True
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            if err.errno != errno.EMLINK:
+                raise
+            # Too many links to one inode (empty files, say): keep a private copy.
+            fill(dest)
+            _apply_meta(dest, meta)
+            return False
+        os.makedirs(os.path.dirname(obj), exist_ok=True)
+        tmp = os.path.join(self.tmp, f"{key}.{os.getpid()}")
         fill(tmp)
         _apply_meta(tmp, meta)
         os.rename(tmp, obj)
         os.link(obj, dest)
         return False
 
+    @property
+    def _prune_marker(self) -> Path:
+        return self.root / "prune-pending"
+
+    def mark_prune_pending(self) -> None:
+        """Record, durably, that objects are about to lose links: call before removing trees.
+
+        A power cut between removing a tree and pruning would otherwise leave its
+        objects stored forever, since nothing else says that a prune is needed.
+        """
+        try:
+            fd = os.open(self._prune_marker, os.O_WRONLY | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            return  # no store yet, so nothing to prune
+        os.close(fd)
+        fsync_dir(self.root)
+
+    def prune_pending(self) -> bool:
+        return self._prune_marker.exists()
+
     def prune(self) -> int:
         """Remove objects no deployment links to; return bytes freed."""
         freed = 0
+        if not self.root.is_dir():
+            return 0
         for sub in self.root.iterdir():
             if sub == self.tmp:
                 shutil.rmtree(sub, ignore_errors=True)
@@ -136,51 +166,103 @@ class ObjectStore:
                 if st.st_nlink == 1:
                     freed += st.st_size
                     obj.unlink()
+            with contextlib.suppress(OSError):
+                sub.rmdir()  # only if that emptied it
+        self._prune_marker.unlink(missing_ok=True)
         return freed
 
 
-def _dedup_eligible(rel: PurePosixPath) -> bool:
-    return rel.parts[:1] == ("usr",)
+def _dedup_eligible(rel: str) -> bool:
+    return rel.startswith("usr/")
+
+
+class HashCache:
+    """Content hashes of a directory source's files, from the last import of that source.
+
+    A file whose inode, size, mtime and ctime are unchanged keeps its hash, so that a
+    redeploy of a big tree with a few changed files reads only those files. ctime
+    cannot be set from user space, so a rewrite that restores the mtime is still
+    seen. Entries changed too recently to be told apart from a change within the same
+    clock tick are not kept.
+    """
+
+    RACY_NS = 2_000_000_000
+
+    def __init__(self, path: Path, source: Path) -> None:
+        self.path = path
+        self.source = str(source.resolve())
+        self.old: dict[str, list[int | str]] = {}
+        self.new: dict[str, list[int | str]] = {}
+        try:
+            data = json.loads(path.read_text())
+            if data.get("source") == self.source:
+                self.old = data["files"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # no cache, or a damaged one: hash everything
+
+    @staticmethod
+    def _key(st: os.stat_result) -> list[int | str]:
+        return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+    def get(self, rel: str, st: os.stat_result) -> str | None:
+        entry = self.old.get(rel)
+        if entry is not None and entry[:4] == self._key(st):
+            self.new[rel] = entry
+            return str(entry[4])
+        return None
+
+    def put(self, rel: str, st: os.stat_result, digest: str) -> None:
+        self.new[rel] = [*self._key(st), digest]
+
+    def save(self) -> None:
+        limit = time.time_ns() - self.RACY_NS
+        files = {rel: e for rel, e in self.new.items() if int(e[3]) < limit}
+        atomic_write(self.path, json.dumps({"source": self.source, "files": files}))
 
 
 class _Importer:
+    """Builds the new tree; paths are plain strings here, as this runs once per file."""
+
     def __init__(self, dest: Path, store: ObjectStore, progress: Progress | None) -> None:
-        self.dest = dest
+        self.dest = str(dest)
         self.store = store
         self.progress = progress or (lambda n: None)
         self.report = ImportReport()
+        store.prepare()
         self.tree_hash = hashlib.sha256()
-        self.dir_meta: list[tuple[Path, _Meta]] = []
+        self.dir_meta: list[tuple[str, _Meta]] = []
 
-    def _note(self, rel: PurePosixPath, what: str) -> None:
-        self.tree_hash.update(f"{rel}\0{what}\n".encode())
+    def _note(self, rel: str, what: str) -> None:
+        # /var is handed to the shared /var or dropped, so it is no part of the tree's identity.
+        if rel != "var" and not rel.startswith("var/"):
+            self.tree_hash.update(f"{rel}\0{what}\n".encode("utf-8", "surrogateescape"))
 
-    def skip(self, rel: PurePosixPath, kind: str) -> None:
+    def skip(self, rel: str, kind: str) -> None:
         self.report.skipped.append(f"/{rel} ({kind})")
 
-    def add_dir(self, rel: PurePosixPath, meta: _Meta) -> None:
-        path = self.dest / rel
-        if not path.is_dir() or path.is_symlink():
-            path.mkdir(mode=0o700)
+    def add_dir(self, rel: str, meta: _Meta) -> None:
+        path = f"{self.dest}/{rel}"
+        if not os.path.isdir(path) or os.path.islink(path):
+            os.mkdir(path, 0o700)
         # Modes are applied at the end: a read-only directory must still take its children.
         self.dir_meta.append((path, meta))
         self._note(rel, f"d{meta.mode:o}:{meta.uid}:{meta.gid}")
 
-    def add_symlink(self, rel: PurePosixPath, target: str, meta: _Meta) -> None:
-        path = self.dest / rel
+    def add_symlink(self, rel: str, target: str, meta: _Meta) -> None:
+        path = f"{self.dest}/{rel}"
         os.symlink(target, path)
         _apply_meta(path, meta, symlink=True)
         self._note(rel, f"l{target}")
 
     def add_file(
         self,
-        rel: PurePosixPath,
+        rel: str,
         meta: _Meta,
         content_hash: str,
-        fill: Callable[[Path], None],
+        fill: Callable[[str], None],
         size: int,
     ) -> None:
-        path = self.dest / rel
+        path = f"{self.dest}/{rel}"
         self.report.files += 1
         self.report.bytes += size
         if _dedup_eligible(rel):
@@ -192,8 +274,8 @@ class _Importer:
             _apply_meta(path, meta)
         self._note(rel, f"f{content_hash}:{meta.mode:o}:{meta.uid}:{meta.gid}")
 
-    def add_hardlink(self, rel: PurePosixPath, target: PurePosixPath) -> None:
-        os.link(self.dest / target, self.dest / rel)
+    def add_hardlink(self, rel: str, target: str) -> None:
+        os.link(os.path.join(self.dest, target), os.path.join(self.dest, rel))
         self._note(rel, f"h{target}")
 
     def finish(self) -> ImportReport:
@@ -203,40 +285,47 @@ class _Importer:
         return self.report
 
 
-def _meta_of(path: Path, st: os.stat_result) -> _Meta:
+def _meta_of(path: str, st: os.stat_result) -> _Meta:
     return _Meta(st.st_mode, st.st_uid, st.st_gid, _read_xattrs(path), st.st_mtime)
 
 
-def _hash_file(path: Path) -> str:
+def _hash_file(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _copier(src: Path) -> Callable[[Path], None]:
-    def fill(dst: Path) -> None:
+def _copier(src: str) -> Callable[[str], None]:
+    def fill(dst: str) -> None:
         shutil.copyfile(src, dst, follow_symlinks=False)
 
     return fill
 
 
-def _walk(src: Path, rel: PurePosixPath) -> Iterator[tuple[PurePosixPath, os.DirEntry[str]]]:
-    with os.scandir(src / rel) as it:
+def _walk(src: str, rel: str, prune: frozenset[str]) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    with os.scandir(f"{src}/{rel}" if rel else src) as it:
         entries = sorted(it, key=lambda e: e.name)
     for entry in entries:
-        child = rel / entry.name
+        child = f"{rel}/{entry.name}" if rel else entry.name
         yield child, entry
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(src, child)
+        if entry.is_dir(follow_symlinks=False) and child not in prune:
+            yield from _walk(src, child, prune)
 
 
 def import_directory(
-    src: Path, dest: Path, store: ObjectStore, progress: Progress | None = None
+    src: Path,
+    dest: Path,
+    store: ObjectStore,
+    progress: Progress | None = None,
+    cache: HashCache | None = None,
+    contents_dropped: frozenset[str] = frozenset(),
 ) -> ImportReport:
+    """Import the directory `src`; the contents of `contents_dropped` (top-level names)
+    are not read: the caller discards them anyway."""
     imp = _Importer(dest, store, progress)
-    st = src.stat()
-    imp.add_dir(PurePosixPath("."), _meta_of(src, st))
-    for rel, entry in _walk(src, PurePosixPath()):
-        path = src / rel
+    root = str(src)
+    imp.add_dir(".", _meta_of(root, os.stat(root)))
+    for rel, entry in _walk(root, "", contents_dropped):
+        path = entry.path
         st = entry.stat(follow_symlinks=False)
         mode = st.st_mode
         if stat.S_ISDIR(mode):
@@ -244,7 +333,12 @@ def import_directory(
         elif stat.S_ISLNK(mode):
             imp.add_symlink(rel, os.readlink(path), _meta_of(path, st))
         elif stat.S_ISREG(mode):
-            imp.add_file(rel, _meta_of(path, st), _hash_file(path), _copier(path), st.st_size)
+            digest = cache.get(rel, st) if cache else None
+            if digest is None:
+                digest = _hash_file(path)
+                if cache:
+                    cache.put(rel, st, digest)
+            imp.add_file(rel, _meta_of(path, st), digest, _copier(path), st.st_size)
             imp.progress(st.st_size)
         else:
             imp.skip(rel, _kind(mode))
@@ -359,15 +453,17 @@ def import_tar(
                         root_meta = meta
                     continue
                 _check_parents(dest, rel, m.name)
+                _check_new(dest, rel, m)
+                name = str(rel)
                 if m.isdir():
-                    imp.add_dir(rel, meta)
+                    imp.add_dir(name, meta)
                 elif m.issym():
                     if _escapes(rel, m.linkname):
                         raise BootkitError(
                             f"tar member {m.name!r} is a symlink that escapes the tree ({m.linkname!r})",
                             hint="the archive may be malicious; rebuild it",
                         )
-                    imp.add_symlink(rel, m.linkname, meta)
+                    imp.add_symlink(name, m.linkname, meta)
                 elif m.islnk():
                     target = _member_path(m.linkname)
                     if target not in seen_files:
@@ -375,28 +471,28 @@ def import_tar(
                             f"tar member {m.name!r} is a hardlink to {m.linkname!r}, which is not an earlier file in the archive",
                             hint="the archive may be malicious or truncated",
                         )
-                    imp.add_hardlink(rel, target)
+                    imp.add_hardlink(name, str(target))
                     seen_files.add(rel)
                 elif m.isreg():
                     f = tf.extractfile(m)
                     assert f is not None
-                    tmp = store.tmp / f"member.{os.getpid()}"
+                    tmp = os.path.join(store.tmp, f"member.{os.getpid()}")
                     h = hashlib.sha256()
                     with open(tmp, "wb") as out:
                         while block := f.read(1 << 20):
                             h.update(block)
                             out.write(block)
 
-                    def fill(dst: Path, tmp: Path = tmp) -> None:
+                    def fill(dst: str, tmp: str = tmp) -> None:
                         os.rename(tmp, dst)
 
-                    imp.add_file(rel, meta, h.hexdigest(), fill, m.size)
-                    if tmp.exists():
-                        tmp.unlink()
+                    imp.add_file(name, meta, h.hexdigest(), fill, m.size)
+                    if os.path.lexists(tmp):
+                        os.unlink(tmp)
                     seen_files.add(rel)
                 else:
                     imp.skip(
-                        rel,
+                        name,
                         "device node"
                         if m.ischr() or m.isblk()
                         else "fifo"
@@ -409,7 +505,7 @@ def import_tar(
             hint="check the file; it may be truncated or corrupt",
         ) from None
     if root_meta is not None:
-        imp.dir_meta.insert(0, (dest, root_meta))
+        imp.dir_meta.insert(0, (str(dest), root_meta))
     return imp.finish()
 
 
@@ -449,13 +545,34 @@ def _check_parents(dest: Path, rel: PurePosixPath, name: str) -> None:
             )
 
 
+def _check_new(dest: Path, rel: PurePosixPath, m: tarfile.TarInfo) -> None:
+    """Refuse a member whose path an earlier member already took (a directory may repeat)."""
+    try:
+        st = (dest / rel).lstat()
+    except FileNotFoundError:
+        return
+    if not (m.isdir() and stat.S_ISDIR(st.st_mode)):
+        raise BootkitError(
+            f"tar member {m.name!r} appears more than once in the archive",
+            hint="rebuild the archive with each path once",
+        )
+
+
 def import_source(
-    src: Path, dest: Path, store: ObjectStore, progress: Progress | None = None
+    src: Path,
+    dest: Path,
+    store: ObjectStore,
+    progress: Progress | None = None,
+    cache: HashCache | None = None,
+    contents_dropped: frozenset[str] = frozenset(),
 ) -> ImportReport:
-    """Import `src` (directory or tar archive) into the fresh directory `dest`."""
+    """Import `src` (directory or tar archive) into the fresh directory `dest`.
+
+    `cache` and `contents_dropped` apply to a directory source only (see import_directory).
+    """
     if src.is_dir():
         dest.mkdir()
-        return import_directory(src, dest, store, progress)
+        return import_directory(src, dest, store, progress, cache, contents_dropped)
     if src.is_file():
         dest.mkdir()
         return import_tar(src, dest, store, progress)

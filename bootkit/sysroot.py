@@ -172,22 +172,39 @@ class Sysroot:
     def repair(self) -> bool:
         """Finish or undo what an interrupted command left; True if anything was done."""
         state = self.state()
+        did = False
+        if state.deployments:
+            view = bootconfig.read_view(self.boot_path)
+            present = payloads.present(self.boot_path)
+            missing = [
+                d for d in self.deployments(state) if Payload(d.os, d.payload) not in present
+            ]
+            if missing:
+                raise BootkitError(
+                    f"the kernel of deployment {missing[0].ref} is missing from {self.boot_path}",
+                    hint="redeploy it, or remove it with 'bootkit undeploy'",
+                )
+            if not bootconfig.is_current(
+                view, state.generation, self.config
+            ) or self._unlisted_payloads(state, present):
+                self.commit(state)
+                did = True
+        return self._tidy(state) or did
+
+    def _tidy(self, state: State) -> bool:
+        """Remove trees and objects that `state` no longer lists.
+
+        Only once $BOOT matches `state`: until then an entry of the old configuration
+        may still boot a tree that `state` has dropped.
+        """
         did = self._remove_orphans(state)
-        if not state.deployments:
-            return did
-        view = bootconfig.read_view(self.boot_path)
-        present = payloads.present(self.boot_path)
-        missing = [d for d in self.deployments(state) if Payload(d.os, d.payload) not in present]
-        if missing:
-            raise BootkitError(
-                f"the kernel of deployment {missing[0].ref} is missing from {self.boot_path}",
-                hint="redeploy it, or remove it with 'bootkit undeploy'",
-            )
-        if not bootconfig.is_current(
-            view, state.generation, self.config
-        ) or self._unlisted_payloads(state, present):
-            self.commit(state)
-            return True
+        if self.objects.prune_pending():
+            self.objects.prune()
+            did = True
+        # Temp files of an interrupted atomic write (state, config, caches).
+        for stray in self.meta.glob(".*.bootkit-tmp"):
+            stray.unlink()
+            did = True
         return did
 
     def _unlisted_payloads(self, state: State, present: dict[Payload, int]) -> bool:
@@ -197,26 +214,28 @@ class Sysroot:
     def _remove_orphans(self, state: State) -> bool:
         """Deployment trees and metadata that no state lists: an interrupted deploy or undeploy."""
         listed = set(state.deployments)
-        did = False
         root = self.meta / "deploy"
         if not root.is_dir():
             return False
+        orphans = []
         for osdir in root.iterdir():
             ddir = osdir / "deploy"
             if not ddir.is_dir():
                 continue
             for p in ddir.iterdir():
                 stem = p.name.removesuffix(".json")
-                if f"{osdir.name}/{stem}" in listed and is_valid_name(stem):
-                    continue
-                did = True
-                if p.is_dir() and not p.is_symlink():
-                    _rmtree(p)
-                else:
-                    p.unlink()
-        if did:
-            self.objects.prune()
-        return did
+                if f"{osdir.name}/{stem}" not in listed or not is_valid_name(stem):
+                    orphans.append(p)
+        if not orphans:
+            return False
+        self.objects.mark_prune_pending()
+        for p in orphans:
+            if p.is_dir() and not p.is_symlink():
+                _rmtree(p)
+            else:
+                p.unlink()
+        self.objects.prune()
+        return True
 
     def transaction(self, change: Callable[[State], State]) -> State:
         with self.locked():
@@ -332,6 +351,7 @@ class Sysroot:
             default = remaining[-1]
         new = self.commit(state.with_changes(deployments=remaining, default=default))
         # Only now that no entry points at them may the trees go.
+        self.objects.mark_prune_pending()
         for d in deps:
             self.metadata_path(d.os, d.id).unlink(missing_ok=True)
             _rmtree(self.deployment_dir(d.os, d.id))
@@ -371,12 +391,15 @@ class Sysroot:
 
     def bootloader_update(self) -> State:
         with self.locked():
-            state = (self._remove_orphans(self.state()) and self.state()) or self.state()
+            state = self.state()
             if not state.deployments:
+                self._tidy(state)
                 raise BootkitError(
                     "nothing to boot yet", hint="deploy a tree first with 'bootkit deploy'"
                 )
-            return self.commit(state)
+            state = self.commit(state)
+            self._tidy(state)
+            return state
 
 
 def _rmtree(path: Path) -> None:

@@ -250,3 +250,21 @@ def bootloader_update(sysroot: Path | None) -> None:
 
 
 COMMANDS = [init, deploy, status, rollback, set_default, pin, unpin, undeploy, cleanup, bootloader]
+
+
+@bootloader.command("grub-stub")
+@sysroot_option
+@click.option("--boot-dir", "print_boot_dir", is_flag=True, help="Print only where $BOOT is mounted.")
+def bootloader_grub_stub(sysroot: Path | None, print_boot_dir: bool) -> None:
+    """Print the GRUB script that loads bootkit's current menu (for /etc/grub.d/15_bootkit).
+
+    Its paths are relative to the root of $BOOT; the caller points GRUB's root at
+    that filesystem first.
+    """
+    from bootkit import grubcfg
+
+    sr = open_sysroot(sysroot)
+    if print_boot_dir:
+        click.echo(str(sr.boot_path))
+    else:
+        click.echo(grubcfg.render_stub(), nl=False)
