@@ -70,25 +70,34 @@ class BootEntry:
     title: str
     version: str
     sort_key: str
-    linux: str
+    linux: str  # empty in an entry that starts an EFI program (`efi`) instead
     initrd: tuple[str, ...]
     options: str
     extra: tuple[tuple[str, str], ...] = field(default=())
+    efi: str = ""  # a Unified Kernel Image: its own kernel, initrd and command line
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The paths on $BOOT this entry boots from."""
+        return (self.efi,) if self.efi else (self.linux, *self.initrd)
 
     def render(self) -> str:
+        boot = [f"efi {self.efi}"] if self.efi else [
+            f"linux {self.linux}",
+            *(f"initrd {i}" for i in self.initrd),
+        ]
         lines = [
             f"title {self.title}",
             f"version {self.version}",
             f"sort-key {self.sort_key}",
-            f"linux {self.linux}",
-            *(f"initrd {i}" for i in self.initrd),
+            *boot,
             f"options {self.options}",
             *(f"{k} {v}" for k, v in self.extra),
         ]
         return "\n".join(lines) + "\n"
 
 
-_KNOWN = {"title", "version", "sort-key", "linux", "initrd", "options"}
+_KNOWN = {"title", "version", "sort-key", "linux", "initrd", "options", "efi"}
 
 
 def parse_entry(text: str, source: str = "entry") -> BootEntry:
@@ -106,8 +115,8 @@ def parse_entry(text: str, source: str = "entry") -> BootEntry:
             values.setdefault(key, []).append(value.strip())
         else:
             extra.append((key, value.strip()))
-    if "linux" not in values:
-        raise BootkitError(f"{source}: boot entry has no 'linux' line")
+    if "linux" not in values and "efi" not in values:
+        raise BootkitError(f"{source}: boot entry has no 'linux' line (and no 'efi' line)")
 
     def one(key: str) -> str:
         return values.get(key, [""])[-1]
@@ -120,35 +129,60 @@ def parse_entry(text: str, source: str = "entry") -> BootEntry:
         initrd=tuple(values.get("initrd", [])),
         options=" ".join(values.get("options", [])),
         extra=tuple(extra),
+        efi=one("efi"),
     )
 
 
 def systemd_boot_order(entries: list[tuple[str, BootEntry]]) -> list[tuple[str, BootEntry]]:
-    """Order (filename, entry) pairs the way systemd-boot's menu does.
+    """Order (filename, entry) pairs the way systemd-boot's menu (and `bootctl list`) does.
 
     Entries with no tries left go last; entries with a sort-key come before those
-    without; then sort-key ascending, version descending, file name descending.
+    without; then sort-key and machine-id as plain strings, version newest first (UAPI
+    version comparison), the id newest first; finally more tries left, fewer tries done.
     """
 
     def cmp(x: tuple[str, BootEntry], y: tuple[str, BootEntry]) -> int:
         (fx, ex), (fy, ey) = x, y
-        nx, ny = EntryName.parse(fx), EntryName.parse(fy)
-        dead_x = nx is not None and nx.tries_left == 0
-        dead_y = ny is not None and ny.tries_left == 0
-        if dead_x != dead_y:
-            return 1 if dead_x else -1
-        if bool(ex.sort_key) != bool(ey.sort_key):
-            return -1 if ex.sort_key else 1
+        (left_x, done_x), (left_y, done_y) = _tries(fx), _tries(fy)
+        if r := _cmp(left_x == 0, left_y == 0):
+            return r
+        if r := _cmp(not ex.sort_key, not ey.sort_key):
+            return r
         if ex.sort_key and ey.sort_key:
-            if r := compare_versions(ex.sort_key, ey.sort_key):
+            if r := _cmp(ex.sort_key, ey.sort_key):
+                return r
+            if r := _cmp(_machine_id(ex), _machine_id(ey)):
                 return r
             if r := compare_versions(ex.version, ey.version):
                 return -r
-        return -compare_versions(_entry_id(fx), _entry_id(fy))
+        if r := compare_versions(_entry_id(fx), _entry_id(fy)):
+            return -r
+        if left_x is None or left_y is None:
+            return 0
+        return _cmp(left_y, left_x) or _cmp(done_x or 0, done_y or 0)
 
     from functools import cmp_to_key
 
     return sorted(entries, key=cmp_to_key(cmp))
+
+
+def _cmp(a: object, b: object) -> int:
+    return (a > b) - (a < b)  # type: ignore[operator]
+
+
+def _machine_id(entry: BootEntry) -> str:
+    return next((v for k, v in entry.extra if k == "machine-id"), "")
+
+
+_COUNTER_RE = re.compile(r"\+(\d+)(?:-(\d+))?(?=\.conf\Z)")
+
+
+def _tries(filename: str) -> tuple[int | None, int | None]:
+    """(tries left, tries done) from a boot-counting suffix such as `+3-1.conf`."""
+    m = _COUNTER_RE.search(filename)
+    if not m:
+        return None, None
+    return int(m[1]), int(m[2]) if m[2] is not None else None
 
 
 def blscfg_order(filenames: list[str]) -> list[str]:
@@ -161,6 +195,5 @@ def blscfg_order(filenames: list[str]) -> list[str]:
 
 
 def _entry_id(filename: str) -> str:
-    # Both bootloaders compare the name without the counting suffix and ".conf".
-    stem = filename.removesuffix(".conf")
-    return re.sub(r"\+\d+(-\d+)?\Z", "", stem)
+    # The entry's id: its file name without the boot-counting suffix.
+    return _COUNTER_RE.sub("", filename)

@@ -19,11 +19,11 @@ GRUB's slot file switches in a single rename.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkit import grubcfg
+from bootkit import bootcount, grubcfg, grubenv, payloads
 from bootkit.bls import MAX_RANK, BootEntry, EntryName, parse_entry
 from bootkit.config import SysrootConfig
 from bootkit.deployment import Deployment
@@ -51,12 +51,29 @@ def options_for(cfg: SysrootConfig, dep: Deployment) -> str:
     return " ".join([cfg.root_arg, "rw", f"bootkit={dep.path}", *dep.kargs])
 
 
-def entry_name(dep: Deployment, generation: int, rank: int, tries: int | None) -> EntryName:
-    return EntryName(generation, rank, f"{dep.os}-{dep.id}", tries_left=tries)
+def entry_name(
+    dep: Deployment, generation: int, rank: int, counter: bootcount.Counter | None = None
+) -> EntryName:
+    counter = counter or bootcount.Counter()
+    return EntryName(
+        generation, rank, f"{dep.os}-{dep.id}", tries_left=counter.left, tries_done=counter.done
+    )
 
 
 def render_entry(cfg: SysrootConfig, dep: Deployment, name: EntryName) -> BootEntry:
     payload = Payload(dep.os, dep.payload)
+    if dep.uki:
+        # The same options as embedded in the UKI: systemd-stub uses these only while
+        # Secure Boot is off, and `status` finds the entry of a deployment by them.
+        return BootEntry(
+            title=dep.title,
+            version=dep.version,
+            sort_key=name.sort_key,
+            linux="",
+            initrd=(),
+            options=options_for(cfg, dep),
+            efi=payload.rel(payloads.UKI_FILE),
+        )
     return BootEntry(
         title=dep.title,
         version=dep.version,
@@ -75,9 +92,10 @@ def grub_menu(cfg: SysrootConfig, ordered: Sequence[Deployment]) -> list[grubcfg
             grubcfg.MenuEntry(
                 id=f"bootkit-{dep.os}-{dep.id}",
                 title=f"{dep.title} ({dep.version}, {dep.id})",
-                linux=payload.rel("linux"),
-                initrd=(payload.rel("initrd"),),
+                linux="" if dep.uki else payload.rel("linux"),
+                initrd=() if dep.uki else (payload.rel("initrd"),),
                 options=options_for(cfg, dep),
+                efi=payload.rel(payloads.UKI_FILE) if dep.uki else "",
             )
         )
     return out
@@ -124,9 +142,13 @@ def switch(
     cfg: SysrootConfig,
     ordered: Sequence[Deployment],
     generation: int,
-    tries: dict[str, int | None] | None = None,
+    counters: Mapping[str, bootcount.Counter] | None = None,
 ) -> None:
-    """Make `ordered` (default first) the boot menu, as generation `generation`."""
+    """Make `ordered` (default first) the boot menu, as generation `generation`.
+
+    `counters` (by deployment ref) go into the entry names; for GRUB, the default's
+    also into grubenv, where GRUB counts it down (see `bootcount`).
+    """
     if len(ordered) > MAX_RANK:
         raise BootkitError(f"too many deployments ({len(ordered)}); the limit is {MAX_RANK}")
     if not ordered:
@@ -134,7 +156,7 @@ def switch(
             "refusing to write a boot configuration with no entries",
             hint="deploy a tree first; bootkit never leaves a machine with nothing to boot",
         )
-    tries = tries or {}
+    counters = counters or {}
     edir = boot / ENTRIES_DIR
     edir.mkdir(parents=True, exist_ok=True)
     before = read_view(boot)
@@ -144,7 +166,7 @@ def switch(
     # Step 2: everything new under names no bootloader reads.
     staged: list[tuple[Path, Path]] = []
     for rank, dep in enumerate(ordered):
-        name = entry_name(dep, generation, rank, tries.get(dep.ref))
+        name = entry_name(dep, generation, rank, counters.get(dep.ref))
         final = edir / name.filename
         text = render_entry(cfg, dep, name).render()
         staged.append((write_unsynced(final, text.encode()), final))
@@ -159,8 +181,15 @@ def switch(
                 (gdir / f"slot-{i}.cfg").unlink()
         new_slot = 0 if current is None else (current + 1) % grubcfg.SLOTS
         final = gdir / f"slot-{new_slot}.cfg"
-        text = grubcfg.render_slot(generation, grub_menu(cfg, ordered), cfg.timeout)
+        counter = counters.get(ordered[0].ref, bootcount.Counter())
+        counting = None
+        if counter.left is not None:
+            counting = grubcfg.Counting(ordered[0].path, max(cfg.tries, counter.left))
+        text = grubcfg.render_slot(generation, grub_menu(cfg, ordered), cfg.timeout, counting)
         grub_slot = (write_unsynced(final, text.encode()), final)
+        # Rewritten in place, as GRUB's save_env does. Before the new slot is visible,
+        # the old slot does not count the new default; after, the counter is there.
+        _write_grub_counter(boot, ordered[0], counter)
     syncfs(boot)
 
     # Step 3: make them visible, default first.
@@ -171,14 +200,12 @@ def switch(
         os.rename(*grub_slot)
         fsync_dir(gdir)
 
-    # Step 4: drop the old generation.
-    keep = {final.name for _, final in staged}
-    for fname, _ in before.entries:
-        if fname not in keep:
-            (edir / fname).unlink(missing_ok=True)
-    for fname, _ in before.bad_entries:
-        if fname not in keep:
-            (edir / fname).unlink(missing_ok=True)
+    # Step 4: drop the old generation. Listed afresh: systemd-bless-boot or
+    # bootkit-mark-good may have renamed an old entry meanwhile (they take no lock).
+    for p in list(edir.iterdir()):
+        name = EntryName.parse(p.name)
+        if name is not None and name.generation != generation:
+            p.unlink(missing_ok=True)
     fsync_dir(edir)
     if grub_slot:
         for i in range(grubcfg.SLOTS):
@@ -188,6 +215,18 @@ def switch(
         fsync_dir(gdir)
 
     install_static(boot, cfg)
+
+
+def _write_grub_counter(boot: Path, default: Deployment, counter: bootcount.Counter) -> None:
+    path = boot / grubcfg.GRUBENV.lstrip("/")
+    try:
+        env, readable = grubenv.read(path), path.exists()
+    except (BootkitError, OSError):
+        env, readable = {}, False  # made anew with what bootkit keeps there
+    wanted = bootcount.grub_env_for(env, default, counter)
+    if wanted != env or not readable:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grubenv.write(path, wanted)
 
 
 def install_static(boot: Path, cfg: SysrootConfig) -> None:
@@ -207,8 +246,6 @@ def install_static(boot: Path, cfg: SysrootConfig) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, text)
     if cfg.bootloader == "grub":
-        from bootkit import grubenv
-
         env_path = boot / grubcfg.GRUBENV.lstrip("/")
         if not env_path.exists():
             grubenv.write(env_path, {})

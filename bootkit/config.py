@@ -12,6 +12,8 @@ from bootkit.fsutil import atomic_write
 from bootkit.names import check_name
 
 BOOTLOADERS = ("systemd-boot", "grub", "none")
+# How often a new entry is tried before the bootloader falls back to the previous one.
+DEFAULT_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -21,10 +23,12 @@ class SysrootConfig:
     boot_dir: str = "/efi"
     root_arg: str = "root=LABEL=bootkit-root"
     timeout: int = 3
-    tries: int = 0  # boot counting: 0 means off
+    tries: int = DEFAULT_TRIES  # boot counting (see bootkit.bootcount); 0 means off
     uki: bool = False
     signing_key: str | None = None
     signing_cert: str | None = None
+    # Decrypts an encrypted key; without it BOOTKIT_KEY_PASSPHRASE does.
+    signing_passphrase_file: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.os, "os")
@@ -35,6 +39,8 @@ class SysrootConfig:
             )
         if not self.boot_dir.startswith("/"):
             raise BootkitError(f"boot directory must be absolute, not {self.boot_dir!r}")
+        if isinstance(self.tries, bool) or not isinstance(self.tries, int) or self.tries < 0:
+            raise BootkitError(f"boot tries must be a whole number, 0 or more, not {self.tries!r}")
         if not self.root_arg.startswith("root="):
             raise BootkitError(
                 f"root argument must start with 'root=', not {self.root_arg!r}",

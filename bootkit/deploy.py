@@ -7,17 +7,19 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bootkit import etcmerge, payloads
+from bootkit import etcmerge, payloads, signing
+from bootkit.bootconfig import options_for
 from bootkit.deployment import Deployment
 from bootkit.errors import BootkitError
 from bootkit.fsutil import fsync_dir, syncfs
 from bootkit.importer import HashCache, import_source
-from bootkit.kernel import TreeKernel, find_kernel, read_os_release
+from bootkit.kernel import TreeKernel, find_kernel, os_release_path, read_os_release
 from bootkit.names import check_name
 from bootkit.payloads import Payload
+from bootkit.uki import build_uki
 
 INITRAMFS_MODES = ("auto", "tree", "build")
 HASH_CACHE = "import-cache.json"
@@ -33,6 +35,7 @@ def deploy(
     initramfs: str,
     progress: Callable[[int], None] | None,
     warn: Callable[[str], None] | None,
+    tries: int | None = None,
 ) -> Deployment:
     if initramfs not in INITRAMFS_MODES:
         raise BootkitError(
@@ -53,6 +56,8 @@ def deploy(
         sysroot.repair()
         cfg = sysroot.config
         os_name = check_name(os_name or cfg.os, "os")
+        # Before anything is written: a key that does not load fails the deploy at once.
+        signer = signing.configured_signer(cfg) if cfg.uki else None
         state = sysroot.state()
         stateroot = sysroot.stateroot(os_name)
         (stateroot / "deploy").mkdir(parents=True, exist_ok=True)
@@ -77,15 +82,6 @@ def deploy(
             _prepare_var(staging, stateroot / "var")
             kernel = find_kernel(staging)
             osrel = read_os_release(staging)
-            with _initrd_for(sysroot, staging, kernel, initramfs) as initrd:
-                files = {"linux": kernel.linux, "initrd": initrd}
-                payload = Payload(
-                    os_name, payloads.payload_name(kernel.version, list(files.values()))
-                )
-                if payloads.install(
-                    boot, payload, files, reclaimable=sysroot.reclaimable_bytes(state)
-                ):
-                    new_payload = payload
             serial = state.serial + 1
             dep = Deployment(
                 os=os_name,
@@ -96,12 +92,24 @@ def deploy(
                 or kernel.version,
                 source=str(source.resolve()),
                 kernel_version=kernel.version,
-                payload=payload.name,
+                payload="",  # named by its content, known once it is built
                 title=osrel.get("PRETTY_NAME") or osrel.get("NAME") or os_name,
                 created=time.time(),
                 serial=serial,
                 kargs=kargs,
+                uki=cfg.uki,
             )
+            # A UKI carries the command line that names this deployment.
+            cmdline = options_for(cfg, dep) if dep.uki else None
+            with _boot_files(sysroot, staging, kernel, initramfs, cmdline, signer) as files:
+                payload = Payload(
+                    os_name, payloads.payload_name(kernel.version, list(files.values()))
+                )
+                if payloads.install(
+                    boot, payload, files, reclaimable=sysroot.reclaimable_bytes(state)
+                ):
+                    new_payload = payload
+            dep = dep.with_changes(payload=payload.name)
             syncfs(staging)
             final = sysroot.deployment_dir(os_name, dep.id)
             os.rename(staging, final)
@@ -122,7 +130,8 @@ def deploy(
             deployments=(*state.deployments, dep.ref),
             default=dep.ref if make_default or state.default is None else state.default,
         )
-        sysroot.commit(new_state)
+        # The new entry is counted with `tries` (default: the sysroot's setting).
+        sysroot.commit(new_state, {dep.ref: tries} if tries is not None else None)
         if cache is not None:
             with contextlib.suppress(OSError):  # only an optimization for the next deploy
                 cache.save()
@@ -162,6 +171,37 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+@contextlib.contextmanager
+def _boot_files(
+    sysroot,  # type: ignore[no-untyped-def]
+    tree: Path,
+    kernel: TreeKernel,
+    initramfs: str,
+    uki_cmdline: str | None,
+    signer: signing.Signer | None,
+) -> Iterator[dict[str, Path]]:
+    """The payload's files: kernel and initramfs, or, with a command line, one UKI of them.
+
+    The UKI is signed when the sysroot has a key; its .osrel section is the tree's
+    os-release, so whoever inspects the UKI sees which OS it starts.
+    """
+    with _initrd_for(sysroot, tree, kernel, initramfs) as initrd:
+        if uki_cmdline is None:
+            yield {"linux": kernel.linux, "initrd": initrd}
+            return
+        image = sysroot.meta / "tmp" / f"uki-{os.getpid()}.efi"
+        image.parent.mkdir(exist_ok=True)
+        try:
+            osrel = os_release_path(tree)
+            build_uki(image, kernel.linux, [initrd], uki_cmdline,
+                      osrel.read_bytes() if osrel else b"")
+            if signer is not None:
+                signer.sign(image)
+            yield {payloads.UKI_FILE: image}
+        finally:
+            image.unlink(missing_ok=True)
 
 
 class _initrd_for:

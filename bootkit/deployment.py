@@ -25,6 +25,8 @@ class Deployment:
     serial: int
     kargs: tuple[str, ...] = field(default=())
     pinned: bool = False
+    # Its payload is one Unified Kernel Image (kernel, initrd and its command line).
+    uki: bool = False
 
     @property
     def ref(self) -> str:

@@ -5,17 +5,19 @@ removable-media path `EFI/BOOT/BOOTX64.EFI`. For systemd-boot that is a copy of
 the distribution's signed-or-not binary. For GRUB it is an image made with
 `grub-mkimage` around a small embedded config: find the ESP by the stub
 `grub/grub.cfg` bootkit keeps there, talk over the serial port as well as the
-screen, and read that stub.
+screen, and read that stub. With a signing key, the installed binary is signed for
+Secure Boot (systemd's own binary is not signed by the distribution).
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
 from bootkit.errors import BootkitError
+from bootkit.fsutil import atomic_copy
 from bootkit.runtool import run_tool
+from bootkit.signing import Signer
 
 REMOVABLE_PATH = Path("EFI/BOOT/BOOTX64.EFI")
 SYSTEMD_BOOT_EFI = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
@@ -27,6 +29,7 @@ GRUB_MODULES = (
     "search", "search_fs_file", "search_fs_uuid", "search_label", "test", "true",
     "echo", "loadenv", "cat", "ls", "reboot", "halt", "all_video", "gfxterm",
     "serial", "terminal", "terminfo", "efi_gop", "sleep", "regexp", "gzio", "minicmd",
+    "chain",  # `chainloader`, for deployments booted as Unified Kernel Images
 )
 
 GRUB_EARLY_CONFIG = """\
@@ -41,7 +44,8 @@ configfile /grub/grub.cfg
 BOOTLOADERS = ("systemd-boot", "grub")
 
 
-def install_systemd_boot(esp: Path, binary: Path = SYSTEMD_BOOT_EFI) -> None:
+def install_systemd_boot(esp: Path, binary: Path = SYSTEMD_BOOT_EFI,
+                         signer: Signer | None = None) -> None:
     if not binary.is_file():
         raise BootkitError(
             f"systemd-boot is not installed ({binary} is missing)",
@@ -49,7 +53,10 @@ def install_systemd_boot(esp: Path, binary: Path = SYSTEMD_BOOT_EFI) -> None:
         )
     for dest in (esp / REMOVABLE_PATH, esp / "EFI/systemd/systemd-bootx64.efi"):
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(binary, dest)
+        if signer is None:
+            atomic_copy(binary, dest)
+        else:
+            signer.sign(binary, dest)
 
 
 def build_grub_image(output: Path, module_dir: Path = GRUB_MODULE_DIR) -> None:
@@ -77,18 +84,25 @@ def build_grub_image(output: Path, module_dir: Path = GRUB_MODULE_DIR) -> None:
         )
 
 
-def install_grub(esp: Path) -> None:
+def install_grub(esp: Path, signer: Signer | None = None) -> None:
     dest = esp / REMOVABLE_PATH
     dest.parent.mkdir(parents=True, exist_ok=True)
-    build_grub_image(dest)
+    with tempfile.TemporaryDirectory(prefix="bootkit-grub-") as tmp:
+        built = Path(tmp) / "grubx64.efi"
+        build_grub_image(built)
+        if signer is None:
+            atomic_copy(built, dest)
+        else:
+            signer.sign(built, dest)
 
 
-def install_bootloader(esp: Path, bootloader: str) -> None:
-    """Put `bootloader` at the ESP's removable-media path (ESP content staged in `esp`)."""
+def install_bootloader(esp: Path, bootloader: str, signer: Signer | None = None) -> None:
+    """Put `bootloader` at the ESP's removable-media path (ESP content staged in `esp`),
+    signed with `signer` when given."""
     if bootloader == "systemd-boot":
-        install_systemd_boot(esp)
+        install_systemd_boot(esp, signer=signer)
     elif bootloader == "grub":
-        install_grub(esp)
+        install_grub(esp, signer)
     else:
         raise BootkitError(
             f"cannot install bootloader {bootloader!r} on an ESP",

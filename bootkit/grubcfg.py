@@ -14,6 +14,10 @@ from dataclasses import dataclass
 SLOTS = 3
 SLOT_DIR = "/bootkit/grub"
 GRUBENV = f"{SLOT_DIR}/grubenv"
+# Boot counting of the default entry (see bootkit.bootcount): the deployment path
+# the counter belongs to, and its tries left; no tries variable means marked good.
+COUNTED_VAR = "bootkit_counted"
+TRIES_VAR = "bootkit_tries"
 
 
 def slot_path(slot: int) -> str:
@@ -63,13 +67,63 @@ class MenuEntry:
     linux: str
     initrd: Sequence[str]
     options: str
+    # A Unified Kernel Image, started with `chainloader` instead of linux/initrd;
+    # the options become its load options.
+    efi: str = ""
 
 
 def _quote(s: str) -> str:
     return "'" + s.replace("'", "'\\''") + "'"
 
 
-def render_slot(generation: int, entries: Sequence[MenuEntry], timeout: int) -> str:
+@dataclass(frozen=True)
+class Counting:
+    """The default entry's boot counter: whose it is, and the most tries it can have left."""
+
+    deployment: str  # its bootkit= path, the value of COUNTED_VAR
+    most: int
+
+
+def _counted(c: Counting) -> str:
+    return f'"${COUNTED_VAR}" = {_quote(c.deployment)}'
+
+
+def _fallback(c: Counting, entries: Sequence[MenuEntry]) -> list[str]:
+    """When the default's tries are used up (or unreadable), boot the second entry."""
+    counting = " ".join(f'-a "${TRIES_VAR}" != {n}' for n in range(c.most, 0, -1))
+    then = [f'    echo "bootkit: no boot tries left for {entries[0].id}"']
+    if len(entries) > 1:
+        then += [f'    echo "bootkit: booting {entries[1].id} instead"', "    set default=1"]
+    return [f'  elif [ {_counted(c)} -a -n "${TRIES_VAR}" {counting} ]; then', *then]
+
+
+def _count_down(c: Counting, entry: MenuEntry) -> list[str]:
+    """Inside the default's menu entry: one try fewer, saved before the kernel starts.
+
+    GRUB script has no arithmetic, so each possible value gets its own branch.
+    """
+    lines = [
+        f"  load_env -f {GRUBENV} {COUNTED_VAR} {TRIES_VAR}",
+        f"  if [ {_counted(c)} ]; then",
+    ]
+    for n in range(c.most, 0, -1):
+        keyword = "if" if n == c.most else "elif"
+        lines += [
+            f'    {keyword} [ "${TRIES_VAR}" = {n} ]; then',
+            f"      set {TRIES_VAR}={n - 1}",
+            f"      save_env -f {GRUBENV} {TRIES_VAR}",
+            f'      echo "bootkit: boot tries left for {entry.id}: {n - 1}"',
+        ]
+    return [*lines, "    fi", "  fi"]
+
+
+def render_slot(
+    generation: int, entries: Sequence[MenuEntry], timeout: int, counting: Counting | None = None
+) -> str:
+    """The menu, default first; with `counting`, the default's boots are counted (GRUBENV)."""
+    if counting is not None and counting.most < 1:
+        counting = None
+    fallback = _fallback(counting, entries) if counting else []
     lines = [
         f"# bootkit generation {generation}",
         f"set timeout={timeout}",
@@ -81,21 +135,26 @@ def render_slot(generation: int, entries: Sequence[MenuEntry], timeout: int) -> 
         '    set default="$next_entry"',
         "    set next_entry=",
         f"    save_env -f {GRUBENV} next_entry",
+        *fallback,
         "  fi",
         "fi",
     ]
-    for e in entries:
+    for i, e in enumerate(entries):
         lines += [
             f"menuentry {_quote(e.title)} --id {_quote(e.id)} {{",
-            f"  linux {e.linux} {e.options}",
-            *(f"  initrd {i}" for i in e.initrd),
+            *(_count_down(counting, e) if counting and i == 0 else []),
+            *(
+                [f"  chainloader {e.efi} {e.options}"]
+                if e.efi
+                else [f"  linux {e.linux} {e.options}", *(f"  initrd {i}" for i in e.initrd)]
+            ),
             "}",
         ]
     return "\n".join(lines) + "\n"
 
 
 def parse_menu(text: str) -> list[tuple[str, str]]:
-    """(id, linux line) of each menuentry in a slot file, in order; for status and tests."""
+    """(id, linux or chainloader line) of each menuentry in a slot file, in order."""
     out: list[tuple[str, str]] = []
     current: str | None = None
     for line in text.splitlines():
@@ -103,8 +162,8 @@ def parse_menu(text: str) -> list[tuple[str, str]]:
         if s.startswith("menuentry "):
             parts = s.split("--id ", 1)
             current = parts[1].split()[0].strip("'") if len(parts) == 2 else ""
-        elif current is not None and s.startswith("linux "):
-            out.append((current, s[len("linux ") :]))
+        elif current is not None and s.startswith(("linux ", "chainloader ")):
+            out.append((current, s.split(" ", 1)[1]))
             current = None
     return out
 

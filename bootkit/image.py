@@ -20,13 +20,14 @@ import re
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bootkit import esp as esp_install
-from bootkit import ext4fs, fatfs, gpt
+from bootkit import ext4fs, fatfs, gpt, signing
 from bootkit.errors import BootkitError
 from bootkit.fsutil import fsync_dir, temp_name
 from bootkit.kernel import read_os_release
@@ -201,10 +202,12 @@ def create_image(
     force: bool = False,
     report: Report = _quiet,
     progress: ImportProgress = _no_progress,
+    settings: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Make a bootable disk image with one deployment per source, the last the default.
 
-    Returns the deployment ids in the order deployed.
+    `settings` are further sysroot settings (UKIs, the signing key); with a key, the
+    bootloader is signed as well. Returns the deployment ids in the order deployed.
     """
     if bootloader not in esp_install.BOOTLOADERS:
         raise BootkitError(
@@ -232,15 +235,17 @@ def create_image(
         os.chmod(root, 0o755)
         sr = Sysroot.init(
             root, os_name, bootloader, boot_dir=BOOT_DIR,
-            root_arg=f"root=LABEL={ROOT_LABEL}", timeout=timeout,
+            root_arg=f"root=LABEL={ROOT_LABEL}", timeout=timeout, settings=settings,
         )
+        signer = signing.configured_signer(sr.config)
         for number, source in enumerate(sources, 1):
             report(f"Deploying {source} ({number}/{len(sources)})")
             with progress(source) as bar:
                 dep = sr.deploy(source, kargs=kargs, initramfs=initramfs, progress=bar)
             ids.append(dep.id)
-        report(f"Installing {bootloader} on the ESP")
-        esp_install.install_bootloader(sr.boot_path, bootloader)
+        report(f"Installing {bootloader} on the ESP"
+               + (f", signed for {signer.subject}" if signer else ""))
+        esp_install.install_bootloader(sr.boot_path, bootloader, signer)
         esp_tree = _split_boot(root, work)
         with _replacement(output) as image:
             with open(image, "wb") as f:

@@ -5,6 +5,10 @@ whose content and metadata match one already stored becomes a hardlink to it, so
 deployment that differs from the previous one in a few files costs a few files of
 disk. Files outside `usr/` (the live `/etc` among them) are copied, because they may
 be written to at run time and a write must never reach another deployment.
+
+"Metadata" is mode, owner and extended attributes, not mtime: trees rebuilt from the
+same packages differ in little else, and sharing must survive a rebuild. A shared
+file therefore carries the mtime of the copy that was stored first.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import tarfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -97,6 +102,7 @@ class ObjectStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp = root / "tmp"
+        self._subdirs: set[str] = set()  # object subdirectories known to exist
 
     def prepare(self) -> None:
         """Create the store's directories; before storing anything."""
@@ -121,12 +127,28 @@ class ObjectStore:
             fill(dest)
             _apply_meta(dest, meta)
             return False
-        os.makedirs(os.path.dirname(obj), exist_ok=True)
-        tmp = os.path.join(self.tmp, f"{key}.{os.getpid()}")
-        fill(tmp)
-        _apply_meta(tmp, meta)
-        os.rename(tmp, obj)
-        os.link(obj, dest)
+        # New content: the tree's own copy becomes the stored object. Until the tree is
+        # synced and recorded, nothing else links to it, so after a crash the orphaned
+        # tree goes and the prune that follows takes the object with it.
+        fill(dest)
+        _apply_meta(dest, meta)
+        subdir = obj[: obj.rindex("/")]
+        if subdir not in self._subdirs:
+            os.makedirs(subdir, exist_ok=True)
+            self._subdirs.add(subdir)
+        try:
+            os.link(dest, obj)
+        except FileExistsError:
+            # Another thread stored the same content first: share its object instead.
+            tmp = f"{dest}.bootkit-tmp"
+            try:
+                os.link(obj, tmp)
+            except OSError as err:
+                if err.errno != errno.EMLINK:
+                    raise
+                return False  # keep the private copy
+            os.rename(tmp, dest)
+            return True
         return False
 
     @property
@@ -229,13 +251,22 @@ class _Importer:
         self.progress = progress or (lambda n: None)
         self.report = ImportReport()
         store.prepare()
-        self.tree_hash = hashlib.sha256()
+        self.notes: list[str] = []  # what identifies the tree, one line per entry, in walk order
         self.dir_meta: list[tuple[str, _Meta]] = []
 
-    def _note(self, rel: str, what: str) -> None:
+    def _note(self, rel: str, what: str, slot: int | None = None) -> None:
         # /var is handed to the shared /var or dropped, so it is no part of the tree's identity.
-        if rel != "var" and not rel.startswith("var/"):
-            self.tree_hash.update(f"{rel}\0{what}\n".encode("utf-8", "surrogateescape"))
+        if rel == "var" or rel.startswith("var/"):
+            return
+        if slot is None:
+            self.notes.append(f"{rel}\0{what}\n")
+        else:
+            self.notes[slot] = f"{rel}\0{what}\n"
+
+    def reserve_note(self) -> int:
+        """A place in the walk order for an entry whose note comes later."""
+        self.notes.append("")
+        return len(self.notes) - 1
 
     def skip(self, rel: str, kind: str) -> None:
         self.report.skipped.append(f"/{rel} ({kind})")
@@ -254,6 +285,31 @@ class _Importer:
         _apply_meta(path, meta, symlink=True)
         self._note(rel, f"l{target}")
 
+    def store_file(
+        self, rel: str, meta: _Meta, content_hash: str, fill: Callable[[str], None]
+    ) -> bool:
+        """Put one regular file in place; True if it reused a stored object. Thread-safe."""
+        path = f"{self.dest}/{rel}"
+        if _dedup_eligible(rel):
+            return self.store.link_into(_object_key(content_hash, meta), path, fill, meta)
+        fill(path)
+        _apply_meta(path, meta)
+        return False
+
+    def count_file(
+        self,
+        rel: str,
+        meta: _Meta,
+        content_hash: str,
+        size: int,
+        linked: bool,
+        slot: int | None = None,
+    ) -> None:
+        self.report.files += 1
+        self.report.bytes += size
+        self.report.linked += linked
+        self._note(rel, f"f{content_hash}:{meta.mode:o}:{meta.uid}:{meta.gid}", slot)
+
     def add_file(
         self,
         rel: str,
@@ -262,17 +318,8 @@ class _Importer:
         fill: Callable[[str], None],
         size: int,
     ) -> None:
-        path = f"{self.dest}/{rel}"
-        self.report.files += 1
-        self.report.bytes += size
-        if _dedup_eligible(rel):
-            key = _object_key(content_hash, meta)
-            if self.store.link_into(key, path, fill, meta):
-                self.report.linked += 1
-        else:
-            fill(path)
-            _apply_meta(path, meta)
-        self._note(rel, f"f{content_hash}:{meta.mode:o}:{meta.uid}:{meta.gid}")
+        linked = self.store_file(rel, meta, content_hash, fill)
+        self.count_file(rel, meta, content_hash, size, linked)
 
     def add_hardlink(self, rel: str, target: str) -> None:
         os.link(os.path.join(self.dest, target), os.path.join(self.dest, rel))
@@ -281,7 +328,10 @@ class _Importer:
     def finish(self) -> ImportReport:
         for path, meta in reversed(self.dir_meta):
             _apply_meta(path, meta)
-        self.report.digest = self.tree_hash.hexdigest()
+        tree_hash = hashlib.sha256()
+        for note in self.notes:
+            tree_hash.update(note.encode("utf-8", "surrogateescape"))
+        self.report.digest = tree_hash.hexdigest()
         return self.report
 
 
@@ -311,6 +361,11 @@ def _walk(src: str, rel: str, prune: frozenset[str]) -> Iterator[tuple[str, os.D
             yield from _walk(src, child, prune)
 
 
+# Below this many files one thread is quicker than starting more.
+PARALLEL_FILES = 256
+_WORKERS = min(8, 2 * (os.cpu_count() or 1))
+
+
 def import_directory(
     src: Path,
     dest: Path,
@@ -324,6 +379,10 @@ def import_directory(
     imp = _Importer(dest, store, progress)
     root = str(src)
     imp.add_dir(".", _meta_of(root, os.stat(root)))
+    # Directories and symlinks as the walk finds them; regular files afterwards, so that
+    # several threads can hash and copy them (hashing and file creation both let go of
+    # the GIL), while their notes keep their place in the walk order.
+    files: list[tuple[int, str, str, os.stat_result]] = []
     for rel, entry in _walk(root, "", contents_dropped):
         path = entry.path
         st = entry.stat(follow_symlinks=False)
@@ -333,15 +392,33 @@ def import_directory(
         elif stat.S_ISLNK(mode):
             imp.add_symlink(rel, os.readlink(path), _meta_of(path, st))
         elif stat.S_ISREG(mode):
-            digest = cache.get(rel, st) if cache else None
-            if digest is None:
-                digest = _hash_file(path)
-                if cache:
-                    cache.put(rel, st, digest)
-            imp.add_file(rel, _meta_of(path, st), digest, _copier(path), st.st_size)
-            imp.progress(st.st_size)
+            files.append((imp.reserve_note(), rel, path, st))
         else:
             imp.skip(rel, _kind(mode))
+
+    def place(item: tuple[int, str, str, os.stat_result]) -> tuple[int, str, _Meta, str, int, bool]:
+        slot, rel, path, st = item
+        digest = cache.get(rel, st) if cache else None
+        if digest is None:
+            digest = _hash_file(path)
+            if cache:
+                cache.put(rel, st, digest)
+        meta = _meta_of(path, st)
+        return slot, rel, meta, digest, st.st_size, imp.store_file(rel, meta, digest, _copier(path))
+
+    if len(files) < PARALLEL_FILES:
+        for item in files:
+            slot, rel, meta, digest, size, linked = place(item)
+            imp.count_file(rel, meta, digest, size, linked, slot)
+            imp.progress(size)
+    else:
+        pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="bootkit-import")
+        try:
+            for slot, rel, meta, digest, size, linked in pool.map(place, files):
+                imp.count_file(rel, meta, digest, size, linked, slot)
+                imp.progress(size)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     return imp.finish()
 
 

@@ -59,11 +59,18 @@ def find_kernel(tree: Path) -> TreeKernel:
     return found[max(found, key=version_key)]
 
 
-def read_os_release(tree: Path) -> dict[str, str]:
+def os_release_path(tree: Path) -> Path | None:
+    """The tree's os-release file; symlinks are skipped, as they may point out of the tree."""
     for rel in ("usr/lib/os-release", "etc/os-release", "usr/etc/os-release"):
         p = tree / rel
-        if p.is_symlink() or not p.is_file():
-            continue
+        if not p.is_symlink() and p.is_file():
+            return p
+    return None
+
+
+def read_os_release(tree: Path) -> dict[str, str]:
+    p = os_release_path(tree)
+    if p is not None:
         out: dict[str, str] = {}
         for line in p.read_text(errors="replace").splitlines():
             key, sep, value = line.partition("=")

@@ -2,6 +2,8 @@
 
 `$BOOT/bootkit/<os>/<kver>-<sha256 prefix>/{linux,initrd}`: the name changes whenever
 the content does, so a payload is written once under a new name and never rewritten.
+A deployment booted as a Unified Kernel Image has `<kver>-<sha256 prefix>/uki.efi`
+instead; its command line names the deployment, so such a payload is never shared.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from bootkit.fsutil import fsync_dir
 PAYLOAD_ROOT = "bootkit"
 # Room kept for entries, the GRUB slot file and FAT's own allocation rounding.
 SLACK_BYTES = 1 << 20
+UKI_FILE = "uki.efi"
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,8 @@ def free_bytes(path: Path) -> int:
 
 
 def install(boot: Path, payload: Payload, files: dict[str, Path], *, reclaimable: int = 0) -> bool:
-    """Copy `files` ({"linux": ..., "initrd": ...}) to the payload's directory; False if present.
+    """Copy `files` ({"linux": ..., "initrd": ...} or {"uki.efi": ...}) to the payload's
+    directory; False if it is there already.
 
     Checks free space first, so a full $BOOT fails before anything is written.
     """

@@ -12,12 +12,14 @@ import fcntl
 import os
 import re
 import shutil
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from bootkit import bootconfig, payloads
+from bootkit import bls, bootconfig, bootcount, payloads
+from bootkit.bootcount import Counter
 from bootkit.config import SysrootConfig
 from bootkit.deployment import Deployment
 from bootkit.errors import BootkitError
@@ -36,6 +38,7 @@ class DeploymentStatus:
     default: bool
     booted: bool
     entry: str | None  # the entry file's name on $BOOT, if it has one
+    counter: Counter = field(default_factory=Counter)  # good, tries left, or bad
 
 
 def booted_path(cmdline_file: Path = Path("/proc/cmdline")) -> str | None:
@@ -47,10 +50,16 @@ def booted_path(cmdline_file: Path = Path("/proc/cmdline")) -> str | None:
     return m.group(1) if m else None
 
 
+def _notice(message: str) -> None:
+    print(f"bootkit: {message}", file=sys.stderr)
+
+
 class Sysroot:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.meta = self.path / "bootkit"
+        # Where a transaction says what it decided on its own (a bad default replaced).
+        self.notify: Callable[[str], None] = _notice
 
     # --- layout -----------------------------------------------------------------
 
@@ -96,12 +105,22 @@ class Sysroot:
         state = state or self.state()
         return [self.load(ref) for ref in state.deployments]
 
-    def ordered(self, state: State | None = None) -> list[Deployment]:
-        """Menu order: the default first, then the others newest first."""
+    def ordered(
+        self, state: State | None = None, counters: Mapping[str, Counter] | None = None
+    ) -> list[Deployment]:
+        """Menu order: the default first, then the others newest first, those found bad last."""
         state = state or self.state()
         deps = self.deployments(state)
-        deps.sort(key=lambda d: (d.ref != state.default, -d.serial))
-        return deps
+        if counters is None:
+            counters = self.boot_counters(deps)
+        return bootcount.menu_order(deps, state.default, counters)
+
+    def boot_counters(self, deps: Sequence[Deployment]) -> dict[str, Counter]:
+        """Each deployment's boot counter (by ref) as $BOOT holds it now."""
+        cfg = self.config
+        view = bootconfig.read_view(self.boot_path)
+        found = bootcount.on_boot(self.boot_path, cfg.bootloader, view.entries)
+        return {d.ref: found[d.path] for d in deps if d.path in found}
 
     def resolve(self, ident: str, state: State | None = None) -> Deployment:
         """Find a deployment by `<os>/<id>`, `<id>`, or the serial number `<id>` starts with."""
@@ -122,16 +141,27 @@ class Sysroot:
     def status(self) -> list[DeploymentStatus]:
         state = self.state()
         booted = booted_path()
-        names: dict[str, str] = {}
+        names: dict[str, tuple[int, str]] = {}
+        counters: dict[str, Counter] = {}
+        deps = self.deployments(state)
         with contextlib.suppress(BootkitError):
             view = bootconfig.read_view(self.boot_path)
             for fname, entry in view.entries:
                 m = _BOOTKIT_ARG.search(entry.options)
-                if m:
-                    names.setdefault(m.group(1), fname)
+                name = bls.EntryName.parse(fname)
+                if m and name and (m.group(1) not in names or name.generation > names[m.group(1)][0]):
+                    names[m.group(1)] = (name.generation, fname)
+            found = bootcount.on_boot(self.boot_path, self.config.bootloader, view.entries)
+            counters = {d.ref: found[d.path] for d in deps if d.path in found}
         return [
-            DeploymentStatus(d, d.ref == state.default, d.path == booted, names.get(d.path))
-            for d in self.ordered(state)
+            DeploymentStatus(
+                d,
+                d.ref == state.default,
+                d.path == booted,
+                names[d.path][1] if d.path in names else None,
+                counters.get(d.ref, Counter()),
+            )
+            for d in self.ordered(state, counters)
         ]
 
     # --- the transaction --------------------------------------------------------
@@ -155,17 +185,33 @@ class Sysroot:
         finally:
             os.close(fd)
 
-    def commit(self, state: State) -> State:
-        """Record `state` as the intent, then switch $BOOT to it as a new generation."""
+    def commit(self, state: State, arm: Mapping[str, int] | None = None) -> State:
+        """Record `state` as the intent, then switch $BOOT to it as a new generation.
+
+        Boot counters carry over from $BOOT; new deployments and those in `arm` (ref ->
+        tries) are counted afresh. A default found bad gives way to the first deployment
+        in menu order that is not (see `bootcount.plan`).
+        """
         cfg = self.config
         state = state.with_changes(generation=state.generation + 1)
-        ordered = self.ordered(state)
+        deps = self.deployments(state)
+        view = bootconfig.read_view(self.boot_path)
+        current = bootcount.on_boot(self.boot_path, cfg.bootloader, view.entries)
+        plan = bootcount.plan(deps, state.default, current, cfg.tries, arm or {})
+        if plan.demoted:
+            state = state.with_changes(default=plan.default)
+            self.notify(
+                f"the default deployment {plan.demoted} failed to boot (no boot tries left); "
+                f"{plan.default} is the default now ('bootkit set-default {plan.demoted}' "
+                "tries it again)"
+            )
+        ordered = bootcount.menu_order(deps, state.default, plan.counters)
         if not ordered:
             raise BootkitError(
                 "refusing to remove the last deployment", hint="deploy another tree first"
             )
         state.save(self.state_path)
-        bootconfig.switch(self.boot_path, cfg, ordered, state.generation)
+        bootconfig.switch(self.boot_path, cfg, ordered, state.generation, plan.counters)
         payloads.remove_unreferenced(self.boot_path, {Payload(d.os, d.payload) for d in ordered})
         return state
 
@@ -237,11 +283,14 @@ class Sysroot:
         self.objects.prune()
         return True
 
-    def transaction(self, change: Callable[[State], State]) -> State:
+    def transaction(self, change: Callable[[State], State], rearm_default: bool = False) -> State:
+        """Repair, apply `change`, commit; `rearm_default`: the new default was chosen
+        explicitly, so it is counted afresh unless known good."""
         with self.locked():
             self.repair()
-            state = self.state()
-            return self.commit(change(state))
+            state = change(self.state())
+            arm = {state.default: self.config.tries} if rearm_default and state.default else None
+            return self.commit(state, arm)
 
     # --- operations -------------------------------------------------------------
 
@@ -255,10 +304,12 @@ class Sysroot:
         root_arg: str = "root=LABEL=bootkit-root",
         timeout: int = 3,
         force: bool = False,
+        settings: Mapping[str, Any] | None = None,  # further SysrootConfig fields
     ) -> Sysroot:
         sr = cls(path)
         cfg = SysrootConfig(
-            os=os_name, bootloader=bootloader, boot_dir=boot_dir, root_arg=root_arg, timeout=timeout
+            os=os_name, bootloader=bootloader, boot_dir=boot_dir, root_arg=root_arg, timeout=timeout,
+            **(settings or {}),
         )
         if sr.config_path.exists() and not force:
             raise BootkitError(
@@ -288,7 +339,9 @@ class Sysroot:
         initramfs: str = "auto",
         progress: Callable[[int], None] | None = None,
         warn: Callable[[str], None] | None = None,
+        tries: int | None = None,
     ) -> Deployment:
+        """Deploy `source`; `tries`: how often its entry is tried (default: the setting)."""
         from bootkit.deploy import deploy
 
         return deploy(
@@ -301,22 +354,61 @@ class Sysroot:
             initramfs,
             progress,
             warn,
+            tries,
         )
 
     def rollback(self) -> Deployment:
+        """Make the next deployment in the menu the default; never one found bad."""
+
         def change(state: State) -> State:
-            ordered = self.ordered(state)
+            counters = self.boot_counters(self.deployments(state))
+            ordered = self.ordered(state, counters)
             if len(ordered) < 2:
                 raise BootkitError("there is no other deployment to roll back to")
-            return state.with_changes(default=ordered[1].ref)
+            target = next((d for d in ordered[1:] if not counters.get(d.ref, Counter()).bad), None)
+            if target is None:
+                raise BootkitError(
+                    "every other deployment failed to boot (no boot tries left)",
+                    hint="'bootkit set-default ID' makes one the default and tries it again",
+                )
+            return state.with_changes(default=target.ref)
 
-        return self.load(self.transaction(change).default or "")
+        return self.load(self.transaction(change, rearm_default=True).default or "")
 
     def set_default(self, ident: str) -> Deployment:
+        """Make `ident` the default; one found bad, or still being tried, is tried afresh."""
+
         def change(state: State) -> State:
             return state.with_changes(default=self.resolve(ident, state).ref)
 
-        return self.load(self.transaction(change).default or "")
+        return self.load(self.transaction(change, rearm_default=True).default or "")
+
+    def mark_good(self, ident: str | None = None) -> tuple[Deployment, list[str]]:
+        """Stop counting the boots of `ident` (default: the booted deployment).
+
+        Only $BOOT changes, by renames and grubenv's in-place write, as the bootloader
+        and systemd-bless-boot change it; so no lock, and a read-only sysroot is fine.
+        """
+        state = self.state()
+        if ident is not None:
+            dep = self.resolve(ident, state)
+        else:
+            booted = booted_path()
+            dep = next((d for d in self.deployments(state) if d.path == booted), None)
+            if dep is None:
+                raise BootkitError(
+                    "not booted into a deployment of this sysroot"
+                    + (f" (bootkit={booted})" if booted else " (no bootkit= on the kernel command line)"),
+                    hint="name the deployment: 'bootkit mark-good ID'",
+                )
+        boot = self.boot_path
+        if not any((boot / d).is_dir() for d in (bootconfig.ENTRIES_DIR, "bootkit")):
+            raise BootkitError(
+                f"no boot configuration at {boot}: is $BOOT mounted there?",
+                hint="mount it (the ESP, for example by an /etc/fstab line) and retry",
+            )
+        cfg = self.config
+        return dep, bootcount.mark_good(boot, cfg.bootloader, boot / bootconfig.ENTRIES_DIR, dep)
 
     def set_pinned(self, ident: str, pinned: bool) -> Deployment:
         with self.locked():
@@ -414,6 +506,3 @@ def _rmtree(path: Path) -> None:
 
     shutil.rmtree(path, onerror=onerror)
 
-
-def now() -> float:
-    return time.time()

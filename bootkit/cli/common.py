@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from bootkit.booted import BootedSysroot
 from bootkit.sysroot import Sysroot, booted_path
 
 
@@ -33,7 +34,9 @@ def sysroot_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def open_sysroot(path: Path | None) -> Sysroot:
-    return Sysroot(path if path is not None else default_sysroot())
+    # Inside a booted deployment /sysroot is read-only for everyone; a change (it
+    # takes the lock) first makes it writable for this process alone.
+    return BootedSysroot(path if path is not None else default_sysroot())
 
 
 def print_json(data: Any) -> None:

@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
+from bootkit import keys, signing
 from bootkit.cli.common import byte_progress, open_sysroot, print_json, sysroot_option, warn
-from bootkit.config import BOOTLOADERS
+from bootkit.config import BOOTLOADERS, DEFAULT_TRIES
 from bootkit.deploy import INITRAMFS_MODES
 from bootkit.importer import source_size
 from bootkit.sysroot import DeploymentStatus, Sysroot
+
+_key_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def uki_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--uki and the signing key, passed on as `uki`, `signing_key`, `signing_cert` and
+    `passphrase_file`: the arguments of `signing.boot_settings`."""
+    for option in reversed([
+        click.option("--uki", is_flag=True,
+                     help="Boot each deployment as a Unified Kernel Image: kernel, initramfs, "
+                     "os-release and the command line naming the deployment in one EFI binary."),
+        click.option("--signing-key", type=_key_file,
+                     help="Sign every UKI (and systemd-boot when bootkit installs it) for "
+                     "Secure Boot with this private key (PEM or DER); needs --uki."),
+        click.option("--signing-cert", type=_key_file,
+                     help="The certificate of the signing key; the firmware's db must trust it."),
+        click.option("--passphrase-file", type=_key_file,
+                     help="File whose first line decrypts the signing key; its path is "
+                     f"recorded (else ${keys.PASSPHRASE_ENV} is read at each deploy)."),
+    ]):
+        f = option(f)
+    return f
 
 
 @click.command()
@@ -37,6 +62,15 @@ from bootkit.sysroot import DeploymentStatus, Sysroot
 )
 @click.option("--timeout", default=3, show_default=True, help="Boot menu timeout in seconds.")
 @click.option("--force", is_flag=True, help="Change the configuration of an existing sysroot.")
+@click.option(
+    "--tries",
+    type=click.IntRange(min=0),
+    default=DEFAULT_TRIES,
+    show_default=True,
+    help="Boot counting: how often a new deployment's entry is tried without being marked "
+    "good before the bootloader falls back to the previous one; 0 turns counting off.",
+)
+@uki_options
 def init(
     sysroot: Path | None,
     os_name: str,
@@ -45,10 +79,32 @@ def init(
     root_arg: str,
     timeout: int,
     force: bool,
+    tries: int,
+    uki: bool,
+    signing_key: Path | None,
+    signing_cert: Path | None,
+    passphrase_file: Path | None,
 ) -> None:
-    """Lay out a sysroot for deployments and record its boot configuration."""
-    sr = Sysroot.init(sysroot or Path("/"), os_name, bootloader, boot_dir, root_arg, timeout, force)
-    click.echo(f"Initialized {sr.path} for {os_name}; bootloader {bootloader}; $BOOT at {boot_dir}")
+    """Lay out a sysroot for deployments and record its boot configuration.
+
+    Boot counting (--tries) follows the UAPI Automatic Boot Assessment scheme: a new
+    entry is tried that often; once the system is up, systemd-bless-boot,
+    bootkit-mark-good or 'bootkit mark-good' marks it good; if that never happens,
+    systemd-boot or GRUB boots the previous deployment by itself.
+
+    With --uki, each deployment made from then on boots as a Unified Kernel Image
+    whose embedded command line names it; with a signing key, deploy signs each
+    UKI, so under Secure Boot kernel, initramfs and command line are all verified.
+    """
+    settings = {**signing.boot_settings(uki, signing_key, signing_cert, passphrase_file),
+                "tries": tries}
+    sr = Sysroot.init(sysroot or Path("/"), os_name, bootloader, boot_dir, root_arg, timeout, force,
+                      settings=settings)
+    extra = "; UKIs" if uki else ""
+    extra += ", signed" if signing_key else ""
+    click.echo(
+        f"Initialized {sr.path} for {os_name}; bootloader {bootloader}; $BOOT at {boot_dir}{extra}"
+    )
 
 
 @click.command()
@@ -68,6 +124,12 @@ def init(
     help="Use the tree's own initramfs (tree), build one with bootkit (build), or the "
     "tree's when it has one (auto).",
 )
+@click.option(
+    "--tries",
+    type=click.IntRange(min=0),
+    help="How often its entry is tried before the bootloader falls back to the previous "
+    "deployment (default: the sysroot's setting from 'bootkit init --tries'); 0: not counted.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the new deployment as JSON.")
 def deploy(
     sysroot: Path | None,
@@ -77,6 +139,7 @@ def deploy(
     kargs: tuple[str, ...],
     no_default: bool,
     initramfs: str,
+    tries: int | None,
     as_json: bool,
 ) -> None:
     """Deploy SOURCE, a root tree (directory, or tar archive: plain, gzip, xz, zstd).
@@ -93,7 +156,9 @@ def deploy(
     with byte_progress(
         f"Importing {source.name}", source_size(source) if source.exists() else 0
     ) as bar:
-        dep = sr.deploy(source, os_name, version, kargs, not no_default, initramfs, bar, warn)
+        dep = sr.deploy(
+            source, os_name, version, kargs, not no_default, initramfs, bar, warn, tries=tries
+        )
     if as_json:
         print_json(_dep_json(sr, dep.ref))
     else:
@@ -122,6 +187,10 @@ def _status_json(s: DeploymentStatus) -> dict:
         "booted": s.booted,
         "pinned": d.pinned,
         "entry": s.entry,
+        # Boot assessment: "good", "indeterminate" (tries_left more tries) or "bad".
+        "boot": s.counter.state,
+        "tries_left": s.counter.left,
+        "tries_done": s.counter.done,
         "path": d.path,
         "kargs": list(d.kargs),
         "created": d.created,
@@ -132,7 +201,12 @@ def _status_json(s: DeploymentStatus) -> dict:
 @sysroot_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(sysroot: Path | None, as_json: bool) -> None:
-    """List deployments in boot menu order: the default first, then newest first."""
+    """List deployments in boot menu order: the default first, then newest first.
+
+    Deployments found bad (tried until no boot tries were left, never marked good)
+    come last, as the bootloader lists them. For each, 'boot' says whether it is
+    known good, how many tries it has left, or that it is bad.
+    """
     sr = open_sysroot(sysroot)
     rows = sr.status()
     from bootkit import bootconfig
@@ -150,19 +224,52 @@ def status(sysroot: Path | None, as_json: bool) -> None:
         click.echo("No deployments yet; add one with 'bootkit deploy SOURCE'.")
     for s in rows:
         d = s.deployment
-        marks = "".join(m for m, on in (("*", s.default), ("b", s.booted), ("p", d.pinned)) if on)
+        flags = (("*", s.default), ("b", s.booted), ("p", d.pinned), ("!", s.counter.bad))
+        marks = "".join(m for m, on in flags if on)
         click.echo(f"{marks:<3} {d.ref}  {d.title} {d.version}  kernel {d.kernel_version}")
         click.echo(f"      entry: {s.entry or '(missing: run bootkit bootloader update)'}")
+        click.echo(f"      boot: {s.counter.describe()}")
     for f, e in view.bad_entries:
         click.echo(f"bootkit: warning: unreadable boot entry {f}: {e}", err=True)
+    bad_default = next((s for s in rows if s.default and s.counter.bad), None)
+    fallback = next((s for s in rows if not s.counter.bad), None)
+    if bad_default is not None:
+        instead = f"; the bootloader boots {fallback.deployment.ref} instead" if fallback else ""
+        click.echo(
+            f"bootkit: warning: the default deployment {bad_default.deployment.ref} failed to "
+            f"boot{instead}; the next bootkit command makes that the default, "
+            f"'bootkit set-default {bad_default.deployment.id}' tries it again",
+            err=True,
+        )
     if rows:
-        click.echo("(* default, b booted, p pinned)")
+        click.echo("(* default, b booted, p pinned, ! failed to boot)")
+
+
+@click.command("mark-good")
+@sysroot_option
+@click.argument("ident", metavar="[ID]", required=False)
+def mark_good(sysroot: Path | None, ident: str | None) -> None:
+    """Mark this boot good: the booted deployment's entry stops counting its tries.
+
+    Run it once the system is up and working (bootkit-mark-good.service does so
+    after boot-complete.target). Without ID, the deployment booted now (bootkit= on
+    the kernel command line). Only $BOOT changes: the entry's file name loses its
+    +LEFT-DONE counter and, with GRUB, bootkit's grubenv its counter.
+    """
+    dep, changes = open_sysroot(sysroot).mark_good(ident)
+    if changes:
+        click.echo(f"Marked {dep.ref} good: {'; '.join(changes)}")
+    else:
+        click.echo(f"{dep.ref} is already marked good")
 
 
 @click.command()
 @sysroot_option
 def rollback(sysroot: Path | None) -> None:
-    """Make the previous deployment (second in the menu) the default."""
+    """Make the previous deployment (second in the menu) the default.
+
+    A deployment found bad is skipped; one still being tried is tried afresh.
+    """
     dep = open_sysroot(sysroot).rollback()
     click.echo(f"Default is now {dep.ref} ({dep.title} {dep.version}); reboot to use it")
 
@@ -171,7 +278,11 @@ def rollback(sysroot: Path | None) -> None:
 @sysroot_option
 @click.argument("ident", metavar="ID")
 def set_default(sysroot: Path | None, ident: str) -> None:
-    """Make deployment ID (an id, <os>/<id>, or its serial number) the default."""
+    """Make deployment ID (an id, <os>/<id>, or its serial number) the default.
+
+    With boot counting on, ID is tried afresh unless it is known good, even if it
+    failed to boot before.
+    """
     dep = open_sysroot(sysroot).set_default(ident)
     click.echo(f"Default is now {dep.ref} ({dep.title} {dep.version})")
 
@@ -249,7 +360,35 @@ def bootloader_update(sysroot: Path | None) -> None:
     )
 
 
-COMMANDS = [init, deploy, status, rollback, set_default, pin, unpin, undeploy, cleanup, bootloader]
+@bootloader.command("install")
+@sysroot_option
+def bootloader_install(sysroot: Path | None) -> None:
+    """Put the configured bootloader on $BOOT at EFI/BOOT/BOOTX64.EFI.
+
+    That is the path firmware boots without any EFI variable; systemd-boot also
+    goes to EFI/systemd/. With a signing key in the sysroot's configuration the
+    binary is signed, so firmware that trusts the key boots it under Secure Boot.
+    """
+    from bootkit import esp
+    from bootkit.errors import BootkitError
+
+    sr = open_sysroot(sysroot)
+    cfg = sr.config
+    if cfg.bootloader not in esp.BOOTLOADERS:
+        raise BootkitError(
+            f"this sysroot's bootloader is {cfg.bootloader!r}: nothing to install",
+            hint="change it with 'bootkit init --force --bootloader systemd-boot' (or grub)",
+        )
+    signer = signing.configured_signer(cfg)
+    with sr.locked():
+        esp.install_bootloader(sr.boot_path, cfg.bootloader, signer)
+    how = f", signed for {signer.subject}" if signer else ""
+    click.echo(f"Installed {cfg.bootloader} at {sr.boot_path / esp.REMOVABLE_PATH}{how}")
+
+
+COMMANDS = [
+    init, deploy, status, mark_good, rollback, set_default, pin, unpin, undeploy, cleanup, bootloader
+]
 
 
 @bootloader.command("grub-stub")

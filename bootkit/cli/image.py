@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from bootkit import image as diskimage
+from bootkit import signing
 from bootkit.cli import deployments
 from bootkit.cli.common import byte_progress, print_json
 from bootkit.deploy import INITRAMFS_MODES
@@ -71,19 +72,26 @@ def image() -> None:
               show_default=True, help="As for 'bootkit deploy'.")
 @click.option("--force", is_flag=True, help="Replace IMAGE if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the deployments made as JSON.")
+@deployments.uki_options
 def create(image: Path, sources: tuple[Path, ...], size: int, bootloader: str,
            os_name: str | None, esp_size: int, kargs: tuple[str, ...], timeout: int,
-           initramfs: str, force: bool, as_json: bool) -> None:
+           initramfs: str, force: bool, as_json: bool, uki: bool, signing_key: Path | None,
+           signing_cert: Path | None, passphrase_file: Path | None) -> None:
     """Make IMAGE with one deployment per SOURCE; the last one is the default.
 
     Each SOURCE is a root tree (directory or tar archive) as 'bootkit deploy'
     takes it. The root is found at boot by root=LABEL=bootkit-root; the
     bootloader menu is on the serial console as well as the screen.
+
+    --uki and the signing options are those of 'bootkit init' and stay recorded
+    in the image; with a key, the bootloader is signed as well, so the image
+    boots under Secure Boot on firmware whose db trusts the certificate.
     """
+    settings = signing.boot_settings(uki, signing_key, signing_cert, passphrase_file)
     ids = diskimage.create_image(
         image, size, bootloader, list(sources), os_name=os_name, esp_size=esp_size,
         kargs=kargs, timeout=timeout, initramfs=initramfs, force=force,
-        report=_reporter(as_json), progress=_import_progress,
+        report=_reporter(as_json), progress=_import_progress, settings=settings,
     )
     if as_json:
         print_json({"image": str(image), "deployments": ids})

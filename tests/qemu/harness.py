@@ -85,11 +85,16 @@ class Machine:
     accel: str = field(default_factory=default_accel)
     firmware_code: Path = OVMF_CODE
     firmware_vars: Path = OVMF_VARS
+    # Secure Boot firmware (e.g. OVMF_CODE_4M.secboot.fd) keeps its variables in
+    # SMM-protected flash; without these flags it does not start.
+    secure_boot: bool = False
 
 
 def machine_args(m: Machine) -> list[str]:
+    secure = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if m.secure_boot else []
     return [
-        "-machine", "q35",
+        "-machine", "q35,smm=on" if m.secure_boot else "q35",
+        *secure,
         "-accel", m.accel,
         "-m", str(m.memory_mib),
         "-smp", "1",

@@ -17,6 +17,11 @@ line `BOOTKIT-TEST <key>=<value>`:
 
 It then appends its id to both history files, remounts the filesystem read-only
 as a clean shutdown would, and powers off.
+
+A tree built with `assess` also reports, before power-off, `boot-counted`: the
+entry the boot loader counted this boot (LoaderBootCountPath, empty when none),
+and `mark-good`: `ok` or `failed` when it ran bootkit-mark-good (assess="good"),
+`skipped` for a tree that never marks its boots good (assess="bad").
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bootkit import kmod
+from bootkit.initramfs.builder import data_file
 
 from .kernel import KernelTree
 
@@ -79,6 +85,9 @@ say "etc-history=$(tr '\n' ' ' 2>/dev/null </etc/bootkit-test/history)"
 mkdir -p /var/lib/bootkit-test /etc/bootkit-test
 echo "$id" >>/var/lib/bootkit-test/history
 echo "$id" >>/etc/bootkit-test/history
+if [ -x /usr/lib/bootkit-testos/assess ]; then
+    /usr/lib/bootkit-testos/assess
+fi
 sync
 # Read-only before power-off, as a clean shutdown leaves it: the journal is empty.
 if mount -o remount,ro / 2>/dev/null; then
@@ -89,6 +98,32 @@ fi
 say "done"
 poweroff -f
 """
+
+# What bootkit-mark-good needs in a busybox system: the EFI variables and the ESP.
+ASSESS_MODULES = ("efivarfs", "vfat", "nls_cp437", "nls_ascii")
+ASSESS_MODES = ("good", "bad")
+
+ASSESS = r"""#!/bin/sh
+# The test OS's boot assessment step: show what the boot loader counted, then
+# mark the boot good (a tree that boots well) or not (one that does not).
+while read -r module; do
+    insmod "$module" 2>/dev/null
+done </usr/lib/bootkit-testos/modules
+mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
+var=/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+counted=""
+if [ -r "$var" ]; then
+    counted=$(tail -c +5 "$var" | tr -d '\000' | tr '\134' '/')
+fi
+echo "BOOTKIT-TEST boot-counted=${counted##*/}"
+"""
+ASSESS_GOOD = """if bootkit-mark-good; then
+    echo "BOOTKIT-TEST mark-good=ok"
+else
+    echo "BOOTKIT-TEST mark-good=failed"
+fi
+"""
+ASSESS_BAD = 'echo "BOOTKIT-TEST mark-good=skipped"\n'
 
 
 def _initramfs_modules() -> Sequence[str]:
@@ -139,8 +174,35 @@ def os_release(version: str) -> str:
     )
 
 
-def build_testos(dest: Path, kernel: KernelTree, version: str) -> Path:
-    """Make the test OS tree of `version` at `dest` (which must not exist)."""
+def _install_assess(tree: Path, kernel: KernelTree, mode: str) -> None:
+    if mode not in ASSESS_MODES:
+        raise ValueError(f"assess must be one of {ASSESS_MODES}, not {mode!r}")
+    dest = tree / "usr/lib/modules" / kernel.version
+    order = kmod.load_order(kmod.ModuleTree(kernel.modules_dir), ASSESS_MODULES)
+    listed = []
+    for module in order.modules:
+        target = dest / module.relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(module.path, target)
+        listed.append(f"/usr/lib/modules/{kernel.version}/{module.relpath}\n")
+    lib = tree / "usr/lib/bootkit-testos"
+    (lib / "modules").write_text("".join(listed))
+    script = lib / "assess"
+    script.write_text(ASSESS + (ASSESS_GOOD if mode == "good" else ASSESS_BAD))
+    script.chmod(0o755)
+    mark_good = tree / "usr/sbin/bootkit-mark-good"
+    mark_good.unlink(missing_ok=True)
+    mark_good.write_bytes(data_file("bootkit-mark-good"))
+    mark_good.chmod(0o755)
+
+
+def build_testos(
+    dest: Path, kernel: KernelTree, version: str, assess: str | None = None
+) -> Path:
+    """Make the test OS tree of `version` at `dest` (which must not exist).
+
+    `assess`: "good" or "bad" adds the boot assessment step (see the module's doc).
+    """
     dest.mkdir(parents=True)
     os.chmod(dest, 0o755)
     for d in ("usr/bin", "usr/sbin", "usr/lib/bootkit-testos", "etc", "proc", "sys", "dev",
@@ -161,4 +223,6 @@ def build_testos(dest: Path, kernel: KernelTree, version: str) -> Path:
     (dest / "etc/group").write_text("root:x:0:\n")
     (dest / "usr/lib/bootkit-testos/id").write_text(f"{version}\n")
     _install_kernel(dest, kernel)
+    if assess is not None:
+        _install_assess(dest, kernel, assess)
     return dest

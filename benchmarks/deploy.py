@@ -1,0 +1,430 @@
+"""Deploy speed and disk cost, bootkit against ostree, plus boot-entry regeneration at scale.
+
+    .venv/bin/python benchmarks/deploy.py [--skip-ostree] [--counts 1,10,100,1000]
+
+Prints one table. What it measures:
+
+(a) first import + deploy of a ~700 MB Debian tree (debootstrap minbase with systemd,
+    udev and kmod, plus a Debian kernel and its modules) by `bootkit deploy`, against
+    `ostree commit` + `ostree admin deploy` of the same tree;
+(b) a second deploy of that tree with one file changed: time, and the disk it adds
+    (counted per inode, like du, over the whole sysroot);
+(c) `bootkit bootloader update` with 1, 10, 100 and 1000 deployments, made directly
+    through the core API with empty trees; only the update is timed.
+
+Targets: (a) no slower than ostree's commit + deploy; (b) < 1 s and < 1 MB; (c) 100
+entries in < 100 ms. The Debian tree and kernel are cached under .cache/bench/.
+
+(a) and (b) run --repeat times, alternating which tool goes first, and the best run
+of each is reported: on a shared machine the worst runs measure the neighbours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bootkit import payloads  # noqa: E402
+from bootkit.deployment import Deployment  # noqa: E402
+from bootkit.payloads import Payload  # noqa: E402
+from bootkit.state import State  # noqa: E402
+from bootkit.sysroot import Sysroot  # noqa: E402
+
+CACHE = REPO / ".cache" / "bench"
+ROOTFS = CACHE / "rootfs"
+TREE = CACHE / "tree"
+RUN = CACHE / "run"
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+INITRAMFS_SIZE = 32 << 20  # about what dracut makes for this kernel
+CHANGED = "usr/share/bootkit-bench/changed"
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def run(argv: list[str | Path], **kw: object) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(map(str, argv))} failed:\n{proc.stderr}{proc.stdout}")
+    return proc
+
+
+def timed(argv: list[str | Path], **kw: object) -> float:
+    start = time.perf_counter()
+    run(argv, **kw)
+    return time.perf_counter() - start
+
+
+# --- inputs -----------------------------------------------------------------------------
+
+
+def ensure_rootfs() -> Path:
+    if ROOTFS.is_dir():
+        return ROOTFS
+    tmp = ROOTFS.with_name("rootfs.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    log(f"debootstrap {SUITE} into {tmp} (about a minute)")
+    run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            "--include=systemd-sysv,udev,kmod",
+            SUITE,
+            tmp,
+            MIRROR,
+        ]
+    )
+    tmp.rename(ROOTFS)
+    return ROOTFS
+
+
+def ensure_kernel() -> Path:
+    """A dpkg -x'ed Debian kernel package: the test suite's, or one fetched here."""
+    for candidate in (
+        os.environ.get("BOOTKIT_TEST_KERNEL_DIR"),
+        REPO / ".cache/kernel/root",
+        CACHE / "kernel/root",
+    ):
+        if candidate and list(Path(candidate).glob("boot/vmlinuz-*")):
+            return Path(candidate)
+    dest = CACHE / "kernel"
+    dest.mkdir(parents=True, exist_ok=True)
+    deps = run(["apt-cache", "depends", "--no-recommends", "linux-image-amd64"]).stdout
+    package = next(
+        line.split(":", 1)[1].strip()
+        for line in deps.splitlines()
+        if line.strip().startswith("Depends: linux-image-")
+    )
+    log(f"downloading {package}")
+    run(["apt-get", "download", package], cwd=dest)
+    (deb,) = dest.glob("*.deb")
+    run(["dpkg", "-x", deb, dest / "root"])
+    deb.unlink()
+    return dest / "root"
+
+
+def ensure_tree() -> Path:
+    """The Debian tree as both tools want it: /etc defaults in usr/etc, kernel in usr/lib/modules."""
+    if TREE.is_dir():
+        return TREE
+    rootfs, kernel = ensure_rootfs(), ensure_kernel()
+    tmp = TREE.with_name("tree.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"assembling {TREE}")
+    run(["cp", "-a", rootfs, tmp])
+    for child in (tmp / "dev").iterdir():  # device nodes: neither tool keeps them
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    (tmp / "etc").rename(tmp / "usr/etc")
+    (vmlinuz,) = kernel.glob("boot/vmlinuz-*")
+    kver = vmlinuz.name.removeprefix("vmlinuz-")
+    modules = next(
+        p for p in (kernel / "usr/lib/modules" / kver, kernel / "lib/modules" / kver) if p.is_dir()
+    )
+    dest = tmp / "usr/lib/modules" / kver
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run(["cp", "-a", modules, dest])
+    shutil.copy2(vmlinuz, dest / "vmlinuz")
+    (dest / "initramfs.img").write_bytes(random.Random(kver).randbytes(INITRAMFS_SIZE))
+    (tmp / CHANGED).parent.mkdir(parents=True)
+    (tmp / CHANGED).write_text("first\n")
+    tmp.rename(TREE)
+    return TREE
+
+
+def clear_run() -> None:
+    if not RUN.exists():
+        RUN.mkdir(parents=True)
+        return
+    # ostree marks its deployment roots immutable.
+    for deployment in RUN.glob("ostree*/ostree/deploy/*/deploy/*"):
+        subprocess.run(["chattr", "-i", str(deployment)], capture_output=True, check=False)
+    shutil.rmtree(RUN)
+    RUN.mkdir(parents=True)
+
+
+def tree_stats(tree: Path) -> tuple[int, int]:
+    files = size = 0
+    for root, _dirs, names in os.walk(tree):
+        for name in names:
+            st = os.lstat(os.path.join(root, name))
+            files += 1
+            size += st.st_size if not os.path.islink(os.path.join(root, name)) else 0
+    return files, size
+
+
+def warm(tree: Path) -> None:
+    """Read the tree once, so neither tool is charged for the first cold read."""
+    for root, _dirs, names in os.walk(tree):
+        for name in names:
+            path = os.path.join(root, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    while f.read(1 << 20):
+                        pass
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes allocated under `path`, each inode counted once (as du does)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root, dirs, names in os.walk(path):
+        for name in dirs + names:
+            st = os.lstat(os.path.join(root, name))
+            key = (st.st_dev, st.st_ino)
+            if key not in seen:
+                seen.add(key)
+                total += st.st_blocks * 512
+    return total
+
+
+def change_one_file(tree: Path) -> None:
+    (tree / CHANGED).write_text(f"changed at {time.time()}\n")
+
+
+# --- the contenders ----------------------------------------------------------------------
+
+
+def bootkit_env() -> dict[str, str]:
+    return {**os.environ, "BOOTKIT_NO_PROGRESS": "1", "BOOTKIT_PROC_CMDLINE": "/dev/null"}
+
+
+def bootkit_cli(*args: str | Path) -> list[str | Path]:
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from bootkit.cli import main; sys.exit(main())",
+        *args,
+    ]
+
+
+Samples = dict[str, list[float]]
+
+
+def bench_bootkit(tree: Path, rep: int, times: Samples, disk: dict[str, int]) -> None:
+    sysroot = RUN / f"bootkit-{rep}"
+    sysroot.mkdir(parents=True)
+    env = bootkit_env()
+    run(bootkit_cli("init", "--sysroot", sysroot, "--os", "debian", "--bootloader", "systemd-boot"))
+    run(["sync"])
+    times["bootkit first"].append(timed(bootkit_cli("deploy", "--sysroot", sysroot, tree), env=env))
+    change_one_file(tree)
+    disk["bootkit first"] = before = disk_usage(sysroot)
+    run(["sync"])
+    times["bootkit second"].append(
+        timed(bootkit_cli("deploy", "--sysroot", sysroot, tree), env=env)
+    )
+    disk["bootkit second"] = disk_usage(sysroot) - before
+    # The same once more inside this process: the deploy's own work, no interpreter start.
+    change_one_file(tree)
+    run(["sync"])
+    start = time.perf_counter()
+    Sysroot(sysroot).deploy(tree)
+    times["bootkit second in-process"].append(time.perf_counter() - start)
+
+
+def bench_ostree(tree: Path, rep: int, times: Samples, disk: dict[str, int]) -> None:
+    sysroot = RUN / f"ostree-{rep}"
+    sysroot.mkdir(parents=True)
+    repo = sysroot / "ostree/repo"
+    run(["ostree", "admin", "init-fs", sysroot])
+    run(["ostree", "admin", "os-init", "--sysroot", sysroot, "debian"])
+    commit = ["ostree", f"--repo={repo}", "commit", "--branch=debian/bench", tree]
+    deploy = ["ostree", "admin", "deploy", "--sysroot", sysroot, "--os", "debian", "--karg-none"]
+    run(["sync"])
+    times["ostree commit"].append(timed(commit))
+    times["ostree deploy"].append(timed([*deploy, "debian/bench"]))
+    change_one_file(tree)
+    disk["ostree first"] = before = disk_usage(sysroot)
+    run(["sync"])
+    times["ostree second commit"].append(timed(commit))
+    times["ostree second deploy"].append(timed([*deploy, "debian/bench"]))
+    disk["ostree second"] = disk_usage(sysroot) - before
+
+
+# --- (c) regenerating many entries ---------------------------------------------------------
+
+
+def bench_update(count: int, base: Path) -> tuple[float, float]:
+    """Seconds for `bootloader update` with `count` deployments: in-process (best of 3), CLI."""
+    sysroot = base / f"update-{count}"
+    sysroot.mkdir(parents=True)
+    sr = Sysroot.init(sysroot, "bench", "systemd-boot")
+    kernel = sysroot / "kernel"
+    kernel.write_bytes(b"kernel\n")
+    payload = Payload("bench", payloads.payload_name("6.1.0-bench", [kernel, kernel]))
+    payloads.install(sr.boot_path, payload, {"linux": kernel, "initrd": kernel})
+    refs = []
+    for serial in range(1, count + 1):
+        dep = Deployment(
+            os="bench",
+            id=f"{serial}-bench",
+            version=f"1.{serial}",
+            source="bench",
+            kernel_version="6.1.0-bench",
+            payload=payload.name,
+            title="Bench OS",
+            created=time.time(),
+            serial=serial,
+        )
+        sr.deployment_dir(dep.os, dep.id).mkdir()
+        dep.save(sr.metadata_path(dep.os, dep.id))
+        refs.append(dep.ref)
+    State(generation=0, serial=count, default=refs[-1], deployments=tuple(refs)).save(sr.state_path)
+    sr.bootloader_update()  # the first generation; every run below replaces all entries
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        Sysroot(sysroot).bootloader_update()
+        best = min(best, time.perf_counter() - start)
+    cli = timed(bootkit_cli("bootloader", "update", "--sysroot", sysroot), env=bootkit_env())
+    return best, cli
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def fmt_s(x: float) -> str:
+    return f"{x:.2f} s" if x >= 1 else f"{x * 1000:.0f} ms"
+
+
+def fmt_mb(x: int) -> str:
+    return f"{x / 1e6:.1f} MB"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    log(f"{name} ...")
+    start = time.perf_counter()
+    yield
+    log(f"{name}: {time.perf_counter() - start:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--skip-ostree", action="store_true", help="Measure bootkit only.")
+    parser.add_argument("--counts", default="1,10,100,1000", help="Deployment counts for (c).")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="Runs of (a) and (b); the best one is reported."
+    )
+    args = parser.parse_args()
+
+    tree = ensure_tree()
+    files, size = tree_stats(tree)
+    with stage("warming the page cache"):
+        warm(tree)
+    times: Samples = collections.defaultdict(list)
+    disk: dict[str, int] = {}
+    contenders: list[Callable[[Path, int, Samples, dict[str, int]], None]] = [bench_bootkit]
+    if not args.skip_ostree:
+        contenders.append(bench_ostree)
+    for rep in range(args.repeat):
+        # Alternate who goes first, so that neither always meets the other's writeback.
+        for fn in contenders if rep % 2 == 0 else contenders[::-1]:
+            clear_run()
+            with stage(f"{fn.__name__}, run {rep + 1} of {args.repeat}"):
+                fn(tree, rep, times, disk)
+    clear_run()
+    updates = {}
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        for count in (int(c) for c in args.counts.split(",")):
+            with stage(f"bootloader update, {count} deployments"):
+                updates[count] = bench_update(count, Path(tmp))
+
+    def best(*names: str) -> float:
+        """The best run of a sum of steps (steps of one run are added up)."""
+        return min(map(sum, zip(*(times[n] for n in names), strict=True)))
+
+    rows: list[tuple[str, str, str, str]] = []
+    first = best("bootkit first")
+    second = best("bootkit second")
+    inproc = best("bootkit second in-process")
+    has_ostree = "ostree commit" in times
+    o_first = best("ostree commit", "ostree deploy") if has_ostree else None
+    o_second = best("ostree second commit", "ostree second deploy") if has_ostree else None
+
+    def ostree_cell(total: float | None, commit: str, deploy: str) -> str:
+        if total is None:
+            return "-"
+        return f"{fmt_s(total)} (commit {fmt_s(best(commit))} + deploy {fmt_s(best(deploy))})"
+
+    rows.append(
+        (
+            f"(a) import+deploy, {files} files, {size / 1e6:.0f} MB",
+            fmt_s(first),
+            ostree_cell(o_first, "ostree commit", "ostree deploy"),
+            f"<= ostree: {verdict(first <= o_first)}" if o_first else "",
+        )
+    )
+    rows.append(
+        (
+            "(a) disk used by the first deployment",
+            fmt_mb(disk["bootkit first"]),
+            fmt_mb(disk["ostree first"]) if has_ostree else "-",
+            "",
+        )
+    )
+    rows.append(
+        (
+            "(b) second deploy, one file changed: time",
+            fmt_s(second),
+            ostree_cell(o_second, "ostree second commit", "ostree second deploy"),
+            f"< 1 s: {verdict(second < 1)}",
+        )
+    )
+    rows.append(
+        (
+            "(b) the same, in-process (no interpreter start)",
+            fmt_s(inproc),
+            "-",
+            f"< 1 s: {verdict(inproc < 1)}",
+        )
+    )
+    rows.append(
+        (
+            "(b) second deploy: extra disk",
+            fmt_mb(disk["bootkit second"]),
+            fmt_mb(disk["ostree second"]) if has_ostree else "-",
+            f"< 1 MB: {verdict(disk['bootkit second'] < 1e6)}",
+        )
+    )
+    for count, (in_process, cli) in updates.items():
+        rows.append(
+            (
+                f"(c) bootloader update, {count} deployments",
+                f"{fmt_s(in_process)} (CLI {fmt_s(cli)})",
+                "-",
+                f"< 100 ms: {verdict(in_process < 0.1)}" if count == 100 else "",
+            )
+        )
+    header = ("", "bootkit", "ostree", "target")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    print(f"best of {args.repeat} runs; load average at the end: {os.getloadavg()[0]:.1f}")
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Secure Boot signing with the key a sysroot is configured with (`bootkit init --signing-key`).
+
+The key signs what the firmware or systemd-boot verifies before running it: each
+deployment's Unified Kernel Image at deploy time, and systemd-boot itself when it
+is installed. Only UKIs are signed, because a separate initrd is covered by no
+signature: a signed kernel with a replaceable initrd would not be a verified boot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+from bootkit import authenticode, keys
+from bootkit.config import SysrootConfig
+from bootkit.errors import BootkitError
+from bootkit.uki import DEFAULT_STUB
+
+
+@dataclass(frozen=True)
+class Signer:
+    key: authenticode.SigningKey
+    certificate: x509.Certificate
+
+    def __post_init__(self) -> None:
+        if self.certificate.public_key().public_numbers() != self.key.public_key().public_numbers():
+            raise BootkitError(
+                "the signing key does not belong to the signing certificate",
+                hint="pass the key and certificate of one key pair",
+            )
+
+    @property
+    def subject(self) -> str:
+        return self.certificate.subject.rfc4514_string()
+
+    def sign(self, source: Path, output: Path | None = None) -> None:
+        """Sign `source` into `output` (default: in place, atomically).
+
+        An existing signature is replaced: a machine that trusts this key
+        boots the binary, whoever signed it before.
+        """
+        authenticode.sign_file(source, output or source, self.key, self.certificate,
+                               replace=True)
+
+
+def load_signer(key: Path, cert: Path, passphrase_file: Path | None = None) -> Signer:
+    """The key pair, decrypted with the passphrase file or $BOOTKIT_KEY_PASSPHRASE."""
+    return Signer(
+        keys.load_private_key(key, keys.read_passphrase(passphrase_file)),
+        keys.load_certificate(cert),
+    )
+
+
+def configured_signer(cfg: SysrootConfig) -> Signer | None:
+    """The signer of a sysroot, or None when it has no key."""
+    if not cfg.signing_key or not cfg.signing_cert:
+        return None
+    passphrase_file = Path(cfg.signing_passphrase_file) if cfg.signing_passphrase_file else None
+    return load_signer(Path(cfg.signing_key), Path(cfg.signing_cert), passphrase_file)
+
+
+def boot_settings(
+    uki: bool, key: Path | None, cert: Path | None, passphrase_file: Path | None
+) -> dict[str, object]:
+    """The sysroot settings for UKIs and signing, checked: the key must load and match.
+
+    Paths are stored absolute: later commands may run from any directory.
+    """
+    if (key is None) != (cert is None):
+        raise BootkitError(
+            "--signing-key and --signing-cert go together",
+            hint="pass both: the key signs, the certificate goes into each signature",
+        )
+    if passphrase_file is not None and key is None:
+        raise BootkitError("--passphrase-file needs --signing-key")
+    if key is not None and not uki:
+        raise BootkitError(
+            "signing needs --uki",
+            hint="only a Unified Kernel Image covers kernel, initrd and command line with "
+            "one signature; add --uki",
+        )
+    if uki and not DEFAULT_STUB.is_file():
+        raise BootkitError(
+            f"cannot build Unified Kernel Images: systemd's EFI stub {DEFAULT_STUB} is missing",
+            hint="install the package systemd-boot-efi",
+        )
+    if key is not None and cert is not None:
+        load_signer(key, cert, passphrase_file)
+    return {
+        "uki": uki,
+        "signing_key": str(key.resolve()) if key else None,
+        "signing_cert": str(cert.resolve()) if cert else None,
+        "signing_passphrase_file": str(passphrase_file.resolve()) if passphrase_file else None,
+    }

@@ -1,0 +1,300 @@
+"""Boot entries: their format, their names, and the proof that every menu shows one order."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import (
+    bls_entries,
+    deployment_path,
+    entry_name,
+    grub_menu,
+    make_tree,
+    ref_of_path,
+    refs_of_entries,
+    sdboot_menu,
+    status_refs,
+    untidy,
+)
+
+from bootkit import bootconfig
+from bootkit.bls import (
+    MAX_RANK,
+    BootEntry,
+    EntryName,
+    blscfg_order,
+    parse_entry,
+    systemd_boot_order,
+)
+from bootkit.errors import BootkitError
+from bootkit.sysroot import Sysroot
+
+
+def test_entry_round_trip() -> None:
+    entry = BootEntry(
+        title="Fedora Linux 40 (Workstation Edition)",
+        version="40.20240101.0",
+        sort_key="bootkit-99999998-0000",
+        linux="/bootkit/fedora/6.8.5-abc/linux",
+        initrd=("/bootkit/fedora/6.8.5-abc/initrd", "/bootkit/fedora/ucode.img"),
+        options="root=LABEL=bootkit-root rw bootkit=/bootkit/deploy/fedora/deploy/1-abc quiet",
+        extra=(("architecture", "x64"),),
+    )
+    text = entry.render()
+    assert text.splitlines()[0] == "title Fedora Linux 40 (Workstation Edition)"
+    assert parse_entry(text) == entry
+
+
+def test_parse_tolerates_comments_blank_lines_and_split_options() -> None:
+    text = "# made by hand\n\ntitle  T \nlinux /k\noptions a=1\noptions b=2\nmachine-id abc\n"
+    entry = parse_entry(text)
+    assert (entry.title, entry.linux, entry.options) == ("T", "/k", "a=1 b=2")
+    assert entry.extra == (("machine-id", "abc"),)
+    assert entry.initrd == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("title x\ninitrd /i\n", "no 'linux' line"),
+        ("linux /k\n\x00\x01garbage\n", "not a boot entry line"),
+        ("Linux /k\n", "not a boot entry line"),
+    ],
+)
+def test_parse_refuses_garbage_naming_the_file(text: str, message: str) -> None:
+    with pytest.raises(BootkitError, match=message) as err:
+        parse_entry(text, "/efi/loader/entries/x.conf")
+    assert "/efi/loader/entries/x.conf" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "suffix"),
+    [
+        (EntryName(7, 0, "fedora-3-abcdef01"), ""),
+        (EntryName(7, 2, "fedora-3-abcdef01", tries_left=3), "+3"),
+        (EntryName(12345678, MAX_RANK, "os-1-x", tries_left=2, tries_done=1), "+2-1"),
+        (EntryName(1, 5, "a.b-c_d-9-0", tries_left=0, tries_done=3), "+0-3"),
+    ],
+)
+def test_entry_name_round_trip(name: EntryName, suffix: str) -> None:
+    filename = name.filename
+    assert filename.startswith("bootkit-") and filename.endswith(f"{suffix}.conf")
+    assert EntryName.parse(filename) == name
+
+
+def test_entry_name_fields() -> None:
+    name = EntryName.parse("bootkit-00000042-9997-fedora-12-deadbeef+2-1.conf")
+    assert name == EntryName(42, 2, "fedora-12-deadbeef", tries_left=2, tries_done=1)
+    assert name.sort_key == "bootkit-99999957-0002"
+
+
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "fedora-6.8.conf",
+        "bootkit-1-9999-x.conf",
+        "bootkit-00000001-9999-x.conf.bootkit-tmp",
+        ".bootkit-00000001-9999-x.conf.bootkit-tmp",
+        "bootkit-00000001-9999-x",
+    ],
+)
+def test_foreign_names_are_not_bootkit_entries(filename: str) -> None:
+    assert EntryName.parse(filename) is None
+
+
+def _entry(sort_key: str = "", version: str = "1") -> BootEntry:
+    return BootEntry("t", version, sort_key, "/k", (), "")
+
+
+def test_systemd_boot_rules() -> None:
+    entries = [
+        ("zz-plain.conf", _entry()),
+        ("aa-plain.conf", _entry()),
+        ("bootkit-00000001-9999-os-1-a+0-3.conf", _entry("a")),  # no tries left: last
+        ("keyed-old.conf", _entry("b", "1.9")),
+        ("keyed-new.conf", _entry("b", "1.10")),
+        ("first.conf", _entry("a", "0")),
+    ]
+    order = [f for f, _ in systemd_boot_order(entries)]
+    assert order == [
+        "first.conf",
+        "keyed-new.conf",
+        "keyed-old.conf",
+        "zz-plain.conf",
+        "aa-plain.conf",
+        "bootkit-00000001-9999-os-1-a+0-3.conf",
+    ]
+
+
+def test_blscfg_ignores_the_counting_suffix() -> None:
+    names = [
+        "bootkit-00000002-9998-os-1-a.conf",
+        "bootkit-00000002-9999-os-2-b+3.conf",
+        "bootkit-00000001-9999-os-1-a.conf",
+    ]
+    assert blscfg_order(names) == [names[1], names[0], names[2]]
+
+
+# --- one order everywhere ---------------------------------------------------------------
+
+# Versions chosen so that neither deploy order nor version order is the menu order.
+VERSIONS = ["1", "1.10", "1.9", "2~rc1", "2", "0.9", "10", "3^p1", "3", "2.1", "1.2-3", "7"]
+
+
+def _menus(sr: Sysroot) -> dict[str, list[str]]:
+    boot = sr.boot_path
+    on_disk = bls_entries(boot)
+    by_name = dict(on_disk)
+    return {
+        "status": status_refs(sr),
+        "systemd-boot": refs_of_entries(sdboot_menu(boot)),
+        "blscfg": [
+            ref_of_path(deployment_path(by_name[f].options))
+            for f in blscfg_order([f for f, _ in on_disk])
+        ],
+        "grub.cfg": [i.removeprefix("bootkit-").replace("-", "/", 1) for i, _ in grub_menu(boot)],
+    }
+
+
+def _assert_one_order(sr: Sysroot) -> list[str]:
+    menus = _menus(sr)
+    expected = menus["status"]
+    for menu, order in menus.items():
+        assert order == expected, f"{menu} order {order} != status order {expected}"
+    state = sr.state()
+    assert expected[0] == state.default
+    # The rest newest first.
+    serials = [sr.load(ref).serial for ref in expected[1:]]
+    assert serials == sorted(serials, reverse=True)
+    assert not untidy(sr)
+    return expected
+
+
+@pytest.fixture
+def sysroot(tmp_path: Path) -> Sysroot:
+    (tmp_path / "sys").mkdir()
+    return Sysroot.init(tmp_path / "sys", "test", "grub")
+
+
+def _deploy(sr: Sysroot, tmp_path: Path, i: int) -> None:
+    tree = make_tree(tmp_path / f"tree{i}", version=VERSIONS[i], kernel=f"kernel {i % 3}".encode())
+    sr.deploy(tree)
+
+
+@pytest.mark.parametrize("count", [1, 2, 5, 12])
+def test_menu_order_is_the_same_everywhere(sysroot: Sysroot, tmp_path: Path, count: int) -> None:
+    for i in range(count):
+        _deploy(sysroot, tmp_path, i)
+    order = _assert_one_order(sysroot)
+    assert len(order) == count
+    if count == 1:
+        return
+    # A default that is neither the newest nor the oldest.
+    middle = sysroot.load(order[count // 2])
+    sysroot.set_default(str(middle.serial))
+    before = _assert_one_order(sysroot)
+    assert before[0] == middle.ref
+    sysroot.rollback()
+    assert _assert_one_order(sysroot)[0] == before[1]
+    sysroot.set_default(order[-1])
+    assert _assert_one_order(sysroot)[0] == order[-1]
+
+
+# Entries of other systems that exercise every rule of systemd-boot's sort.
+FOREIGN = {
+    "a9.conf": "title A9\nsort-key a9\nversion 1\nlinux /x\n",
+    "a10.conf": "title A10\nsort-key a10\nversion 1\nlinux /x\n",
+    "same-key-old.conf": "title old\nsort-key same\nversion 1.9\nlinux /x\n",
+    "same-key-new.conf": "title new\nsort-key same\nversion 1.10\nlinux /x\n",
+    "same-key-mid.conf": "title mid\nsort-key same\nversion 1.10\nmachine-id 0a\nlinux /x\n",
+    "plain-2.conf": "title plain 2\nlinux /x\n",
+    "plain-10.conf": "title plain 10\nlinux /x\n",
+    "counted+3-1.conf": "title counted\nversion 5\nlinux /x\n",
+    "counted+1-3.conf": "title counted too\nversion 5\nlinux /x\n",
+    "spent+0-3.conf": "title spent\nsort-key 0\nlinux /x\n",
+}
+
+
+def test_bootctl_lists_the_same_order(sysroot: Sysroot, tmp_path: Path) -> None:
+    """systemd's own implementation of the sort (bootctl list), where it can be run."""
+    bootctl = shutil.which("bootctl")
+    if bootctl is None:
+        pytest.skip("bootctl (Debian package systemd-boot) is not installed")
+    for i in range(5):
+        _deploy(sysroot, tmp_path, i)
+    sysroot.set_default("2")
+    boot = sysroot.boot_path
+    for name, text in FOREIGN.items():
+        (boot / "loader/entries" / name).write_text(text)
+    # bootctl reads only a directory that is a mount point.
+    cmd = (
+        'mount --bind "$1" "$1" && SYSTEMD_RELAX_ESP_CHECKS=1 '
+        '"$2" --esp-path="$1" --boot-path="$1" list --no-pager --json=short'
+    )
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", cmd, "sh", str(boot), bootctl],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0 and "unshare" in proc.stderr:
+        pytest.skip(f"cannot make a mount namespace here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    listed = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [Path(e["path"]).name for e in listed] == [f for f, _ in sdboot_menu(boot)]
+    bootkit_listed = [e for e in listed if e["id"].startswith("bootkit-")]
+    assert [ref_of_path(deployment_path(e["options"])) for e in bootkit_listed] == status_refs(
+        sysroot
+    )
+
+
+class _Crash(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("renamed", [1, 2, 3])
+def test_interrupted_switch_puts_the_new_generation_first(
+    sysroot: Sysroot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renamed: int
+) -> None:
+    for i in range(4):
+        _deploy(sysroot, tmp_path, i)
+    old = _assert_one_order(sysroot)
+    real_rename = os.rename
+    done = []
+
+    def rename(src: os.PathLike[str] | str, dst: os.PathLike[str] | str) -> None:
+        if str(dst).endswith(".conf"):
+            if len(done) == renamed:
+                raise _Crash
+            done.append(dst)
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(_Crash):
+        sysroot.set_default(old[-1])
+    monkeypatch.undo()
+
+    boot = sysroot.boot_path
+    entries = bls_entries(boot)
+    gens = sorted({entry_name(f).generation for f, _ in entries})
+    assert len(gens) == 2, gens
+    new_gen = gens[-1]
+    for order in (
+        [f for f, _ in sdboot_menu(boot)],
+        blscfg_order([f for f, _ in entries]),
+    ):
+        # The renamed part of the new generation first, in rank order, then the old menu.
+        assert [entry_name(f).generation for f in order] == [new_gen] * renamed + [gens[0]] * 4
+        assert [entry_name(f).rank for f in order[:renamed]] == list(range(renamed))
+        assert refs_of_entries([(f, dict(entries)[f]) for f in order])[0] == old[-1]
+    # The next command finishes the job.
+    sysroot.bootloader_update()
+    assert _assert_one_order(sysroot)[0] == old[-1]
+    assert bootconfig.is_current(
+        bootconfig.read_view(boot), sysroot.state().generation, sysroot.config
+    )
