@@ -19,11 +19,15 @@ entry instead once it is used up (see `grubcfg`). Marking good removes `bootkit_
 The entry names are bootkit's record for every backend: each transaction rewrites
 the entries as a new generation and carries every counter over, after folding the
 grubenv counter into the default's, so what the bootloader counted is never lost.
+A new deployment gets `+tries` (the sysroot's setting, or `deploy --tries`);
+`set-default` and `rollback` count their choice afresh unless it is known good
+(`rollback` never picks a bad one); a default found bad gives way, at the next
+transaction, to the first deployment in menu order that is not bad, which is the
+one the bootloader falls back to.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootkit import grubcfg, grubenv
-from bootkit.bls import BootEntry, EntryName
+from bootkit.bls import BootEntry, EntryName, parse_entry
 from bootkit.deployment import Deployment
 from bootkit.errors import BootkitError
 from bootkit.fsutil import fsync_dir
@@ -241,17 +245,24 @@ def mark_good(boot: Path, bootloader: str, entries_dir: Path, dep: Deployment) -
     """
     done: list[str] = []
     if entries_dir.is_dir():
-        from bootkit.bls import parse_entry
-
         for p in sorted(entries_dir.iterdir()):
             good = uncounted(p.name)
             if good is None or EntryName.parse(p.name) is None:
                 continue
-            with contextlib.suppress(BootkitError, OSError):
-                if deployment_path(parse_entry(p.read_text(errors="replace")).options) != dep.path:
-                    continue
+            try:
+                options = parse_entry(p.read_text(errors="replace")).options
+            except (BootkitError, OSError):
+                continue  # not readable: not an entry this deployment boots from
+            if deployment_path(options) != dep.path:
+                continue
+            try:
                 os.rename(p, p.with_name(good))
-                done.append(f"renamed {p.name} to {good}")
+            except OSError as err:
+                raise BootkitError(
+                    f"cannot rename boot entry {p}: {err.strerror or err}",
+                    hint=f"is {boot} mounted read-write?",
+                ) from None
+            done.append(f"renamed {p.name} to {good}")
         if done:
             fsync_dir(entries_dir)
     if bootloader == "grub":

@@ -127,8 +127,8 @@ def prepare_for_changes(sysroot: Sysroot) -> bool:
 
     True if it had to be made writable. Outside a booted deployment nothing is done.
     """
-    if booted_path() is None:
-        return False
+    if booted_path() is None or not sysroot.meta.is_dir():
+        return False  # not a sysroot: taking the lock says so
     changed = make_writable(sysroot.path)
     if sysroot.config_path.is_file():
         check_boot_mounted(sysroot)

@@ -19,7 +19,6 @@ from bootkit.importer import HashCache, import_source
 from bootkit.kernel import TreeKernel, find_kernel, os_release_path, read_os_release
 from bootkit.names import check_name
 from bootkit.payloads import Payload
-from bootkit.uki import build_uki
 
 INITRAMFS_MODES = ("auto", "tree", "build")
 HASH_CACHE = "import-cache.json"
@@ -191,6 +190,8 @@ def _boot_files(
         if uki_cmdline is None:
             yield {"linux": kernel.linux, "initrd": initrd}
             return
+        from bootkit.uki import build_uki  # pefile and the signer only when UKIs are made
+
         image = sysroot.meta / "tmp" / f"uki-{os.getpid()}.efi"
         image.parent.mkdir(exist_ok=True)
         try:

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-
-from bootkit import authenticode, keys
 from bootkit.config import SysrootConfig
 from bootkit.errors import BootkitError
-from bootkit.uki import DEFAULT_STUB
+
+if TYPE_CHECKING:
+    # cryptography takes a tenth of a second to import; commands that never sign
+    # (status, rollback, ...) should not pay for it.
+    from cryptography import x509
+
+    from bootkit import authenticode
 
 
 @dataclass(frozen=True)
@@ -41,12 +45,16 @@ class Signer:
         An existing signature is replaced: a machine that trusts this key
         boots the binary, whoever signed it before.
         """
+        from bootkit import authenticode
+
         authenticode.sign_file(source, output or source, self.key, self.certificate,
                                replace=True)
 
 
 def load_signer(key: Path, cert: Path, passphrase_file: Path | None = None) -> Signer:
     """The key pair, decrypted with the passphrase file or $BOOTKIT_KEY_PASSPHRASE."""
+    from bootkit import keys
+
     return Signer(
         keys.load_private_key(key, keys.read_passphrase(passphrase_file)),
         keys.load_certificate(cert),
@@ -81,6 +89,8 @@ def boot_settings(
             hint="only a Unified Kernel Image covers kernel, initrd and command line with "
             "one signature; add --uki",
         )
+    from bootkit.uki import DEFAULT_STUB
+
     if uki and not DEFAULT_STUB.is_file():
         raise BootkitError(
             f"cannot build Unified Kernel Images: systemd's EFI stub {DEFAULT_STUB} is missing",

@@ -10,9 +10,45 @@ import click
 from bootkit import __version__
 from bootkit.errors import BootkitError
 
+# Command name -> the module (bootkit.cli.<module>) that defines it. A module is
+# imported only when one of its commands runs, so `bootkit status` does not pay for
+# cryptography or the ELF reader. tests/test_cli.py checks this table against each
+# module's COMMANDS list.
+COMMAND_MODULES = {
+    "init": "deployments",
+    "deploy": "deployments",
+    "status": "deployments",
+    "mark-good": "deployments",
+    "rollback": "deployments",
+    "set-default": "deployments",
+    "pin": "deployments",
+    "unpin": "deployments",
+    "undeploy": "deployments",
+    "cleanup": "deployments",
+    "bootloader": "deployments",
+    "etc": "etc",
+    "initramfs": "initramfs",
+    "dracut": "initramfs",
+    "image": "image",
+    "uki": "uki",
+    "sign": "uki",
+    "keys": "uki",
+}
+
 
 class _Group(click.Group):
-    """Turns a BootkitError from any command into one line on stderr and exit status 1."""
+    """Loads commands on demand, and turns a BootkitError from any of them into one
+    line on stderr and exit status 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        family = COMMAND_MODULES.get(cmd_name)
+        if family is None:
+            return None
+        module = importlib.import_module(f"bootkit.cli.{family}")
+        return next((c for c in module.COMMANDS if c.name == cmd_name), None)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -33,17 +69,3 @@ def main() -> None:
     Each one gets a Boot Loader Specification entry (systemd-boot) and a GRUB
     menu entry; switching the default is one atomic step, and so is rolling back.
     """
-
-
-# Each command family lives in its own module, which lists its commands in COMMANDS.
-_FAMILIES = ("deployments", "etc", "initramfs", "image", "uki")
-
-
-def _register() -> None:
-    for family in _FAMILIES:
-        module = importlib.import_module(f"bootkit.cli.{family}")
-        for command in module.COMMANDS:
-            main.add_command(command)
-
-
-_register()

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from bootkit import keys, signing
+from bootkit import signing
 from bootkit.cli.common import byte_progress, open_sysroot, print_json, sysroot_option, warn
 from bootkit.config import BOOTLOADERS, DEFAULT_TRIES
 from bootkit.deploy import INITRAMFS_MODES
@@ -32,7 +32,7 @@ def uki_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="The certificate of the signing key; the firmware's db must trust it."),
         click.option("--passphrase-file", type=_key_file,
                      help="File whose first line decrypts the signing key; its path is "
-                     f"recorded (else ${keys.PASSPHRASE_ENV} is read at each deploy)."),
+                     "recorded (else $BOOTKIT_KEY_PASSPHRASE is read at each deploy)."),
     ]):
         f = option(f)
     return f

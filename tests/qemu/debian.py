@@ -34,12 +34,18 @@ format of tests/qemu/harness.py's BootReport):
 - `var:note`, `var-history`: what earlier boots left in /var/lib/bootkit-test;
 - `step`: the scenario step QEMU passed in (fw_cfg `opt/bootkit-test/step`), then
   what the step did: `deploy` (bootkit deploy --json), `step-seconds`,
-  `status-after`, or `step-error`;
+  `status-after`, `write-after:/sysroot` (whether /sysroot is writable for the
+  report after bootkit changed it), or `step-error`;
 - `done`: the report is complete; the guest powers off next.
 
 Steps: `update` edits /etc/bootkit-test/site.conf, writes /var/lib/bootkit-test/note
 and runs `bootkit deploy` of the tar archive on the disk labelled `bootkit-update`;
 `rollback` runs `bootkit rollback`; anything else only reports.
+
+Trees A and B (TREE_A, TREE_B) differ in os-release (VERSION_ID 12 and 12.1, and
+PRETTY_NAME, which is the menu title) and in /etc/bootkit-test/defaults.conf. The
+trees carry a plain Debian /etc: bootkit keeps it as the deployment's defaults in
+usr/etc and merges the changes made in the running deployment into the new /etc.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +66,7 @@ from pathlib import Path
 from bootkit import kmod
 from bootkit.image import BOOT_DIR, ESP_LABEL
 
+from .harness import bootkit_command
 from .kernel import KernelTree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,12 +177,14 @@ SITE_CONF_EDITED = "color=green\n"
 
 
 def _run(argv: Sequence[str | Path], log: Path | None = None, **kwargs: object) -> str:
+    started = time.monotonic()
     proc = subprocess.run(
         [str(a) for a in argv], capture_output=True, text=True, check=False, **kwargs  # type: ignore[call-overload]
     )
     if log is not None:
         with open(log, "a") as f:
-            f.write(f"$ {' '.join(map(str, argv))}\n{proc.stdout}{proc.stderr}")
+            f.write(f"$ {' '.join(map(str, argv))}\n{proc.stdout}{proc.stderr}"
+                    f"({time.monotonic() - started:.1f} s, exit status {proc.returncode})\n")
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-20:])
         raise RuntimeError(f"{' '.join(map(str, argv))} failed ({proc.returncode}):\n{tail}")
@@ -324,15 +334,9 @@ def _install_kernel(root: Path, kernel: KernelTree, log: Path) -> Path:
 
 def _build_initramfs(root: Path, kernel: KernelTree, log: Path) -> None:
     module_dir = root / "usr/lib/dracut/modules.d/90bootkit"
-    _run([*_bootkit_cli(), "dracut", "install", "--dest", module_dir], log)
+    _run([*bootkit_command(), "dracut", "install", "--dest", module_dir], log)
     image = f"/usr/lib/modules/{kernel.version}/initramfs.img"
     run_in_tree(root, ["dracut", *DRACUT_ARGS, "--kver", kernel.version, "--force", image], log)
-
-
-def _bootkit_cli() -> list[str]:
-    from .harness import bootkit_command
-
-    return bootkit_command()
 
 
 def build_base(dest: Path, kernel: KernelTree, mirror: str, log: Path) -> None:
@@ -483,6 +487,16 @@ def boot_times():
     return " ".join(f"{k}={v / 1e6:.1f}" for k, v in parts.items())
 
 
+def writable(path):
+    probe = Path(path) / ".bootkit-test-probe"
+    try:
+        probe.write_text("probe\n")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
 def report():
     rel = os_release()
     say("version", rel.get("VERSION_ID", ""))
@@ -499,13 +513,7 @@ def report():
             say(f"mount:{path}", f"root={fields[0]} options={fields[1]}")
             say(f"source:{path}", fields[2])
     for path in ("/usr", "/etc", "/var", "/sysroot"):
-        probe = Path(path) / ".bootkit-test-probe"
-        try:
-            probe.write_text("probe\n")
-            probe.unlink()
-            say(f"write:{path}", "yes")
-        except OSError:
-            say(f"write:{path}", "no")
+        say(f"write:{path}", "yes" if writable(path) else "no")
     say("multi-user", run("systemctl", "is-active", "multi-user.target").stdout.strip())
     # Where boot counting will look: boot-complete.target marks a boot good.
     say("boot-complete", run("systemctl", "is-active", "boot-complete.target").stdout.strip())
@@ -570,6 +578,8 @@ def main():
         if step in ("update", "rollback"):
             {"update": update, "rollback": rollback}[step](current)
             say("status-after", json.dumps(status()))
+            # bootkit wrote to /sysroot in a mount namespace of its own; here it stays read-only.
+            say("write-after:/sysroot", "yes" if writable("/sysroot") else "no")
     except Exception as err:
         say("step-error", f"{type(err).__name__}: {one_line(str(err))}")
     finally:
@@ -640,9 +650,18 @@ def _configure(tree: Path, variant: Variant) -> None:
     _symlink(tree / "etc/systemd/system-generators/systemd-gpt-auto-generator", "/dev/null")
 
 
+def _copy_tree(src: Path, dest: Path) -> None:
+    """Hardlink the files of `src` into `dest`, or copy them across filesystems."""
+    try:
+        _run(["cp", "-a", "--link", src, dest])
+    except RuntimeError:
+        shutil.rmtree(dest, ignore_errors=True)
+        _run(["cp", "-a", "--reflink=auto", src, dest])
+
+
 def make_tree(dest: Path, base: Path, variant: Variant) -> Path:
     """A test tree at `dest` (which must not exist): the base plus bootkit and the report."""
-    _run(["cp", "-a", "--link", base, dest])
+    _copy_tree(base, dest)
     _install_bootkit(dest)
     _configure(dest, variant)
     return dest
@@ -650,7 +669,7 @@ def make_tree(dest: Path, base: Path, variant: Variant) -> Path:
 
 def derive_tree(dest: Path, tree: Path, variant: Variant) -> Path:
     """Another variant of a test tree, sharing its files (hardlinks) except what differs."""
-    _run(["cp", "-a", "--link", tree, dest])
+    _copy_tree(tree, dest)
     _replace(dest / "usr/lib/os-release", variant.os_release.render())
     _replace(dest / "etc/bootkit-test/defaults.conf", variant.defaults)
     return dest

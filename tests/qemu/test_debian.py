@@ -49,7 +49,8 @@ STEPS = ("update", "rollback", "report")
 BOOT_TIMEOUT = 480.0
 # Seen on the console when a boot went wrong; waiting for the timeout would tell nothing more.
 _FAILED = re.compile(
-    r"You are in emergency mode|Kernel panic|bootkit: boot failed|Give root password"
+    r"You are in emergency mode|Entering emergency mode|root account is locked"
+    r"|Give root password|Kernel panic|bootkit: boot failed"
 )
 
 
@@ -313,8 +314,8 @@ def assert_status(deps: list[dict], order: list[str], default: str, booted: str)
 
 
 def test_a_boots_and_deploys_b_from_inside(chain: Chain) -> None:
-    a = chain.paths["A"]
     run, report = chain.boot("update")
+    a = chain.paths["A"]
     assert_came_up_in(run, report, a, TREE_A)
     assert_mounts(report, a)
     assert_status(deployments(report, "status"), [a], default=a, booted=a)
@@ -331,6 +332,7 @@ def test_a_boots_and_deploys_b_from_inside(chain: Chain) -> None:
     after = deployments(report, "status-after")
     assert_status(after, [b, a], default=b, booted=a)
     assert after[0]["kargs"] == after[1]["kargs"]
+    assert report.values["write-after:/sysroot"] == "no", "bootkit left /sysroot writable"
     chain.paths["B"] = b
     chain.done.add("update")
 
@@ -351,6 +353,7 @@ def test_b_boots_with_local_changes_then_rolls_back(chain: Chain) -> None:
     assert report.history("var") == [TREE_A.os_release.version_id]
     assert report.values.get("step") == "rollback"
     assert_status(deployments(report, "status-after"), [a, b], default=a, booted=b)
+    assert report.values["write-after:/sysroot"] == "no", "bootkit left /sysroot writable"
     chain.done.add("rollback")
 
 
