@@ -48,38 +48,34 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.bootkit-tmp")
 
 
-def write_unsynced(path: Path, data: bytes, mode: int = 0o644) -> Path:
-    """Write `data` to the temp name beside `path` without syncing; return the temp path.
-
-    For batches: write many, `syncfs` once, then `os.rename` each into place.
-    """
+def _write_temp(path: Path, data: bytes, mode: int, sync: bool) -> Path:
     tmp = temp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.chmod(tmp, mode)
     return tmp
 
 
+def write_unsynced(path: Path, data: bytes, mode: int = 0o644) -> Path:
+    """Write `data` to the temp name beside `path` without syncing; return the temp path.
+
+    For batches: write many, `syncfs` once, then `os.rename` each into place.
+    """
+    return _write_temp(path, data, mode, sync=False)
+
+
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     """Replace `path` with `data` so that a crash leaves the old or the new content."""
     if isinstance(data, str):
         data = data.encode()
-    tmp = temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.rename(tmp, path)
+    os.rename(_write_temp(path, data, mode, sync=True), path)
     fsync_dir(path.parent)
 
 
