@@ -95,7 +95,8 @@ def deploy(
                 title=osrel.get("PRETTY_NAME") or osrel.get("NAME") or os_name,
                 created=time.time(),
                 serial=serial,
-                kargs=kargs,
+                # Like ostree: arguments the admin set stay when the OS is updated.
+                kargs=kargs or (previous.kargs if previous else ()),
                 uki=cfg.uki,
             )
             # A UKI carries the command line that names this deployment.
@@ -196,8 +197,9 @@ def _boot_files(
         image.parent.mkdir(exist_ok=True)
         try:
             osrel = os_release_path(tree)
-            build_uki(image, kernel.linux, [initrd], uki_cmdline,
-                      osrel.read_bytes() if osrel else b"")
+            build_uki(
+                image, kernel.linux, [initrd], uki_cmdline, osrel.read_bytes() if osrel else b""
+            )
             if signer is not None:
                 signer.sign(image)
             yield {payloads.UKI_FILE: image}

@@ -143,6 +143,17 @@ def test_deploy_no_default_and_version(sysroot: Path, tmp_path: Path) -> None:
     assert rows[1]["version"] == "2.0-beta" and not rows[1]["default"]
 
 
+def test_kernel_arguments_carry_over_until_given_again(sysroot: Path, tmp_path: Path) -> None:
+    first = _deploy(sysroot, tmp_path, 1, "--karg", "console=ttyS0", "--karg", "quiet")
+    second = _deploy(sysroot, tmp_path, 2)
+    third = _deploy(sysroot, tmp_path, 3, "--karg", "loglevel=7")
+    assert first["kargs"] == second["kargs"] == ["console=ttyS0", "quiet"]
+    assert third["kargs"] == ["loglevel=7"]
+    (row,) = [r for r in _status(sysroot) if r["id"] == second["id"]]
+    entry = (Path(sysroot) / "efi/loader/entries" / row["entry"]).read_text()
+    assert "console=ttyS0 quiet" in entry
+
+
 def test_pin_unpin_undeploy_and_booted(sysroot: Path, tmp_path: Path) -> None:
     a, b, c = (_deploy(sysroot, tmp_path, n) for n in (1, 2, 3))
     assert "Pinned test/" in ok("pin", "--sysroot", sysroot, a["id"]).stdout

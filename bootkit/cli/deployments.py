@@ -21,19 +21,33 @@ _key_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 def uki_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """--uki and the signing key, passed on as `uki`, `signing_key`, `signing_cert` and
     `passphrase_file`: the arguments of `signing.boot_settings`."""
-    for option in reversed([
-        click.option("--uki", is_flag=True,
-                     help="Boot each deployment as a Unified Kernel Image: kernel, initramfs, "
-                     "os-release and the command line naming the deployment in one EFI binary."),
-        click.option("--signing-key", type=_key_file,
-                     help="Sign every UKI (and systemd-boot when bootkit installs it) for "
-                     "Secure Boot with this private key (PEM or DER); needs --uki."),
-        click.option("--signing-cert", type=_key_file,
-                     help="The certificate of the signing key; the firmware's db must trust it."),
-        click.option("--passphrase-file", type=_key_file,
-                     help="File whose first line decrypts the signing key; its path is "
-                     "recorded (else $BOOTKIT_KEY_PASSPHRASE is read at each deploy)."),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--uki",
+                is_flag=True,
+                help="Boot each deployment as a Unified Kernel Image: kernel, initramfs, "
+                "os-release and the command line naming the deployment in one EFI binary.",
+            ),
+            click.option(
+                "--signing-key",
+                type=_key_file,
+                help="Sign every UKI (and systemd-boot when bootkit installs it) for "
+                "Secure Boot with this private key (PEM or DER); needs --uki.",
+            ),
+            click.option(
+                "--signing-cert",
+                type=_key_file,
+                help="The certificate of the signing key; the firmware's db must trust it.",
+            ),
+            click.option(
+                "--passphrase-file",
+                type=_key_file,
+                help="File whose first line decrypts the signing key; its path is "
+                "recorded (else $BOOTKIT_KEY_PASSPHRASE is read at each deploy).",
+            ),
+        ]
+    ):
         f = option(f)
     return f
 
@@ -96,10 +110,20 @@ def init(
     whose embedded command line names it; with a signing key, deploy signs each
     UKI, so under Secure Boot kernel, initramfs and command line are all verified.
     """
-    settings = {**signing.boot_settings(uki, signing_key, signing_cert, passphrase_file),
-                "tries": tries}
-    sr = Sysroot.init(sysroot or Path("/"), os_name, bootloader, boot_dir, root_arg, timeout, force,
-                      settings=settings)
+    settings = {
+        **signing.boot_settings(uki, signing_key, signing_cert, passphrase_file),
+        "tries": tries,
+    }
+    sr = Sysroot.init(
+        sysroot or Path("/"),
+        os_name,
+        bootloader,
+        boot_dir,
+        root_arg,
+        timeout,
+        force,
+        settings=settings,
+    )
     extra = "; UKIs" if uki else ""
     extra += ", signed" if signing_key else ""
     click.echo(
@@ -112,7 +136,13 @@ def init(
 @click.argument("source", type=click.Path(exists=False, path_type=Path))
 @click.option("--os", "os_name", help="Stateroot to deploy into (default: the one from init).")
 @click.option("--version", help="Version shown in the menu (default: VERSION_ID from os-release).")
-@click.option("--karg", "kargs", multiple=True, help="Extra kernel argument; repeat for more.")
+@click.option(
+    "--karg",
+    "kargs",
+    multiple=True,
+    help="Extra kernel argument; repeat for more. Default: those of the current "
+    "deployment of the same OS.",
+)
 @click.option(
     "--no-default", is_flag=True, help="Add the deployment without making it the default."
 )
@@ -387,13 +417,25 @@ def bootloader_install(sysroot: Path | None) -> None:
 
 
 COMMANDS = [
-    init, deploy, status, mark_good, rollback, set_default, pin, unpin, undeploy, cleanup, bootloader
+    init,
+    deploy,
+    status,
+    mark_good,
+    rollback,
+    set_default,
+    pin,
+    unpin,
+    undeploy,
+    cleanup,
+    bootloader,
 ]
 
 
 @bootloader.command("grub-stub")
 @sysroot_option
-@click.option("--boot-dir", "print_boot_dir", is_flag=True, help="Print only where $BOOT is mounted.")
+@click.option(
+    "--boot-dir", "print_boot_dir", is_flag=True, help="Print only where $BOOT is mounted."
+)
 def bootloader_grub_stub(sysroot: Path | None, print_boot_dir: bool) -> None:
     """Print the GRUB script that loads bootkit's current menu (for /etc/grub.d/15_bootkit).
 

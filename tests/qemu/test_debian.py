@@ -291,6 +291,7 @@ def assert_mounts(report: BootReport, path: str) -> None:
     esp = report.mount("/sysroot/efi")
     assert esp is not None and esp.root == "/", report.values
     assert report.values.get("source:/sysroot") == report.values.get("source:/"), report.values
+    assert report.values.get("source:/sysroot/efi") != report.values.get("source:/"), report.values
     assert report.writable("/usr") is False
     assert report.writable("/etc") is True
     assert report.writable("/var") is True
