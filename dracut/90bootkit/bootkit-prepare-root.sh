@@ -134,28 +134,29 @@ require_mountpoint "$deployment/var"
 require_mountpoint "$deployment/sysroot"
 require_mountpoint "$stateroot/var"
 
+# bind_mount SOURCE TARGET WHAT: one recorded bind mount, or fail naming WHAT.
+bind_mount() {
+    mount --bind "$1" "$2" || fail "cannot bind-mount $3; $previous"
+    record_mount "$2"
+}
+
+# read_only TARGET WHAT: turn an existing bind mount read-only, or fail naming WHAT.
+read_only() {
+    mount -o remount,bind,ro "$1" || fail "cannot make $2 read-only; $previous"
+}
+
 # 3. Build the new root under the deployment, then move it onto $sysroot.
 # A mount can only be moved out of a parent that is not shared, and systemd
 # makes every mount shared.
 if ! mount --make-private "$sysroot" 2>/dev/null; then
     fail "cannot change the propagation of $sysroot, is the root filesystem mounted there?; $previous"
 fi
-mount --bind "$deployment" "$deployment" ||
-    fail "cannot bind-mount deployment $value; $previous"
-record_mount "$deployment"
-mount --bind "$deployment/usr" "$deployment/usr" ||
-    fail "cannot bind-mount $value/usr; $previous"
-record_mount "$deployment/usr"
-mount -o remount,bind,ro "$deployment/usr" ||
-    fail "cannot make $value/usr read-only; $previous"
-mount --bind "$stateroot/var" "$deployment/var" ||
-    fail "cannot bind-mount /bootkit/deploy/$os/var onto the deployment's /var; $previous"
-record_mount "$deployment/var"
-mount --bind "$sysroot" "$deployment/sysroot" ||
-    fail "cannot bind-mount the physical root onto the deployment's /sysroot; $previous"
-record_mount "$deployment/sysroot"
-mount -o remount,bind,ro "$deployment/sysroot" ||
-    fail "cannot make the deployment's /sysroot read-only; $previous"
+bind_mount "$deployment" "$deployment" "deployment $value"
+bind_mount "$deployment/usr" "$deployment/usr" "$value/usr"
+read_only "$deployment/usr" "$value/usr"
+bind_mount "$stateroot/var" "$deployment/var" "/bootkit/deploy/$os/var onto the deployment's /var"
+bind_mount "$sysroot" "$deployment/sysroot" "the physical root onto the deployment's /sysroot"
+read_only "$deployment/sysroot" "the deployment's /sysroot"
 mount --move "$deployment" "$sysroot" ||
     fail "cannot move deployment $value onto $sysroot; $previous"
 
