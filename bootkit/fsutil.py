@@ -92,6 +92,15 @@ def atomic_copy(src: Path, dest: Path, mode: int = 0o644, chunk: int = 1 << 20) 
     fsync_dir(dest.parent)
 
 
+def atomic_symlink(target: str, link: Path) -> None:
+    """Make `link` point to `target`, replacing whatever `link` was in one rename."""
+    tmp = temp_name(link)
+    remove_file(tmp)
+    os.symlink(target, tmp)
+    os.rename(tmp, link)
+    fsync_dir(link.parent)
+
+
 def remove_file(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)

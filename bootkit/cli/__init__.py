@@ -29,6 +29,7 @@ COMMAND_MODULES = {
     "etc": "etc",
     "initramfs": "initramfs",
     "dracut": "initramfs",
+    "systemd": "units",
     "image": "image",
     "uki": "uki",
     "sign": "uki",

@@ -11,10 +11,10 @@ The tree is made in two layers:
   so a change to any of them builds a new base; the .debs are kept in
   `.cache/debian/debs` for the next build.
 - the test layer (fast, per test session): a hardlinked copy of the base with the
-  bootkit package from this checkout, an fstab that mounts the ESP where bootkit
-  expects $BOOT, and `bootkit-test-report.service`, which reports on the serial
-  console once the boot reached multi-user.target, runs this boot's step of the test
-  scenario and powers off. Files of the copy are replaced, never written in place,
+  bootkit package from this checkout and its systemd units, an fstab that mounts the
+  ESP where bootkit expects $BOOT, and `bootkit-test-report.service`, which reports on
+  the serial console once the boot reached multi-user.target (and was marked good),
+  runs this boot's step of the test scenario and powers off. Files of the copy are replaced, never written in place,
   so the cached base is never changed.
 
 What the guest reports is one line `BOOTKIT-TEST <key>=<value>` per finding (the
@@ -27,6 +27,9 @@ format of tests/qemu/harness.py's BootReport):
   `source:<path>` the device;
 - `write:<path>`: whether creating a file there works;
 - `multi-user`, `boot-complete`: `systemctl is-active` of those targets;
+- `unit:<unit>`, `log:<unit>`: `systemctl is-active` and this boot's journal of the
+  units that mark a counted boot good (systemd-bless-boot.service and
+  bootkit-mark-good.service, which `bootkit systemd install` put in the tree);
 - `failed`: `systemctl --failed` (unit names, empty when none failed);
 - `boot-times`: seconds in the kernel, the initramfs, and until multi-user.target;
 - `status`: `bootkit status --json` on one line;
@@ -65,6 +68,7 @@ from pathlib import Path
 
 from bootkit import kmod
 from bootkit.image import BOOT_DIR, ESP_LABEL
+from bootkit.units import install_units
 
 from .harness import bootkit_command
 from .kernel import KernelTree
@@ -84,6 +88,9 @@ PACKAGES = (
     "python3-pefile", "python3-cryptography", "python3-cffi-backend",
     # The initramfs is built by the tree's own dracut, so its systemd matches the tree's.
     "dracut-core",
+    # systemd-bless-boot, which marks a counted systemd-boot entry good, alongside
+    # bootkit's own unit.
+    "systemd-boot",
 )
 
 # What the guest loads: the root disk and ext4 (also in the initramfs), the ESP
@@ -403,8 +410,9 @@ LABEL={ESP_LABEL} /sysroot{BOOT_DIR} vfat umask=0077,shortname=winnt 0 0
 REPORT_UNIT = """\
 [Unit]
 Description=bootkit test: report on the console, run this boot's step, power off
-# Once the boot got there: it reports on the system as booted.
-After=multi-user.target
+# Once the boot got there: it reports on the system as booted, with this boot
+# marked good where boot counting is on.
+After=multi-user.target systemd-bless-boot.service bootkit-mark-good.service
 
 [Service]
 Type=oneshot
@@ -434,6 +442,8 @@ STEP = Path("/sys/firmware/qemu_fw_cfg/by_name/@STEP_FW_CFG@/raw")
 UPDATE_DEVICE = Path("/dev/disk/by-label/@UPDATE_LABEL@")
 UPDATE_MOUNT = Path("/run/bootkit-update")
 TEST_DIR = "bootkit-test"
+# What marks a counted boot good once boot-complete.target is reached.
+MARK_GOOD_UNITS = ("systemd-bless-boot.service", "bootkit-mark-good.service")
 
 
 def say(key, value=""):
@@ -517,6 +527,10 @@ def report():
     say("multi-user", run("systemctl", "is-active", "multi-user.target").stdout.strip())
     # Where boot counting will look: boot-complete.target marks a boot good.
     say("boot-complete", run("systemctl", "is-active", "boot-complete.target").stdout.strip())
+    for unit in MARK_GOOD_UNITS:
+        say(f"unit:{unit}", run("systemctl", "is-active", unit).stdout.strip())
+        log = run("journalctl", "--boot", "--output=cat", "--no-pager", f"--unit={unit}")
+        say(f"log:{unit}", one_line(log.stdout))
     failed = run("systemctl", "--failed", "--plain", "--no-legend", "--no-pager")
     say("failed", " ".join(line.split()[0] for line in failed.stdout.splitlines() if line.strip()))
     current = status()
@@ -627,6 +641,8 @@ def _install_bootkit(tree: Path) -> None:
         shutil.rmtree(dest)
     shutil.copytree(REPO / "bootkit", dest, ignore=shutil.ignore_patterns("__pycache__"))
     _replace(tree / "usr/bin/bootkit", BOOTKIT_SCRIPT, 0o755)
+    # What a distribution's tree does to have its boots marked good.
+    install_units(tree, BOOT_DIR)
     # /usr is read-only in the guest: compile now, and so that the byte code stays
     # valid whatever the import does to file times.
     run_in_tree(tree, ["python3", "-m", "compileall", "-q", "--invalidation-mode",

@@ -373,13 +373,44 @@ def test_rollback_boots_a_again(chain: Chain) -> None:
     assert report.history("var") == [TREE_A.os_release.version_id, TREE_B.os_release.version_id]
 
 
-def test_b_marked_good_by_boot_complete(chain: Chain) -> None:
-    """With boot counting on, reaching boot-complete.target in B marks its entry good.
+def assert_marked_good(bootloader: str, report: BootReport, dep: dict) -> None:
+    """This boot of `dep` was counted, and marked good once boot-complete.target was reached."""
+    values = report.values
+    assert values.get("boot-complete") == "active", values
+    assert values.get("unit:bootkit-mark-good.service") == "active", values
+    bless, own = values["log:systemd-bless-boot.service"], values["log:bootkit-mark-good.service"]
+    if bootloader == "systemd-boot":
+        # systemd-boot counted the entry (one try done); systemd-bless-boot, told where
+        # the ESP is by bootkit's drop-in, renamed it; bootkit's unit found the work done.
+        assert values.get("unit:systemd-bless-boot.service") == "active", values
+        assert "Marked boot as 'good'. (Boot attempt counter is at 1.)" in bless, bless
+        assert f"{dep['os']}/{dep['id']} is already marked good" in own, own
+    else:
+        # GRUB counts in bootkit's grubenv and sets no LoaderBootCountPath, so
+        # systemd-bless-boot is not pulled in; bootkit's unit clears the counter.
+        assert values.get("unit:systemd-bless-boot.service") == "inactive", values
+        assert f"Marked {dep['os']}/{dep['id']} good" in own, own
+        assert "cleared the GRUB boot counter (2 tries were left)" in own, own
+    assert dep["boot"] == "good" and dep["tries_left"] is None, dep
 
-    The guest already reports `boot-complete` (systemctl is-active boot-complete.target),
-    and B's entry already counts (+3). What is missing is in the test tree: nothing
-    pulls in boot-complete.target, systemd-bless-boot needs SYSTEMD_ESP_PATH=/sysroot/efi
-    to find the ESP, and bootkit-mark-good.service is not enabled for GRUB. Once it is:
-    check that B's entry lost the counter after boot 2.
-    """
-    pytest.skip("the Debian test tree does not mark boots good through boot-complete.target yet")
+
+def test_boots_marked_good_through_boot_complete(chain: Chain) -> None:
+    """With boot counting on (3 tries), each deployment's first boot is counted, then
+    marked good once systemd reaches boot-complete.target; a good entry stays good
+    through later switches."""
+    chain.require("update")
+    a, b = chain.paths["A"], chain.paths["B"]
+    _, first = chain.boot("update")
+    (dep_a,) = deployments(first, "status")
+    assert_marked_good(chain.bootloader, first, dep_a)
+    after = {d["path"]: d for d in deployments(first, "status-after")}
+    assert after[a]["boot"] == "good", after
+    assert (after[b]["boot"], after[b]["tries_left"]) == ("indeterminate", 3), after
+    # B's first boot: counted, then marked good before the report ran.
+    _, second = chain.boot("rollback")
+    dep_b = next(d for d in deployments(second, "status") if d["booted"])
+    assert dep_b["path"] == b
+    assert_marked_good(chain.bootloader, second, dep_b)
+    # The rollback is a new generation of entries: both stay good.
+    after = {d["path"]: d for d in deployments(second, "status-after")}
+    assert [after[a]["boot"], after[b]["boot"]] == ["good", "good"], after

@@ -1,0 +1,77 @@
+"""The systemd units a deployment's tree needs from bootkit: marking a boot good.
+
+With boot counting on, an entry keeps losing tries until something says the boot
+went well. systemd's answer is boot-complete.target: units that check health order
+themselves before it, and units that record success after it. bootkit ships
+bootkit-mark-good.service for the second part. It clears bootkit's own GRUB
+counter and renames the counted entry, which is also what systemd-bless-boot does
+under systemd-boot. So a system needs only bootkit's unit, and one that also
+ships systemd-bless-boot gets a drop-in that tells it where the ESP is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from bootkit.errors import BootkitError
+from bootkit.fsutil import atomic_copy, atomic_symlink, atomic_write
+
+MARK_GOOD_UNIT = "bootkit-mark-good.service"
+# Vendor units and their static enablement live in /usr, so that they are part of
+# the immutable tree and every deployment of it has them, whatever its /etc says.
+UNIT_DIR = Path("usr/lib/systemd/system")
+WANTED_BY = "basic.target.wants"
+BLESS_BOOT_DROPIN = Path("systemd-bless-boot.service.d/50-bootkit.conf")
+# Where the hook leaves the physical root: $BOOT is mounted below it.
+PHYSICAL_ROOT = "/sysroot"
+
+
+def bless_boot_dropin(boot_dir: str) -> str:
+    # systemd-bless-boot looks for the ESP at /efi, /boot and /boot/efi of the
+    # running system; in a deployment, $BOOT is below the physical root instead.
+    return (
+        "# Installed by bootkit: inside a deployment the ESP is mounted below the\n"
+        "# physical root, where systemd-bless-boot does not look by itself.\n"
+        "[Service]\n"
+        f"Environment=SYSTEMD_ESP_PATH={PHYSICAL_ROOT}{boot_dir}\n"
+    )
+
+
+@dataclass(frozen=True)
+class Installed:
+    unit: Path
+    enabled: Path
+    dropin: Path
+
+
+def install_units(root: Path, boot_dir: str = "/efi") -> Installed:
+    """Install and enable bootkit-mark-good.service, and the systemd-bless-boot drop-in.
+
+    `root` is a tree about to be deployed (or `/`); `boot_dir` is where the
+    sysroot mounts $BOOT (`bootkit init --boot-dir`).
+    """
+    if not boot_dir.startswith("/") or boot_dir.rstrip("/") == "":
+        raise BootkitError(
+            f"boot directory must be an absolute path below /, not {boot_dir!r}",
+            hint="give the --boot-dir the sysroot was made with, such as /efi",
+        )
+    if not root.is_dir():
+        raise BootkitError(f"{root} is not a directory", hint="give the root of the OS tree")
+    unit_dir = root / UNIT_DIR
+    try:
+        (unit_dir / WANTED_BY).mkdir(parents=True, exist_ok=True)
+        (unit_dir / BLESS_BOOT_DROPIN).parent.mkdir(parents=True, exist_ok=True)
+        with resources.as_file(resources.files("bootkit").joinpath("data", MARK_GOOD_UNIT)) as src:
+            atomic_copy(src, unit_dir / MARK_GOOD_UNIT)
+        enabled = unit_dir / WANTED_BY / MARK_GOOD_UNIT
+        atomic_symlink(f"../{MARK_GOOD_UNIT}", enabled)
+        dropin = unit_dir / BLESS_BOOT_DROPIN
+        atomic_write(dropin, bless_boot_dropin(boot_dir.rstrip("/")))
+    except OSError as err:
+        raise BootkitError(
+            f"cannot install the units under {unit_dir}: {err.strerror or err}",
+            hint="run it as the owner of the tree (root for /)",
+        ) from None
+    return Installed(unit_dir / MARK_GOOD_UNIT, enabled, dropin)

@@ -1,0 +1,102 @@
+"""bootkit's systemd units in an OS tree: bootkit-mark-good.service and the bless-boot drop-in."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bootkit.cli import main
+from bootkit.errors import BootkitError
+from bootkit.units import install_units
+
+REPO = Path(__file__).resolve().parents[1]
+UNITS = Path("usr/lib/systemd/system")
+
+
+def _ini(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(path.read_text())
+    return parser
+
+
+def test_installs_and_enables_the_unit_in_usr(tmp_path: Path) -> None:
+    done = install_units(tmp_path)
+
+    unit = tmp_path / UNITS / "bootkit-mark-good.service"
+    assert done.unit == unit
+    assert unit.read_bytes() == (REPO / "bootkit/data/bootkit-mark-good.service").read_bytes()
+    # Enabled the way the unit's [Install] section says, statically in /usr.
+    wanted_by = _ini(unit)["Install"]["WantedBy"]
+    link = tmp_path / UNITS / f"{wanted_by}.wants" / "bootkit-mark-good.service"
+    assert done.enabled == link
+    assert link.is_symlink() and link.resolve() == unit.resolve()
+    assert not any(p.name.endswith(".bootkit-tmp") for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize(("boot_dir", "esp_path"), [("/efi", "/sysroot/efi"),
+                                                     ("/boot/efi/", "/sysroot/boot/efi")])
+def test_bless_boot_looks_for_the_esp_below_the_physical_root(
+    tmp_path: Path, boot_dir: str, esp_path: str
+) -> None:
+    done = install_units(tmp_path, boot_dir)
+
+    assert done.dropin == tmp_path / UNITS / "systemd-bless-boot.service.d/50-bootkit.conf"
+    assert _ini(done.dropin)["Service"]["Environment"] == f"SYSTEMD_ESP_PATH={esp_path}"
+
+
+def test_installing_again_replaces_what_is_there(tmp_path: Path) -> None:
+    install_units(tmp_path, "/boot")
+    link = tmp_path / UNITS / "basic.target.wants/bootkit-mark-good.service"
+    link.unlink()
+    link.symlink_to("/dev/null")  # masked by hand, or left by an older version
+    done = install_units(tmp_path, "/efi")
+
+    assert done.enabled.readlink() == Path("../bootkit-mark-good.service")
+    assert "SYSTEMD_ESP_PATH=/sysroot/efi\n" in done.dropin.read_text()
+
+
+@pytest.mark.parametrize("boot_dir", ["efi", "", "/"])
+def test_refuses_a_boot_dir_that_is_not_below_root(tmp_path: Path, boot_dir: str) -> None:
+    with pytest.raises(BootkitError, match="boot directory"):
+        install_units(tmp_path, boot_dir)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_installs_into_the_given_root(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["systemd", "install", "--root", str(tmp_path)])
+
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / UNITS / "bootkit-mark-good.service").is_file()
+    assert "basic.target.wants" in result.output
+
+
+def test_cli_says_what_is_wrong_with_the_root(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["systemd", "install", "--root", str(tmp_path / "missing")])
+
+    assert result.exit_code == 1
+    assert "is not a directory" in result.output
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    (tmp_path / "tree").mkdir()
+    done = install_units(tmp_path / "tree")
+    # verify also wants ExecStart's program on this machine, which need not have
+    # bootkit installed: a copy runs /bin/true instead.
+    unit = tmp_path / done.unit.name
+    text = done.unit.read_text()
+    assert "ExecStart=/usr/bin/bootkit mark-good\n" in text
+    unit.write_text(text.replace("/usr/bin/bootkit mark-good", "/bin/true"))
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True, text=True, check=False,
+    )
+    # Only the unit's own lines: the host's other units are not this test's business.
+    own = [line for line in proc.stderr.splitlines() if unit.name in line]
+    assert own == [], proc.stderr
