@@ -246,6 +246,29 @@ def test_failed_change_leaves_the_image_untouched(tmp_path: Path, trees: dict) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.img"]
 
 
+@needs_systemd_boot
+def test_tries_are_set_at_create_and_per_deploy(tmp_path: Path, trees: dict) -> None:
+    image = tmp_path / "disk.img"
+    ok("image", "create", image, trees["1"], "--size", "110M", "--esp-size", "40M",
+       "--bootloader", "systemd-boot", "--os", "test", "--tries", "0")
+    with read_image(image) as sr:
+        assert [(s.counter.state, s.counter.left) for s in sr.status()] == [("good", None)]
+
+    ok("image", "deploy", image, trees["2"], "--tries", "5")
+    with read_image(image) as sr:
+        counters = [(s.deployment.version, s.counter.left) for s in sr.status()]
+        assert counters == [("2", 5), ("1", None)]
+        assert any(p.name.endswith("+5.conf") for p in (sr.boot_path / "loader/entries").iterdir())
+
+
+@needs_systemd_boot
+def test_images_count_boots_by_default(tmp_path: Path, trees: dict) -> None:
+    image = tmp_path / "disk.img"
+    small_image(image, "systemd-boot", [trees["1"]])
+    with read_image(image) as sr:
+        assert [s.counter.left for s in sr.status()] == [3]
+
+
 def test_image_commands_refuse_a_file_without_gpt(tmp_path: Path) -> None:
     image = tmp_path / "disk.img"
     with open(image, "wb") as f:

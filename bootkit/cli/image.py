@@ -12,6 +12,7 @@ from bootkit import image as diskimage
 from bootkit import signing
 from bootkit.cli import deployments
 from bootkit.cli.common import byte_progress, print_json
+from bootkit.config import DEFAULT_TRIES
 from bootkit.deploy import INITRAMFS_MODES
 from bootkit.errors import BootkitError
 from bootkit.esp import BOOTLOADERS
@@ -70,13 +71,17 @@ def image() -> None:
 @click.option("--timeout", default=3, show_default=True, help="Boot menu timeout in seconds.")
 @click.option("--initramfs", type=click.Choice(INITRAMFS_MODES), default="auto",
               show_default=True, help="As for 'bootkit deploy'.")
+@click.option("--tries", type=click.IntRange(min=0), default=DEFAULT_TRIES, show_default=True,
+              help="Boot counting, as for 'bootkit init': how often a new deployment is "
+              "tried before the bootloader falls back; 0 turns counting off.")
 @click.option("--force", is_flag=True, help="Replace IMAGE if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the deployments made as JSON.")
 @deployments.uki_options
 def create(image: Path, sources: tuple[Path, ...], size: int, bootloader: str,
            os_name: str | None, esp_size: int, kargs: tuple[str, ...], timeout: int,
-           initramfs: str, force: bool, as_json: bool, uki: bool, signing_key: Path | None,
-           signing_cert: Path | None, passphrase_file: Path | None) -> None:
+           initramfs: str, tries: int, force: bool, as_json: bool, uki: bool,
+           signing_key: Path | None, signing_cert: Path | None,
+           passphrase_file: Path | None) -> None:
     """Make IMAGE with one deployment per SOURCE; the last one is the default.
 
     Each SOURCE is a root tree (directory or tar archive) as 'bootkit deploy'
@@ -87,7 +92,8 @@ def create(image: Path, sources: tuple[Path, ...], size: int, bootloader: str,
     in the image; with a key, the bootloader is signed as well, so the image
     boots under Secure Boot on firmware whose db trusts the certificate.
     """
-    settings = signing.boot_settings(uki, signing_key, signing_cert, passphrase_file)
+    settings = {**signing.boot_settings(uki, signing_key, signing_cert, passphrase_file),
+                "tries": tries}
     ids = diskimage.create_image(
         image, size, bootloader, list(sources), os_name=os_name, esp_size=esp_size,
         kargs=kargs, timeout=timeout, initramfs=initramfs, force=force,
@@ -105,9 +111,12 @@ def create(image: Path, sources: tuple[Path, ...], size: int, bootloader: str,
 @click.option("--no-default", is_flag=True, help="Add the deployment without making it the default.")
 @click.option("--initramfs", type=click.Choice(INITRAMFS_MODES), default="auto",
               show_default=True, help="As for 'bootkit deploy'.")
+@click.option("--tries", type=click.IntRange(min=0),
+              help="How often its entry is tried before the bootloader falls back (default: "
+              "the image's setting); 0: not counted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new deployment as JSON.")
 def deploy(image: Path, source: Path, version: str | None, kargs: tuple[str, ...],
-           no_default: bool, initramfs: str, as_json: bool) -> None:
+           no_default: bool, initramfs: str, tries: int | None, as_json: bool) -> None:
     """Add a deployment of SOURCE to IMAGE, keeping what was written to /etc and /var.
 
     Without --karg the new deployment gets the kernel arguments of the current default.
@@ -123,7 +132,7 @@ def deploy(image: Path, source: Path, version: str | None, kargs: tuple[str, ...
         report(f"Deploying {source}")
         with _import_progress(source) as bar:
             dep = sr.deploy(source, version=version, kargs=kargs, make_default=not no_default,
-                            initramfs=initramfs, progress=bar)
+                            initramfs=initramfs, progress=bar, tries=tries)
     if as_json:
         print_json({"id": dep.id, "os": dep.os, "version": dep.version, "path": dep.path,
                     "default": not no_default})
