@@ -514,11 +514,43 @@ def _open_tar_stream(src: Path, progress: Progress) -> Iterator[tarfile.TarFile]
                 yield tf
 
 
+# Tar members up to this size are read into memory rather than spooled to a file.
+_IN_MEMORY = 1 << 20
+
+
+def _writer(data: bytes) -> Callable[[str], None]:
+    def fill(dst: str) -> None:
+        with open(dst, "xb") as out:
+            out.write(data)
+
+    return fill
+
+
+def _add_spooled(
+    imp: _Importer, name: str, meta: _Meta, f: IO[bytes], size: int, tmp: str
+) -> None:
+    """Add a large member: spooled to `tmp` while hashed, then renamed into place if new."""
+    h = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        while block := f.read(1 << 20):
+            h.update(block)
+            out.write(block)
+
+    def fill(dst: str) -> None:
+        os.rename(tmp, dst)
+
+    imp.add_file(name, meta, h.hexdigest(), fill, size)
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+
+
 def import_tar(
     src: Path, dest: Path, store: ObjectStore, progress: Progress | None = None
 ) -> ImportReport:
     imp = _Importer(dest, store, progress)
     seen_files: set[PurePosixPath] = set()
+    known_dirs: set[str] = set()
+    tmp_member = os.path.join(store.tmp, f"member.{os.getpid()}")
     root_meta: _Meta | None = None
     try:
         with _open_tar_stream(src, imp.progress) as tf:
@@ -529,7 +561,7 @@ def import_tar(
                     if m.isdir():
                         root_meta = meta
                     continue
-                _check_parents(dest, rel, m.name)
+                _check_parents(dest, rel, m.name, known_dirs)
                 _check_new(dest, rel, m)
                 name = str(rel)
                 if m.isdir():
@@ -553,19 +585,14 @@ def import_tar(
                 elif m.isreg():
                     f = tf.extractfile(m)
                     assert f is not None
-                    tmp = os.path.join(store.tmp, f"member.{os.getpid()}")
-                    h = hashlib.sha256()
-                    with open(tmp, "wb") as out:
-                        while block := f.read(1 << 20):
-                            h.update(block)
-                            out.write(block)
-
-                    def fill(dst: str, tmp: str = tmp) -> None:
-                        os.rename(tmp, dst)
-
-                    imp.add_file(name, meta, h.hexdigest(), fill, m.size)
-                    if os.path.lexists(tmp):
-                        os.unlink(tmp)
+                    if m.size <= _IN_MEMORY:
+                        # Most files of a tree are small and most are stored already:
+                        # hashing them in memory spares a file written and removed.
+                        data = f.read()
+                        imp.add_file(name, meta, hashlib.sha256(data).hexdigest(),
+                                     _writer(data), m.size)
+                    else:
+                        _add_spooled(imp, name, meta, f, m.size, tmp_member)
                     seen_files.add(rel)
                 else:
                     imp.skip(
@@ -605,21 +632,33 @@ def _pax_xattrs(m: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
     )
 
 
-def _check_parents(dest: Path, rel: PurePosixPath, name: str) -> None:
-    """Refuse a member whose parent directories are missing or are symlinks."""
-    cur = dest
+def _check_parents(dest: Path, rel: PurePosixPath, name: str, known_dirs: set[str]) -> None:
+    """Refuse a member whose parent directories are missing or are symlinks.
+
+    `known_dirs` holds the parents checked already: a directory stays one, since no
+    later member may take a path that exists (see _check_new).
+    """
+    parent = str(rel.parent)
+    if parent == "." or parent in known_dirs:
+        return
+    cur = str(dest)
+    done = ""
     for part in rel.parent.parts:
-        cur = cur / part
-        try:
-            st = cur.lstat()
-        except FileNotFoundError:
-            cur.mkdir(mode=0o755)
+        cur = f"{cur}/{part}"
+        done = f"{done}/{part}" if done else part
+        if done in known_dirs:
             continue
-        if not stat.S_ISDIR(st.st_mode):
-            raise BootkitError(
-                f"tar member {name!r} would be written through {cur.relative_to(dest)}, which is not a directory",
-                hint="the archive may be malicious; rebuild it",
-            )
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            os.mkdir(cur, 0o755)
+        else:
+            if not stat.S_ISDIR(st.st_mode):
+                raise BootkitError(
+                    f"tar member {name!r} would be written through {done}, which is not a directory",
+                    hint="the archive may be malicious; rebuild it",
+                )
+        known_dirs.add(done)
 
 
 def _check_new(dest: Path, rel: PurePosixPath, m: tarfile.TarInfo) -> None:
