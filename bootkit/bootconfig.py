@@ -165,8 +165,10 @@ def switch(
 
     # Step 2: everything new under names no bootloader reads.
     staged: list[tuple[Path, Path]] = []
+    names: list[tuple[Deployment, EntryName]] = []
     for rank, dep in enumerate(ordered):
         name = entry_name(dep, generation, rank, counters.get(dep.ref))
+        names.append((dep, name))
         final = edir / name.filename
         text = render_entry(cfg, dep, name).render()
         staged.append((write_unsynced(final, text.encode()), final))
@@ -201,11 +203,16 @@ def switch(
         fsync_dir(gdir)
 
     # Step 4: drop the old generation. Listed afresh: systemd-bless-boot or
-    # bootkit-mark-good may have renamed an old entry meanwhile (they take no lock).
+    # bootkit-mark-good may have renamed an old entry meanwhile (they take no lock),
+    # after the counters were read; such a mark is carried over to the new entry.
+    counted = {name.tail: dep for dep, name in names if name.tries_left is not None}
     for p in list(edir.iterdir()):
         name = EntryName.parse(p.name)
-        if name is not None and name.generation != generation:
-            p.unlink(missing_ok=True)
+        if name is None or name.generation == generation:
+            continue
+        if name.tries_left is None and name.tail in counted:
+            bootcount.mark_good(boot, cfg.bootloader, edir, counted.pop(name.tail))
+        p.unlink(missing_ok=True)
     fsync_dir(edir)
     if grub_slot:
         for i in range(grubcfg.SLOTS):

@@ -218,12 +218,34 @@ def test_a_concurrent_rename_leaves_no_stale_entry(sdboot: Machine, monkeypatch)
         real(path)
 
     monkeypatch.setattr(bootconfig, "syncfs", bless_meanwhile)
-    sdboot.deploy()
+    b = sdboot.deploy()
     names = sdboot.entry_names()
     parsed = [EntryName.parse(n) for n in names]
     assert len(names) == 2 and all(parsed), names
     gens = {n.generation for n in parsed if n}
     assert len(gens) == 1
+    # The mark came after the counters were read; the new generation keeps it.
+    status = sdboot.status()
+    assert (status[a]["boot"], status[b]["boot"]) == ("good", "indeterminate")
+
+
+def test_a_concurrent_mark_good_survives_the_switch_grub(grub: Machine, monkeypatch) -> None:
+    a = grub.deploy()
+    assert grub.grubenv()[grubcfg.TRIES_VAR] == "2"
+    dep = grub.sr.load(a)
+    real = bootconfig.syncfs
+
+    def mark_meanwhile(path: Path) -> None:
+        # bootkit-mark-good.service runs while the switch's new files are being written.
+        if grub.grubenv().get(grubcfg.TRIES_VAR):
+            bootcount.mark_good(grub.boot, "grub", grub.boot / bootconfig.ENTRIES_DIR, dep)
+        real(path)
+
+    monkeypatch.setattr(bootconfig, "syncfs", mark_meanwhile)
+    ok("bootloader", "update", "--sysroot", grub.root)
+    assert grub.status()[a]["boot"] == "good"
+    assert grubcfg.TRIES_VAR not in grub.grubenv()
+    assert all("+" not in n for n in grub.entry_names())
 
 
 # --- GRUB ----------------------------------------------------------------------------
