@@ -396,9 +396,10 @@ def import_directory(
         else:
             imp.skip(rel, _kind(mode))
 
-    def place(item: tuple[int, str, str, os.stat_result]) -> tuple[int, str, _Meta, str, int, bool]:
+    Placed = tuple[int, str, _Meta, str, int, bool]
+
+    def place(item: tuple[int, str, str, os.stat_result], digest: str | None = None) -> Placed:
         slot, rel, path, st = item
-        digest = cache.get(rel, st) if cache else None
         if digest is None:
             digest = _hash_file(path)
             if cache:
@@ -406,17 +407,30 @@ def import_directory(
         meta = _meta_of(path, st)
         return slot, rel, meta, digest, st.st_size, imp.store_file(rel, meta, digest, _copier(path))
 
-    if len(files) < PARALLEL_FILES:
-        for item in files:
-            slot, rel, meta, digest, size, linked = place(item)
-            imp.count_file(rel, meta, digest, size, linked, slot)
-            imp.progress(size)
+    def record(placed: Placed) -> None:
+        slot, rel, meta, digest, size, linked = placed
+        imp.count_file(rel, meta, digest, size, linked, slot)
+        imp.progress(size)
+
+    # A file under usr/ whose hash the cache knows costs one link to the stored
+    # object: cheaper here than handing it to a thread. The rest are read or copied.
+    to_read: list[tuple[int, str, str, os.stat_result]] = []
+    digests: list[str | None] = []
+    for item in files:
+        digest = cache.get(item[1], item[3]) if cache else None
+        if digest is not None and _dedup_eligible(item[1]):
+            record(place(item, digest))
+        else:
+            to_read.append(item)
+            digests.append(digest)
+    if len(to_read) < PARALLEL_FILES:
+        for item, digest in zip(to_read, digests, strict=True):
+            record(place(item, digest))
     else:
         pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="bootkit-import")
         try:
-            for slot, rel, meta, digest, size, linked in pool.map(place, files):
-                imp.count_file(rel, meta, digest, size, linked, slot)
-                imp.progress(size)
+            for placed in pool.map(place, to_read, digests):
+                record(placed)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     return imp.finish()
