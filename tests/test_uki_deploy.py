@@ -162,6 +162,23 @@ def test_existing_deployments_keep_their_kind(tmp_path: Path) -> None:
     assert untidy(Sysroot(sysroot)) == []
 
 
+def test_changing_the_root_argument_names_the_ukis_to_redeploy(tmp_path: Path) -> None:
+    sysroot = init(tmp_path / "sys")
+    ok("deploy", "--sysroot", sysroot, tree(tmp_path, 1))
+    init(sysroot, "--uki", "--force")
+    ok("deploy", "--sysroot", sysroot, tree(tmp_path, 2))
+    uki_ref = json.loads(ok("status", "--sysroot", sysroot, "--json").stdout)["deployments"][0]
+
+    same = ok("init", "--sysroot", sysroot, "--os", "test", "--bootloader", "systemd-boot",
+              "--uki", "--force")
+    assert "warning" not in same.output
+    moved = ok("init", "--sysroot", sysroot, "--os", "test", "--bootloader", "systemd-boot",
+               "--uki", "--force", "--root-arg", "root=LABEL=other")
+    # Only the UKI deployment: the other one's entry took the new argument.
+    assert f"warning: test/{uki_ref['id']} boots a UKI" in moved.output
+    assert "root=LABEL=bootkit-root; deploy it again" in moved.output
+
+
 @SNAKEOIL
 @SBVERIFY
 def test_deploy_signs_every_uki(tmp_path: Path, passphrase_file: Path) -> None:

@@ -12,6 +12,7 @@ from bootkit import signing
 from bootkit.cli.common import byte_progress, open_sysroot, print_json, sysroot_option, warn
 from bootkit.config import BOOTLOADERS, DEFAULT_TRIES
 from bootkit.deploy import INITRAMFS_MODES
+from bootkit.errors import BootkitError
 from bootkit.importer import source_size
 from bootkit.sysroot import DeploymentStatus, Sysroot
 
@@ -114,6 +115,7 @@ def init(
         **signing.boot_settings(uki, signing_key, signing_cert, passphrase_file),
         "tries": tries,
     }
+    old_root_arg = _recorded_root_arg(sysroot or Path("/")) if force else None
     sr = Sysroot.init(
         sysroot or Path("/"),
         os_name,
@@ -129,6 +131,22 @@ def init(
     click.echo(
         f"Initialized {sr.path} for {os_name}; bootloader {bootloader}; $BOOT at {boot_dir}{extra}"
     )
+    if old_root_arg is not None and old_root_arg != root_arg:
+        # A UKI carries its command line inside, signed: only a new deploy changes it.
+        stale = [d.ref for d in sr.deployments() if d.uki]
+        if stale:
+            warn(
+                f"{', '.join(stale)} boot{'s' if len(stale) == 1 else ''} a UKI whose own "
+                f"command line still says {old_root_arg}; deploy {'it' if len(stale) == 1 else 'them'}"
+                " again for the new root argument"
+            )
+
+
+def _recorded_root_arg(sysroot: Path) -> str | None:
+    try:
+        return Sysroot(sysroot).config.root_arg
+    except (BootkitError, OSError, ValueError):
+        return None  # not a sysroot yet, or a damaged record: init says so
 
 
 @click.command()
