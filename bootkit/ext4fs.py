@@ -5,12 +5,17 @@ back out. e2fsprogs tools address a filesystem that starts `offset` bytes into a
 file as `image?offset=N`. rdump keeps modes, owners, times and symlinks but
 writes every hard link as a separate file and skips FIFOs and device nodes, so
 `extract_tree` restores those from a listing of inode numbers: deployments rely
-on hard links to share identical files.
+on hard links to share identical files. rdump drops extended attributes too
+(file capabilities, SELinux labels, what a guest's programs set): `extract_tree`
+reads them with `ea_list`/`ea_get`, and `write_xattrs` sets them again in the new
+filesystem with `ea_set`, which needs no privilege, unlike setting security.* on
+the host's copy.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 import uuid
@@ -183,8 +188,109 @@ def _device_numbers(image: Path, offset: int, inodes: list[int]) -> dict[int, in
     return numbers
 
 
-def extract_tree(image: Path, offset: int, dest: Path) -> None:
-    """Copy the whole filesystem into the empty directory `dest`, hard links included."""
+Attrs = tuple[tuple[str, bytes], ...]
+# By inode number of the extracted copy on the host: hard links share them, and an
+# edit that replaces a file gives it a new inode, so the old attributes do not follow.
+Xattrs = dict[int, Attrs]
+
+# ea_list prints "  NAME (LENGTH)" and, for values under 40 bytes, " = VALUE": a
+# quoted string with \", \\ and \ooo escapes, or hex bytes.
+_XATTR_LINE = re.compile(r"\A  (?P<name>\S+) \((?P<length>\d+)\)(?: = (?P<value>.*))?\Z")
+_ESCAPE = re.compile(rb'\\([0-7]{3}|["\\])')
+# Names that pass through debugfs's command line unquoted.
+_SAFE_NAME = re.compile(r"\A[A-Za-z0-9._@:+-]+\Z")
+# How ext4 stores small files inline: mke2fs decides that again for the new filesystem.
+_INTERNAL = frozenset({"system.data"})
+
+
+def _xattr_value(text: str) -> bytes:
+    if text.startswith('"') and text.endswith('"') and len(text) >= 2:
+        raw = text[1:-1].encode("utf-8", "surrogateescape")
+        return _ESCAPE.sub(
+            lambda m: bytes([int(m[1], 8)]) if len(m[1]) == 3 else m[1], raw
+        )
+    return bytes.fromhex(text)
+
+
+def _read_xattrs(image: Path, offset: int, inodes: list[int]) -> dict[int, Attrs]:
+    """The extended attributes of each inode (only those that have any)."""
+    if not inodes:
+        return {}
+    output = _debugfs_script(image, offset, [f"ea_list <{ino}>" for ino in inodes])
+    chunks = output.split("debugfs: ea_list <")[1:]
+    if len(chunks) != len(inodes):
+        raise BootkitError("debugfs printed an unexpected list of extended attributes")
+    found: dict[int, list[tuple[str, bytes | None]]] = {}
+    for ino, chunk in zip(inodes, chunks, strict=True):
+        for line in chunk.splitlines()[1:]:
+            m = _XATTR_LINE.match(line)
+            if m is None or m["name"] in _INTERNAL:
+                continue
+            name, length = m["name"], int(m["length"])
+            if not _SAFE_NAME.match(name):
+                raise BootkitError(
+                    f"cannot carry the extended attribute {name!r} of inode {ino}",
+                    hint="remove it in the guest, or change the image from inside the guest",
+                )
+            value = _xattr_value(m["value"]) if m["value"] is not None else b"" if not length else None
+            found.setdefault(ino, []).append((name, value if value is None or len(value) == length else None))
+    # Long values are not printed: fetch those one by one into files.
+    missing = [(ino, name) for ino, attrs in found.items() for name, value in attrs if value is None]
+    fetched: dict[tuple[int, str], bytes] = {}
+    if missing:
+        with tempfile.TemporaryDirectory(prefix="bootkit-xattrs-") as tmp:
+            files = [f"{tmp}/{n}" for n in range(len(missing))]
+            _debugfs_script(image, offset, [f"ea_get -f {f} <{ino}> {name}"
+                                            for f, (ino, name) in zip(files, missing, strict=True)])
+            for f, key in zip(files, missing, strict=True):
+                try:
+                    fetched[key] = Path(f).read_bytes()
+                except FileNotFoundError:
+                    raise BootkitError(
+                        f"debugfs could not read the extended attribute {key[1]} of inode {key[0]}"
+                    ) from None
+    return {
+        ino: tuple((name, value if value is not None else fetched[(ino, name)]) for name, value in attrs)
+        for ino, attrs in found.items()
+    }
+
+
+def write_xattrs(image: Path, offset: int, tree: Path, xattrs: Xattrs) -> None:
+    """Set, in the filesystem made from `tree`, the attributes `extract_tree` read."""
+    if not xattrs:
+        return
+    root = _Entry(ROOT_INODE, stat.S_IFDIR, 0, 0, "")
+    commands: list[str] = []
+    done: set[int] = set()
+    with tempfile.TemporaryDirectory(prefix="bootkit-xattrs-") as tmp:
+        for entry in [root, *_list_tree(image, offset)]:
+            if entry.inode in done:
+                continue
+            done.add(entry.inode)
+            attrs = xattrs.get(os.lstat(tree / entry.path).st_ino, ())
+            for name, value in attrs:
+                value_file = f"{tmp}/{len(commands)}"
+                Path(value_file).write_bytes(value)
+                commands.append(f"ea_set -f {value_file} <{entry.inode}> {name}")
+        if not commands:
+            return
+        with tempfile.NamedTemporaryFile("w", prefix="bootkit-debugfs-", suffix=".cmd") as script:
+            script.write("\n".join(commands) + "\n")
+            script.flush()
+            proc = run_tool(["debugfs", "-w", "-f", script.name, _device(image, offset)],
+                            "setting extended attributes in the root filesystem")
+    # debugfs exits 0 whatever a command did; its complaints go to stderr.
+    errors = [line for line in proc.stderr.decode(errors="replace").splitlines()
+              if line.strip() and not line.startswith("debugfs ")]
+    if errors:
+        raise BootkitError(f"setting extended attributes in the root filesystem failed: {errors[0]}")
+
+
+def extract_tree(image: Path, offset: int, dest: Path) -> Xattrs:
+    """Copy the whole filesystem into the empty directory `dest`, hard links included.
+
+    Returns the extended attributes, which the copy lacks, for `write_xattrs`.
+    """
     run_tool(["debugfs", "-R", f"rdump / {dest}", _device(image, offset)],
              "reading the root filesystem")
     entries = _list_tree(image, offset)
@@ -215,6 +321,12 @@ def extract_tree(image: Path, offset: int, dest: Path) -> None:
             os.chown(target, entry.uid, entry.gid)
     for directory, st in times.items():
         os.utime(directory, ns=(st.st_atime_ns, st.st_mtime_ns))
+    root = _Entry(ROOT_INODE, stat.S_IFDIR, 0, 0, "")
+    kept = [root, *(e for e in entries if not _is_special(e.mode) and not stat.S_ISSOCK(e.mode))]
+    found = _read_xattrs(image, offset, sorted({e.inode for e in kept}))
+    return {
+        os.lstat(dest / e.path).st_ino: found[e.inode] for e in kept if e.inode in found
+    }
 
 
 def _is_special(mode: int) -> bool:

@@ -307,11 +307,11 @@ def _readable_root(image: Path, layout: DiskLayout, work: Path) -> tuple[Path, i
     return copy, 0
 
 
-def _stage(image: Path, layout: DiskLayout, work: Path) -> Sysroot:
+def _stage(image: Path, layout: DiskLayout, work: Path) -> tuple[Sysroot, ext4fs.Xattrs]:
     fs_file, offset = _readable_root(image, layout, work)
     root = work / "root"
     root.mkdir()
-    ext4fs.extract_tree(fs_file, offset, root)
+    xattrs = ext4fs.extract_tree(fs_file, offset, root)
     if fs_file != image:
         fs_file.unlink()
     sr = Sysroot(root)
@@ -323,7 +323,7 @@ def _stage(image: Path, layout: DiskLayout, work: Path) -> Sysroot:
         )
     sr.boot_path.mkdir(exist_ok=True)
     fatfs.copy_tree_out(image, layout.esp.offset, sr.boot_path)
-    return sr
+    return sr, xattrs
 
 
 @contextlib.contextmanager
@@ -341,13 +341,14 @@ def edit_image(image: Path, report: Report = _quiet) -> Iterator[Sysroot]:
         work = Path(tmp)
         report(f"Reading {image}")
         ids = FilesystemIds.read(image, layout)
-        sr = _stage(image, layout, work)
+        sr, xattrs = _stage(image, layout, work)
         with _replacement(image) as copy:
             yield sr
             # A copy keeps whatever else the disk holds (other partitions, the GPT).
             _copy_sparse(image, copy)
             esp_tree = _split_boot(sr.path, work)
             _write_filesystems(copy, layout, ids, sr.path, esp_tree, report)
+            ext4fs.write_xattrs(copy, layout.root.offset, sr.path, xattrs)
 
 
 @contextlib.contextmanager
@@ -357,7 +358,7 @@ def read_image(image: Path) -> Iterator[Sysroot]:
         raise BootkitError(f"image {image} does not exist")
     layout = DiskLayout.read(image)
     with tempfile.TemporaryDirectory(prefix="bootkit-image-") as tmp:
-        yield _stage(image, layout, Path(tmp))
+        yield _stage(image, layout, Path(tmp))[0]
 
 
 @contextlib.contextmanager

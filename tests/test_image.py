@@ -322,6 +322,79 @@ def test_ext4_round_trip_keeps_owners_modes_links_and_special_files(tmp_path: Pa
     assert (out / "null").stat().st_rdev == os.makedev(1, 3)
 
 
+def _set_xattrs(path: Path, attrs: dict[str, bytes]) -> None:
+    for name, value in attrs.items():
+        try:
+            os.setxattr(path, name, value)
+        except OSError as err:
+            pytest.skip(f"cannot set {name} here: {err.strerror}")
+
+
+def _xattrs_by_path(root: Path, xattrs: dict) -> dict[str, dict[str, bytes]]:
+    out = {}
+    for path in [root, *root.rglob("*")]:
+        attrs = xattrs.get(path.lstat().st_ino)
+        if attrs:
+            out[str(path.relative_to(root))] = dict(attrs)
+    return out
+
+
+# Short values are printed by debugfs, long ones fetched; quotes, backslashes, NULs.
+FILE_XATTRS = {"user.short": b"hi", "user.long": bytes(range(256)) * 2,
+               "user.tricky": b'a"b\\c\x00\n=(1) '}
+DIR_XATTRS = {"user.empty": b"", "user.octal": b"\\101\x7f\xff"}
+CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_raw+ep
+
+
+def test_ext4_round_trip_carries_extended_attributes(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "dir").mkdir(parents=True)
+    (src / "dir/file").write_text("x\n")
+    os.link(src / "dir/file", src / "hardlink")
+    (src / "plain").write_text("no attributes\n")
+    _set_xattrs(src / "dir/file", FILE_XATTRS)
+    _set_xattrs(src / "dir", DIR_XATTRS)
+    expected = {"dir": DIR_XATTRS, "dir/file": FILE_XATTRS, "hardlink": FILE_XATTRS}
+    if os.geteuid() == 0:
+        _set_xattrs(src / "plain", {"security.capability": CAPABILITY})
+        expected["plain"] = {"security.capability": CAPABILITY}
+    image = tmp_path / "fs.img"
+    with open(image, "wb") as f:
+        f.truncate(40 * MIB)
+    ext4fs.make_ext4(image, MIB, 32 * MIB, src, "xattrs", uuid.uuid4())
+
+    out = tmp_path / "out"
+    out.mkdir()
+    xattrs = ext4fs.extract_tree(image, MIB, out)
+    assert _xattrs_by_path(out, xattrs) == expected
+    # What a rewrite of the image does: a new filesystem from the copy, then the attributes.
+    (out / "new-file").write_text("made on the host\n")
+    again = tmp_path / "fs2.img"
+    with open(again, "wb") as f:
+        f.truncate(40 * MIB)
+    ext4fs.make_ext4(again, MIB, 32 * MIB, out, "xattrs", uuid.uuid4())
+    ext4fs.write_xattrs(again, MIB, out, xattrs)
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    assert _xattrs_by_path(out2, ext4fs.extract_tree(again, MIB, out2)) == expected
+
+
+@needs_systemd_boot
+def test_image_edits_keep_extended_attributes(tmp_path: Path, trees: dict) -> None:
+    image = tmp_path / "disk.img"
+    small_image(image, "systemd-boot", [trees["1"]])
+    with edit_image(image) as sr:
+        seed = sr.stateroot("test") / "var/random-seed"
+        seed.write_bytes(b"seed")
+        # What systemd-random-seed sets in a guest.
+        _set_xattrs(seed, {"user.random-seed-creditable": b"1"})
+    ok("image", "deploy", image, trees["2"])
+    ok("image", "rollback", image)
+    assert debugfs(image, "ea_list /bootkit/deploy/test/var/random-seed").splitlines()[1:] == [
+        '  user.random-seed-creditable (1) = "1"'
+    ]
+
+
 def test_fat_refuses_names_that_differ_only_by_case(tmp_path: Path) -> None:
     tree = tmp_path / "esp"
     (tree / "EFI").mkdir(parents=True)
