@@ -1,32 +1,90 @@
-"""Build time and size of bootkit's initramfs against dracut's, for the same Debian kernel.
+"""bootkit's initramfs against dracut's, for the same Debian kernel: build time, size, boot time.
 
     .venv/bin/python benchmarks/initramfs.py [--kernel-root DIR] [--runs N] [--no-dracut]
+        [--no-boot] [--boot-runs N] [--bootloader systemd-boot|grub]
 
 The kernel root is a dpkg -x'ed kernel package (boot/vmlinuz-<kver>,
 lib/modules/<kver>/), by default $BOOTKIT_TEST_KERNEL_DIR or .cache/kernel/root.
 dracut needs modules.dep, which an unpacked package lacks, so it gets a
 hard-linked copy of the modules with depmod run on it (not timed).
-Prints one table; the target for bootkit's default image is < 1 s and < 5 MB.
+
+Prints two tables. The first: build time, size and content of each image; the
+target for bootkit's default image is < 1 s and < 5 MB.
+
+The second: how long a boot takes from kernel start to switch_root with each
+initramfs. The test OS (tests/qemu/testos.py) is deployed on one disk image per
+initramfs: as is (bootkit builds the initramfs at deploy time), and with a dracut
+image carrying the bootkit module as the tree's own
+usr/lib/modules/<kver>/initramfs.img: one generic --no-hostonly build, one with
+only the modules needed to mount a virtio root (both built for this table only,
+and shown in the first one too). dracut runs with bootkit's module from a
+symlinked copy of its base directory, so /usr/lib/dracut stays untouched.
+
+Each image boots under QEMU (TCG unless BOOTKIT_QEMU_ACCEL=kvm) and the times
+are the kernel's printk timestamps on the serial console, median of the boots:
+"kernel" until `Run /init as init process` (unpacking the initramfs included),
+"initramfs" from there until the test OS's /sbin/init logs INIT_STARTED, its
+first act after switch_root. The clock starts when the kernel does, after the
+firmware, the boot loader and the EFI stub. A boot counts only when the test OS
+then finishes its report.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bootkit import fatfs  # noqa: E402
+from bootkit.image import DiskLayout  # noqa: E402
 from bootkit.initramfs import build_initramfs, read_image  # noqa: E402
 from bootkit.initramfs.reader import members  # noqa: E402
+from tests.helpers import dracut_base_with_bootkit  # noqa: E402
+from tests.qemu.harness import (  # noqa: E402
+    BootFailure,
+    BootReport,
+    Disk,
+    Machine,
+    missing_prerequisites,
+    strip_terminal_codes,
+)
+from tests.qemu.kernel import KernelTree, KernelUnavailable  # noqa: E402
+from tests.qemu.kernel import find_kernel as find_kernel_tree  # noqa: E402
+from tests.qemu.testos import INIT_STARTED, build_testos  # noqa: E402
+
+# The dracut images that boot the test OS, and how they are built. The minimal one
+# holds only what mounts root=LABEL=... from a virtio disk: udev for the label and
+# for loading the disk's driver, the drivers, and base for /etc/initrd-release,
+# without which systemd does not run as an initrd.
+DRACUT_BOOT_IMAGES = (
+    ("dracut --no-hostonly --add bootkit", ("--no-hostonly", "--add", "bootkit")),
+    (
+        "dracut minimal (bootkit udev base, 3 drivers)",
+        (
+            "--no-hostonly",
+            "--modules",
+            "bootkit systemd-udevd udev-rules base",
+            "--drivers",
+            "virtio_pci virtio_blk ext4",
+        ),
+    ),
+)
+# A printk line on the console: "[   12.345678] message".
+_STAMP = r"\[\s*(\d+\.\d+)\] "
+INIT_RUN = re.compile(_STAMP + re.escape("Run /init as init process"))
+NEW_ROOT_INIT = re.compile(_STAMP + re.escape(INIT_STARTED))
 
 
 def default_kernel_root() -> Path:
@@ -65,15 +123,19 @@ def depmod_copy(modules: Path, kver: str, work: Path) -> Path:
     return target
 
 
-def dracut(kver: str, moddir: Path, out: Path, hostonly: bool, work: Path) -> None:
+def dracut(
+    kver: str, moddir: Path, out: Path, options: Sequence[str], work: Path, base: Path | None = None
+) -> None:
+    """Build `out` with the host's dracut; `base` replaces its base directory (/usr/lib/dracut)."""
     conf = work / "dracut.conf.d"
     conf.mkdir(exist_ok=True)
+    env = {**os.environ, "dracutbasedir": str(base)} if base else None
     proc = subprocess.run(
         [
             "dracut",
             "--quiet",
             "--force",
-            "--hostonly" if hostonly else "--no-hostonly",
+            *options,
             "--kver",
             kver,
             "--kmoddir",
@@ -88,20 +150,111 @@ def dracut(kver: str, moddir: Path, out: Path, hostonly: bool, work: Path) -> No
         ],
         capture_output=True,
         text=True,
+        env=env,
     )
     if proc.returncode != 0:
-        sys.exit(f"dracut failed:\n{proc.stderr}")
+        sys.exit(f"dracut {' '.join(options)} failed:\n{proc.stderr}")
 
 
-def main() -> None:
+# --- boot time ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BootTimes:
+    """Kernel timestamps of one boot, in seconds since the kernel started."""
+
+    init_run: float  # the kernel runs the initramfs's /init
+    new_root_init: float  # the deployment's /sbin/init runs, after switch_root
+
+
+def kernel_stamp(report: BootReport, pattern: re.Pattern[str], what: str) -> float:
+    m = pattern.search(strip_terminal_codes(report.console))
+    if m is None:
+        tail = "\n".join(strip_terminal_codes(report.console).splitlines()[-40:])
+        raise BootFailure(
+            f"no timestamped line for {what} on the console (printk.time off?)\n"
+            f"--- last lines of the console ---\n{tail}"
+        )
+    return float(m.group(1))
+
+
+def time_boot(disk: Disk) -> BootTimes:
+    # Disk.boot fails with the console's tail unless the test OS finished its report.
+    report = disk.boot()
+    return BootTimes(
+        kernel_stamp(report, INIT_RUN, "the initramfs's /init"),
+        kernel_stamp(report, NEW_ROOT_INIT, "the test OS's init"),
+    )
+
+
+def booted_initramfs_size(disk: Disk, work: Path) -> int:
+    """Size of the initramfs on the image's ESP: what the boot loader really loads."""
+    esp = work / "esp-copy"
+    esp.mkdir()
+    try:
+        fatfs.copy_tree_out(disk.image, DiskLayout.read(disk.image).esp.offset, esp)
+        initrds = list(esp.glob("bootkit/*/*/initrd"))
+        if len(initrds) != 1:
+            sys.exit(f"{disk.image}: expected one initrd on the ESP, found {len(initrds)}")
+        return initrds[0].stat().st_size
+    finally:
+        shutil.rmtree(esp)
+
+
+def boot_rows(
+    kernel: KernelTree,
+    initramfs: Sequence[tuple[str, Path | None]],
+    bootloader: str,
+    runs: int,
+    work: Path,
+) -> list[tuple[str, int, BootTimes]]:
+    """Per image (None: bootkit builds it at deploy time): its size and median boot times."""
+    rows = []
+    for n, (name, image) in enumerate(initramfs):
+        tree = build_testos(work / f"testos-{n}", kernel, "1")
+        if image is not None:
+            shutil.copyfile(image, tree / "usr/lib/modules" / kernel.version / "initramfs.img")
+        # Disk's default sizes fit: its 128 MiB ESP holds the kernel and a dracut
+        # image of ~40 MB, its 512 MiB disk the tree with that image inside.
+        disk = Disk(work / f"disk-{n}.img", bootloader, work / f"boot-{n}")
+        disk.create([tree])
+        shutil.rmtree(tree)
+        size = booted_initramfs_size(disk, work)
+        times = [time_boot(disk) for _ in range(runs)]
+        median = BootTimes(
+            statistics.median(t.init_run for t in times),
+            statistics.median(t.new_root_init for t in times),
+        )
+        rows.append((name, size, median))
+        disk.image.unlink()
+    return rows
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel-root", type=Path, default=default_kernel_root())
     parser.add_argument("--runs", type=int, default=3, help="bootkit builds per row (median)")
     parser.add_argument("--no-dracut", action="store_true", help="skip the dracut rows (slow)")
+    parser.add_argument("--no-boot", action="store_true", help="skip the boot time table (QEMU)")
+    parser.add_argument("--boot-runs", type=int, default=1, help="boots per image (median)")
+    parser.add_argument("--bootloader", choices=("systemd-boot", "grub"), default="systemd-boot")
     args = parser.parse_args()
 
     kver, modules = find_kernel(args.kernel_root)
+    use_dracut = not args.no_dracut and shutil.which("dracut") is not None
+    kernel: KernelTree | None = None
+    no_boot = None
+    if args.no_boot:
+        no_boot = "--no-boot"
+    elif missing := missing_prerequisites():
+        no_boot = f"missing {', '.join(missing)}"
+    else:
+        try:
+            kernel = find_kernel_tree(args.kernel_root)
+        except KernelUnavailable as err:
+            no_boot = str(err)
     rows: list[tuple[str, float, tuple[int, int, str]]] = []
+    boot_images: list[tuple[str, Path | None]] = [("bootkit (built at deploy)", None)]
     with tempfile.TemporaryDirectory(prefix="bootkit-bench-") as tmp:
         work = Path(tmp)
         for method in ("gzip", "zstd", "xz"):
@@ -127,19 +280,53 @@ def main() -> None:
         ]
         seconds = timed(lambda: subprocess.run(cli, check=True, capture_output=True), args.runs)
         rows.append(("bootkit initramfs build (CLI, gzip)", seconds, describe(out)))
-        if not args.no_dracut and shutil.which("dracut"):
+        if use_dracut:
             moddir = depmod_copy(modules, kver, work)
-            for hostonly in (False, True):
-                out = work / f"dracut-{hostonly}.img"
-                seconds = timed(lambda o=out, h=hostonly: dracut(kver, moddir, o, h, work), 1)
-                name = "dracut --hostonly" if hostonly else "dracut --no-hostonly"
-                rows.append((name, seconds, describe(out)))
+            for options in (["--no-hostonly"], ["--hostonly"]):
+                out = work / f"dracut{options[0]}.img"
+                seconds = timed(lambda o=out, opt=options: dracut(kver, moddir, o, opt, work), 1)
+                rows.append((f"dracut {options[0]}", seconds, describe(out)))
+            if no_boot is None:
+                base = dracut_base_with_bootkit(work / "dracut-base")
+                for n, (name, options) in enumerate(DRACUT_BOOT_IMAGES):
+                    out = work / f"dracut-boot-{n}.img"
+                    seconds = timed(
+                        lambda o=out, opt=options: dracut(kver, moddir, o, opt, work, base), 1
+                    )
+                    rows.append((name, seconds, describe(out)))
+                    boot_images.append((name, out))
 
-    print(f"initramfs for kernel {kver} ({os.cpu_count()} CPUs)")
-    print(f"{'image':<36} {'build s':>8} {'size MB':>8} {'files':>6}  compression")
-    for name, seconds, (size, files, compression) in rows:
-        print(f"{name:<36} {seconds:>8.2f} {size / 1e6:>8.2f} {files:>6}  {compression}")
+        width = max(len(name) for name, _, _ in rows)
+        print(f"initramfs for kernel {kver} ({os.cpu_count()} CPUs)")
+        print(f"{'image':<{width}} {'build s':>8} {'size MB':>8} {'files':>6}  compression")
+        for name, seconds, (size, files, compression) in rows:
+            print(f"{name:<{width}} {seconds:>8.2f} {size / 1e6:>8.2f} {files:>6}  {compression}")
+        print(flush=True)
+
+        if kernel is None:
+            print(f"boot time table skipped: {no_boot}")
+            return 0
+        try:
+            booted = boot_rows(kernel, boot_images, args.bootloader, args.boot_runs, work)
+        except BootFailure as err:
+            print(f"boot failed: {err}", file=sys.stderr)
+            return 1
+
+    width = max(len(name) for name, _, _ in booted)
+    print(
+        f"kernel start to switch_root, from kernel timestamps ({args.bootloader}, "
+        f"accel {Machine(Path()).accel}, median of {args.boot_runs} boot(s))"
+    )
+    columns = f"{'size MB':>8} {'kernel s':>9} {'initramfs s':>12} {'total s':>8}"
+    print(f"{'initramfs':<{width}} {columns}")
+    for name, size, t in booted:
+        print(
+            f"{name:<{width}} {size / 1e6:>8.2f} {t.init_run:>9.2f} "
+            f"{t.new_root_init - t.init_run:>12.2f} {t.new_root_init:>8.2f}"
+        )
+    print("kernel: until the initramfs's /init runs; initramfs: /init until the deployment's init")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

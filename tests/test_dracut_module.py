@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import DRACUT_BASE, dracut_base_with_bootkit
 
 from bootkit.cli import main
 from bootkit.cli.initramfs import DRACUT_MODULE_FILES
@@ -20,7 +21,6 @@ from bootkit.initramfs.reader import members as final_members
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "dracut/90bootkit"
-DRACUT_BASE = Path("/usr/lib/dracut")
 
 
 def _unit() -> configparser.ConfigParser:
@@ -65,19 +65,6 @@ def test_module_scripts_are_shellcheck_clean() -> None:
     subprocess.run(["shellcheck", "-s", "sh", str(MODULE / "bootkit-prepare-root.sh")], check=True)
 
 
-def _dracut_base_with_module(tmp_path: Path) -> Path:
-    """A copy of dracut's base directory (symlinks) whose modules.d also holds 90bootkit."""
-    base = tmp_path / "dracut"
-    (base / "modules.d").mkdir(parents=True)
-    for entry in DRACUT_BASE.iterdir():
-        if entry.name != "modules.d":
-            (base / entry.name).symlink_to(entry)
-    for module in (DRACUT_BASE / "modules.d").iterdir():
-        (base / "modules.d" / module.name).symlink_to(module)
-    CliRunner().invoke(main, ["dracut", "install", "--dest", str(base / "modules.d/90bootkit")])
-    return base
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("dracut") is None or not (DRACUT_BASE / "modules.d/01systemd-initrd").is_dir(),
@@ -85,7 +72,7 @@ def _dracut_base_with_module(tmp_path: Path) -> Path:
 )
 @pytest.mark.skipif(not Path("/usr/lib/systemd/systemd").exists(), reason="systemd not installed")
 def test_dracut_builds_an_initramfs_with_the_hook(tmp_path: Path) -> None:
-    base = _dracut_base_with_module(tmp_path)
+    base = dracut_base_with_bootkit(tmp_path / "dracut")
     (tmp_path / "conf.d").mkdir()
     image = tmp_path / "initrd.img"
     subprocess.run(

@@ -15,6 +15,10 @@ line `BOOTKIT-TEST <key>=<value>`:
   /var/lib/bootkit-test/history and /etc/bootkit-test/history (ids, oldest first);
 - `done`: the report is complete.
 
+Before the report, as soon as /dev is mounted, it writes INIT_STARTED to
+/dev/kmsg: the console shows it with the kernel's timestamp, the moment the
+deployment's own init began (benchmarks/initramfs.py measures boots with it).
+
 It then appends its id to both history files, remounts the filesystem read-only
 as a clean shutdown would, and powers off.
 
@@ -40,6 +44,8 @@ from .kernel import KernelTree
 BUSYBOX = Path("/bin/busybox")
 OS_ID = "testos"
 MARKER = "BOOTKIT-TEST"
+# The kernel log line /sbin/init writes first; not a report line (no MARKER).
+INIT_STARTED = "bootkit-testos: init started"
 
 # What the initramfs needs to find and mount the root on a virtio disk.
 FALLBACK_MODULES = ("virtio_pci", "virtio_blk", "ext4", "crc32c_generic")
@@ -52,6 +58,9 @@ export PATH
 mount -t proc proc /proc 2>/dev/null
 mount -t sysfs sysfs /sys 2>/dev/null
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
+# Into the kernel log rather than onto the console: the line gets the kernel's
+# timestamp, which says how long the boot took to reach this init.
+echo "@INIT_STARTED@" 2>/dev/null >/dev/kmsg
 exec </dev/console >/dev/console 2>&1
 
 say() {
@@ -97,7 +106,7 @@ else
 fi
 say "done"
 poweroff -f
-"""
+""".replace("@INIT_STARTED@", INIT_STARTED)
 
 # What bootkit-mark-good needs in a busybox system: the EFI variables and the ESP.
 ASSESS_MODULES = ("efivarfs", "vfat", "nls_cp437", "nls_ascii")
