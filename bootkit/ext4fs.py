@@ -137,14 +137,25 @@ class _Entry:
     path: str
 
 
-def _debugfs_script(image: Path, offset: int, commands: list[str]) -> str:
+_ROOT = _Entry(ROOT_INODE, stat.S_IFDIR, 0, 0, "")
+
+
+def _debugfs_script(image: Path, offset: int, commands: list[str], write: bool = False) -> str:
+    """Run `commands` in one debugfs; its output. With `write`, the filesystem is changed,
+    and any complaint (debugfs exits 0 whatever a command did) is an error."""
+    what = "changing the root filesystem" if write else "reading the root filesystem"
     with tempfile.NamedTemporaryFile("w", prefix="bootkit-debugfs-", suffix=".cmd") as script:
         script.write("\n".join(commands) + "\n")
         script.flush()
         proc = run_tool(
-            ["debugfs", "-f", script.name, _device(image, offset)],
-            "reading the root filesystem",
+            ["debugfs", *(["-w"] if write else []), "-f", script.name, _device(image, offset)],
+            what,
         )
+    if write:
+        errors = [line for line in proc.stderr.decode(errors="replace").splitlines()
+                  if line.strip() and not line.startswith("debugfs ")]
+        if errors:
+            raise BootkitError(f"{what} failed: {errors[0]}")
     return proc.stdout.decode("utf-8", errors="surrogateescape")
 
 
@@ -232,8 +243,10 @@ def _read_xattrs(image: Path, offset: int, inodes: list[int]) -> dict[int, Attrs
                     f"cannot carry the extended attribute {name!r} of inode {ino}",
                     hint="remove it in the guest, or change the image from inside the guest",
                 )
-            value = _xattr_value(m["value"]) if m["value"] is not None else b"" if not length else None
-            found.setdefault(ino, []).append((name, value if value is None or len(value) == length else None))
+            value = _xattr_value(m["value"] or "") if m["value"] is not None or not length else None
+            if value is not None and len(value) != length:
+                value = None  # not what debugfs meant to print: fetched below instead
+            found.setdefault(ino, []).append((name, value))
     # Long values are not printed: fetch those one by one into files.
     missing = [(ino, name) for ino, attrs in found.items() for name, value in attrs if value is None]
     fetched: dict[tuple[int, str], bytes] = {}
@@ -259,37 +272,26 @@ def write_xattrs(image: Path, offset: int, tree: Path, xattrs: Xattrs) -> None:
     """Set, in the filesystem made from `tree`, the attributes `extract_tree` read."""
     if not xattrs:
         return
-    root = _Entry(ROOT_INODE, stat.S_IFDIR, 0, 0, "")
     commands: list[str] = []
     done: set[int] = set()
     with tempfile.TemporaryDirectory(prefix="bootkit-xattrs-") as tmp:
-        for entry in [root, *_list_tree(image, offset)]:
+        for entry in [_ROOT, *_list_tree(image, offset)]:
             if entry.inode in done:
                 continue
             done.add(entry.inode)
-            attrs = xattrs.get(os.lstat(tree / entry.path).st_ino, ())
-            for name, value in attrs:
+            for name, value in xattrs.get(os.lstat(tree / entry.path).st_ino, ()):
                 value_file = f"{tmp}/{len(commands)}"
                 Path(value_file).write_bytes(value)
                 commands.append(f"ea_set -f {value_file} <{entry.inode}> {name}")
-        if not commands:
-            return
-        with tempfile.NamedTemporaryFile("w", prefix="bootkit-debugfs-", suffix=".cmd") as script:
-            script.write("\n".join(commands) + "\n")
-            script.flush()
-            proc = run_tool(["debugfs", "-w", "-f", script.name, _device(image, offset)],
-                            "setting extended attributes in the root filesystem")
-    # debugfs exits 0 whatever a command did; its complaints go to stderr.
-    errors = [line for line in proc.stderr.decode(errors="replace").splitlines()
-              if line.strip() and not line.startswith("debugfs ")]
-    if errors:
-        raise BootkitError(f"setting extended attributes in the root filesystem failed: {errors[0]}")
+        if commands:
+            _debugfs_script(image, offset, commands, write=True)
 
 
-def extract_tree(image: Path, offset: int, dest: Path) -> Xattrs:
+def extract_tree(image: Path, offset: int, dest: Path, xattrs: bool = True) -> Xattrs:
     """Copy the whole filesystem into the empty directory `dest`, hard links included.
 
-    Returns the extended attributes, which the copy lacks, for `write_xattrs`.
+    Returns the extended attributes, which the copy lacks, for `write_xattrs` (none
+    are read without `xattrs`: a copy that is only looked at does not need them).
     """
     run_tool(["debugfs", "-R", f"rdump / {dest}", _device(image, offset)],
              "reading the root filesystem")
@@ -321,8 +323,9 @@ def extract_tree(image: Path, offset: int, dest: Path) -> Xattrs:
             os.chown(target, entry.uid, entry.gid)
     for directory, st in times.items():
         os.utime(directory, ns=(st.st_atime_ns, st.st_mtime_ns))
-    root = _Entry(ROOT_INODE, stat.S_IFDIR, 0, 0, "")
-    kept = [root, *(e for e in entries if not _is_special(e.mode) and not stat.S_ISSOCK(e.mode))]
+    if not xattrs:
+        return {}
+    kept = [_ROOT, *(e for e in entries if not _is_special(e.mode) and not stat.S_ISSOCK(e.mode))]
     found = _read_xattrs(image, offset, sorted({e.inode for e in kept}))
     return {
         os.lstat(dest / e.path).st_ino: found[e.inode] for e in kept if e.inode in found

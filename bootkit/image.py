@@ -307,11 +307,13 @@ def _readable_root(image: Path, layout: DiskLayout, work: Path) -> tuple[Path, i
     return copy, 0
 
 
-def _stage(image: Path, layout: DiskLayout, work: Path) -> tuple[Sysroot, ext4fs.Xattrs]:
+def _stage(
+    image: Path, layout: DiskLayout, work: Path, for_edit: bool = False
+) -> tuple[Sysroot, ext4fs.Xattrs]:
     fs_file, offset = _readable_root(image, layout, work)
     root = work / "root"
     root.mkdir()
-    xattrs = ext4fs.extract_tree(fs_file, offset, root)
+    xattrs = ext4fs.extract_tree(fs_file, offset, root, xattrs=for_edit)
     if fs_file != image:
         fs_file.unlink()
     sr = Sysroot(root)
@@ -341,7 +343,7 @@ def edit_image(image: Path, report: Report = _quiet) -> Iterator[Sysroot]:
         work = Path(tmp)
         report(f"Reading {image}")
         ids = FilesystemIds.read(image, layout)
-        sr, xattrs = _stage(image, layout, work)
+        sr, xattrs = _stage(image, layout, work, for_edit=True)
         with _replacement(image) as copy:
             yield sr
             # A copy keeps whatever else the disk holds (other partitions, the GPT).
