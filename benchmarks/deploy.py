@@ -38,10 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bootkit import payloads  # noqa: E402
-from bootkit.deployment import Deployment  # noqa: E402
-from bootkit.payloads import Payload  # noqa: E402
-from bootkit.state import State  # noqa: E402
-from bootkit.sysroot import Sysroot  # noqa: E402
+from bootkit.boot.payloads import Payload  # noqa: E402
+from bootkit.records.deployment import Deployment  # noqa: E402
+from bootkit.records.state import State  # noqa: E402
+from bootkit.sysroot.transaction import Sysroot  # noqa: E402
 
 CACHE = REPO / ".cache" / "bench"
 ROOTFS = CACHE / "rootfs"

@@ -12,11 +12,13 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from bootkit import bootconfig, grubcfg, payloads
-from bootkit.bls import BootEntry, EntryName, parse_entry, systemd_boot_order
+from bootkit.boot import payloads
+from bootkit.boot import switch as bootconfig
+from bootkit.boot.payloads import Payload
 from bootkit.cli import main
-from bootkit.payloads import Payload
-from bootkit.sysroot import Sysroot
+from bootkit.formats import grubscript as grubcfg
+from bootkit.formats.bls import BootEntry, EntryName, parse_entry, systemd_boot_order
+from bootkit.sysroot.transaction import Sysroot
 
 KVER = "6.1.0-1-amd64"
 REPO = Path(__file__).resolve().parents[1]

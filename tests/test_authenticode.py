@@ -9,9 +9,10 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 
-from bootkit import authenticode, der, keys, uki
 from bootkit.cli import main
 from bootkit.errors import BootkitError
+from bootkit.formats import der
+from bootkit.secureboot import authenticode, keys, uki
 
 SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 needs_sbverify = pytest.mark.skipif(shutil.which("sbverify") is None,

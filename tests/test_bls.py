@@ -22,8 +22,9 @@ from helpers import (
     untidy,
 )
 
-from bootkit import bootconfig
-from bootkit.bls import (
+from bootkit.boot import switch as bootconfig
+from bootkit.errors import BootkitError
+from bootkit.formats.bls import (
     MAX_RANK,
     BootEntry,
     EntryName,
@@ -31,8 +32,7 @@ from bootkit.bls import (
     parse_entry,
     systemd_boot_order,
 )
-from bootkit.errors import BootkitError
-from bootkit.sysroot import Sysroot
+from bootkit.sysroot.transaction import Sysroot
 
 
 def test_entry_round_trip() -> None:

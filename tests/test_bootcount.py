@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 from helpers import REPO, fails, grub_slot_text, make_tree, ok
 
-from bootkit import bootconfig, bootcount, grubcfg, grubenv
-from bootkit.bls import EntryName
-from bootkit.bootcount import Counter
-from bootkit.config import SysrootConfig
+from bootkit.boot import counting as bootcount
+from bootkit.boot import switch as bootconfig
+from bootkit.boot.counting import Counter
 from bootkit.errors import BootkitError
-from bootkit.sysroot import Sysroot
+from bootkit.formats import grubenv
+from bootkit.formats import grubscript as grubcfg
+from bootkit.formats.bls import EntryName
+from bootkit.records.config import SysrootConfig
+from bootkit.sysroot.transaction import Sysroot
 
 VENDOR = bootcount.LOADER_VENDOR
 SCRIPT = REPO / "bootkit/data/bootkit-mark-good"
@@ -176,7 +179,7 @@ def test_set_default_keeps_a_good_entry_good(sdboot: Machine) -> None:
 
 
 def test_plan_and_menu_order() -> None:
-    from bootkit.deployment import Deployment
+    from bootkit.records.deployment import Deployment
 
     def dep(n: int) -> Deployment:
         return Deployment("os", f"{n}-x", str(n), "src", "k", "p", "T", 0.0, n)

@@ -1,4 +1,4 @@
-"""Changing a read-only sysroot from inside a booted deployment (bootkit.booted).
+"""Changing a read-only sysroot from inside a booted deployment (bootkit.sysroot.booted).
 
 Each test runs a shell in a user and mount namespace of its own (`unshare -rm`),
 where it bind-mounts a sysroot read-only onto itself as the initramfs hook does
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bootkit.sysroot import Sysroot
+from bootkit.sysroot.transaction import Sysroot
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_transaction_makes_sysroot_writable_for_itself_only(sysroot: Path, boote
     out = in_namespace(sysroot, """
         import sys
         from pathlib import Path
-        from bootkit.booted import BootedSysroot
+        from bootkit.sysroot.booted import BootedSysroot
         root = Path(sys.argv[1])
         with BootedSysroot(root).locked():
             (root / "bootkit" / "written").write_text("by bootkit")
@@ -96,7 +96,7 @@ def test_reading_leaves_sysroot_read_only(sysroot: Path, booted: Path) -> None:
     out = in_namespace(sysroot, """
         import sys
         from pathlib import Path
-        from bootkit.booted import BootedSysroot, is_read_only
+        from bootkit.sysroot.booted import BootedSysroot, is_read_only
         root = Path(sys.argv[1])
         BootedSysroot(root).status()
         print("child: read-only" if is_read_only(root) else "child: writable")
@@ -108,7 +108,7 @@ def test_outside_a_booted_deployment_nothing_is_remounted(sysroot: Path) -> None
     out = in_namespace(sysroot, """
         import sys
         from pathlib import Path
-        from bootkit.booted import BootedSysroot
+        from bootkit.sysroot.booted import BootedSysroot
         try:
             with BootedSysroot(Path(sys.argv[1])).locked():
                 print("child: locked")
@@ -123,7 +123,7 @@ def test_boot_not_mounted_is_refused(sysroot: Path, booted: Path) -> None:
     out = in_namespace(sysroot, """
         import sys
         from pathlib import Path
-        from bootkit.booted import BootedSysroot
+        from bootkit.sysroot.booted import BootedSysroot
         from bootkit.errors import BootkitError
         try:
             with BootedSysroot(Path(sys.argv[1])).locked():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import make_tree, python_cli
 
-from bootkit.sysroot import Sysroot
+from bootkit.sysroot.transaction import Sysroot
 
 KIB = 1 << 10
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bootkit import cpio
 from bootkit.errors import BootkitError
+from bootkit.initramfs import cpio
 
 needs_gnu_cpio = pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
 

@@ -6,7 +6,7 @@ mutation and every later one raise, so no cleanup handler can tidy up. After eac
 
 (a) what a bootloader reads is the complete old or the complete new configuration
     (GRUB: the slot file its stub chooses; systemd-boot: the entries it lists, see
-    bootkit.bootconfig for the exact promise while two generations coexist);
+    bootkit.boot.switch for the exact promise while two generations coexist);
 (b) every visible entry's kernel, initramfs and deployment tree exist;
 (c) at least one entry is visible;
 (d) `bootkit status` and then `bootkit bootloader update` succeed and leave a tidy
@@ -42,9 +42,9 @@ from helpers import (
     untidy,
 )
 
-from bootkit import grubcfg
 from bootkit.cli import main
-from bootkit.sysroot import Sysroot
+from bootkit.formats import grubscript as grubcfg
+from bootkit.sysroot.transaction import Sysroot
 
 BOOTLOADERS = ["systemd-boot", "grub"]
 
@@ -416,13 +416,13 @@ def test_recovery_cut_short_keeps_what_the_menu_shows(
     disk = Disk()
     with monkeypatch.context() as m:
         _patch(m, disk)
-        real_switch = __import__("bootkit.bootconfig", fromlist=["switch"]).switch
+        real_switch = __import__("bootkit.boot.switch", fromlist=["switch"]).switch
 
         def switch(*args: Any, **kw: Any) -> None:
             disk.cut = True
             raise PowerCut("before the switch")
 
-        m.setattr("bootkit.bootconfig.switch", switch)
+        m.setattr("bootkit.boot.switch.switch", switch)
         with pytest.raises(PowerCut):
             _run(COMMANDS["undeploy"], base, new_tree)
     assert real_switch is not None

@@ -23,7 +23,7 @@ from helpers import (
 )
 
 from bootkit.cli import main
-from bootkit.sysroot import Sysroot
+from bootkit.sysroot.transaction import Sysroot
 
 
 @pytest.fixture(params=["systemd-boot", "grub"])

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bootkit import elfdeps
 from bootkit.errors import BootkitError
+from bootkit.initramfs import elfdeps
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
 

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from bootkit.errors import BootkitError
-from bootkit.etcmerge import EtcChange, copy_etc, etc_changes, etc_from_tree, merge_etc
+from bootkit.sysroot.etcmerge import EtcChange, copy_etc, etc_changes, etc_from_tree, merge_etc
 
 
 @dataclass(frozen=True)
@@ -531,7 +531,7 @@ def test_etc_from_tree_refuses_symlinked_etc(tmp_path: Path) -> None:
 
 def make_sysroot(tmp_path: Path, count: int) -> tuple[Path, list[Path]]:
     """A sysroot with `count` real deployments of a tree whose defaults are BASE."""
-    from bootkit.sysroot import Sysroot
+    from bootkit.sysroot.transaction import Sysroot
 
     tree = tmp_path / "tree"
     build(tree / "usr/etc", BASE)
@@ -604,7 +604,7 @@ def test_cli_diff_refuses_unknown_deployments(
 
 
 def test_cli_diff_without_deployments(tmp_path: Path) -> None:
-    from bootkit.sysroot import Sysroot
+    from bootkit.sysroot.transaction import Sysroot
 
     Sysroot.init(tmp_path, "debian", "none")
     code, out = run_diff("--sysroot", str(tmp_path))

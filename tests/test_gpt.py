@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bootkit import gpt
 from bootkit.errors import BootkitError
+from bootkit.formats import gpt
 
 MIB = 1 << 20
 needs_sfdisk = pytest.mark.skipif(shutil.which("sfdisk") is None, reason="sfdisk not installed")

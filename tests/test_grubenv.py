@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bootkit import grubenv
 from bootkit.errors import BootkitError
+from bootkit.formats import grubenv
 
 HEADER = b"# GRUB Environment Block\n"
 SAMPLE = {

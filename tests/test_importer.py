@@ -20,7 +20,7 @@ import pytest
 from helpers import cli, fails, init_sysroot, make_tree, ok, snapshot, untidy
 
 from bootkit.errors import BootkitError
-from bootkit.importer import ObjectStore, import_source
+from bootkit.sysroot.importer import ObjectStore, import_source
 
 IS_ROOT = os.geteuid() == 0
 
@@ -430,7 +430,7 @@ def test_deploy_output_names_the_deployment(tmp_path: Path) -> None:
 
 def test_redeploy_reads_only_changed_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The hash cache: unchanged files are not read again, and every change is seen."""
-    import bootkit.importer as importer
+    import bootkit.sysroot.importer as importer
 
     # Cache everything, however recent; the sleeps below step past the clock's granularity.
     monkeypatch.setattr(importer.HashCache, "RACY_NS", 0)
@@ -478,7 +478,7 @@ def test_parallel_import_matches_sequential(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Big trees are imported by several threads; the result must not depend on it."""
-    import bootkit.importer as importer
+    import bootkit.sysroot.importer as importer
 
     files: dict[str, bytes | str] = {}
     for i in range(120):

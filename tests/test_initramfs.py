@@ -13,13 +13,15 @@ import pytest
 from click.testing import CliRunner
 from test_kmod import kernel_modules_dir
 
-from bootkit import cpio, elfdeps, kmod
 from bootkit.cli import main
 from bootkit.errors import BootkitError
 from bootkit.initramfs import (
     DEFAULT_MODULES,
     build_initramfs,
     compression,
+    cpio,
+    elfdeps,
+    kmod,
     read_image,
     read_segments,
 )

@@ -10,9 +10,10 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bootkit import efivarstore, keys
 from bootkit.cli import main
 from bootkit.errors import BootkitError
+from bootkit.formats import efivarstore
+from bootkit.secureboot import keys
 
 needs_snakeoil = pytest.mark.skipif(
     not (keys.SNAKEOIL_VARS.is_file() and keys.SNAKEOIL_CERT.is_file()),

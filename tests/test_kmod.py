@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bootkit import kmod
 from bootkit.errors import BootkitError
+from bootkit.initramfs import kmod
 
 KVER = "6.1.0-test"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bootkit.names import is_valid_name
+from bootkit.contract import is_valid_name
 
 REPO = Path(__file__).resolve().parents[1]
 HOOK = REPO / "dracut/90bootkit/bootkit-prepare-root.sh"

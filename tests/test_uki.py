@@ -7,9 +7,10 @@ import pefile
 import pytest
 from click.testing import CliRunner
 
-from bootkit import bzimage, uki
 from bootkit.cli import main
 from bootkit.errors import BootkitError
+from bootkit.formats import bzimage
+from bootkit.secureboot import uki
 
 pytestmark = pytest.mark.skipif(not uki.DEFAULT_STUB.is_file(),
                                 reason="systemd's EFI stub (systemd-boot-efi) is not installed")

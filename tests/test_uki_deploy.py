@@ -11,9 +11,10 @@ import pytest
 from helpers import bls_entries, fails, grub_slot_text, make_tree, ok, sdboot_menu, untidy
 from test_uki import fake_bzimage
 
-from bootkit import esp, keys, payloads, uki
-from bootkit.payloads import UKI_FILE
-from bootkit.sysroot import Sysroot
+from bootkit.boot import esp, payloads
+from bootkit.boot.payloads import UKI_FILE
+from bootkit.secureboot import keys, uki
+from bootkit.sysroot.transaction import Sysroot
 
 pytestmark = pytest.mark.skipif(not uki.DEFAULT_STUB.is_file(),
                                 reason="systemd's EFI stub (systemd-boot-efi) is not installed")

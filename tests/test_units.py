@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from bootkit.boot.units import install_units
 from bootkit.cli import main
 from bootkit.errors import BootkitError
-from bootkit.units import install_units
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS = Path("usr/lib/systemd/system")

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from bootkit.versioncmp import compare_versions, version_key
+from bootkit.formats.versioncmp import compare_versions, version_key
 
 # (a, expected sign of compare(a, b), b), from the UAPI Version Format Specification.
 SPEC_EXAMPLES = [

@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from bootkit.booted import BootedSysroot
-from bootkit.sysroot import Sysroot, booted_path
+from bootkit.sysroot.booted import BootedSysroot
+from bootkit.sysroot.transaction import Sysroot, booted_path
 
 
 def default_sysroot() -> Path:

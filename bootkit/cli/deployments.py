@@ -8,13 +8,13 @@ from typing import Any
 
 import click
 
-from bootkit import signing
 from bootkit.cli.common import byte_progress, open_sysroot, print_json, sysroot_option, warn
-from bootkit.config import BOOTLOADERS, DEFAULT_TRIES
-from bootkit.deploy import INITRAMFS_MODES
 from bootkit.errors import BootkitError
-from bootkit.importer import source_size
-from bootkit.sysroot import DeploymentStatus, Sysroot
+from bootkit.records.config import BOOTLOADERS, DEFAULT_TRIES
+from bootkit.secureboot import signing
+from bootkit.sysroot.deploy import INITRAMFS_MODES
+from bootkit.sysroot.importer import source_size
+from bootkit.sysroot.transaction import DeploymentStatus, Sysroot
 
 _key_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -257,7 +257,7 @@ def status(sysroot: Path | None, as_json: bool) -> None:
     """
     sr = open_sysroot(sysroot)
     rows = sr.status()
-    from bootkit import bootconfig
+    from bootkit.boot import switch as bootconfig
 
     view = bootconfig.read_view(sr.boot_path)
     if as_json:
@@ -417,7 +417,7 @@ def bootloader_install(sysroot: Path | None) -> None:
     goes to EFI/systemd/. With a signing key in the sysroot's configuration the
     binary is signed, so firmware that trusts the key boots it under Secure Boot.
     """
-    from bootkit import esp
+    from bootkit.boot import esp
     from bootkit.errors import BootkitError
 
     sr = open_sysroot(sysroot)
@@ -460,7 +460,7 @@ def bootloader_grub_stub(sysroot: Path | None, print_boot_dir: bool) -> None:
     Its paths are relative to the root of $BOOT; the caller points GRUB's root at
     that filesystem first.
     """
-    from bootkit import grubcfg
+    from bootkit.formats import grubscript as grubcfg
 
     sr = open_sysroot(sysroot)
     if print_boot_dir:

@@ -9,8 +9,8 @@ import click
 
 from bootkit.cli.common import open_sysroot, sysroot_option
 from bootkit.errors import BootkitError
-from bootkit.etcmerge import etc_changes
-from bootkit.sysroot import Sysroot
+from bootkit.sysroot.etcmerge import etc_changes
+from bootkit.sysroot.transaction import Sysroot
 
 
 def resolve_deployment(sr: Sysroot, ident: str | None) -> Path:

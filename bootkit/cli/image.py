@@ -8,15 +8,15 @@ from pathlib import Path
 
 import click
 
-from bootkit import image as diskimage
-from bootkit import signing
+from bootkit.boot.esp import BOOTLOADERS
 from bootkit.cli import deployments
 from bootkit.cli.common import byte_progress, print_json
-from bootkit.config import DEFAULT_TRIES
-from bootkit.deploy import INITRAMFS_MODES
+from bootkit.diskimage import image as diskimage
 from bootkit.errors import BootkitError
-from bootkit.esp import BOOTLOADERS
-from bootkit.importer import source_size
+from bootkit.records.config import DEFAULT_TRIES
+from bootkit.secureboot import signing
+from bootkit.sysroot.deploy import INITRAMFS_MODES
+from bootkit.sysroot.importer import source_size
 
 
 def _import_progress(source: Path) -> AbstractContextManager[Callable[[int], None]]:

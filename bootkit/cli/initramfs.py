@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 
+from bootkit.base.files import atomic_copy
 from bootkit.cli.common import print_json, warn
-from bootkit.cpio import Member
 from bootkit.errors import BootkitError
-from bootkit.fsutil import atomic_copy
 from bootkit.initramfs import DEFAULT_MODULES, build_initramfs, read_image
 from bootkit.initramfs.compression import COMPRESSORS
+from bootkit.initramfs.cpio import Member
 
 DRACUT_MODULE_DIR = Path("/usr/lib/dracut/modules.d/90bootkit")
 # File name -> mode; module-setup.sh is sourced by dracut, the hook is executed.

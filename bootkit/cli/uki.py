@@ -9,8 +9,9 @@ import click
 from construct import ConstructError
 from cryptography.hazmat.primitives import hashes
 
-from bootkit import authenticode, efivarstore, keys, uki
 from bootkit.errors import BootkitError
+from bootkit.formats import efivarstore
+from bootkit.secureboot import authenticode, keys, uki
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 _output_file = click.Path(dir_okay=False, writable=True, path_type=Path)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bootkit.units import install_units
+from bootkit.boot.units import install_units
 
 
 @click.group()

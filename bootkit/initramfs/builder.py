@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-from bootkit import cpio
-from bootkit.elfdeps import LibraryResolver
+from bootkit.base.files import atomic_write
 from bootkit.errors import BootkitError
-from bootkit.fsutil import atomic_write
-from bootkit.initramfs import compression
+from bootkit.initramfs import compression, cpio
+from bootkit.initramfs.elfdeps import LibraryResolver
 from bootkit.initramfs.image import ImageTree
-from bootkit.kmod import LoadOrder, ModuleTree, load_order, read_module
+from bootkit.initramfs.kmod import LoadOrder, ModuleTree, load_order, read_module
 
 # Enough to find an ext4 root on virtio (QEMU), SATA/AHCI and NVMe disks; ext4's
 # soft dependency brings crc32c, without which mounting fails.

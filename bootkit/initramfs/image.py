@@ -6,8 +6,8 @@ import os
 import stat
 from pathlib import Path, PurePosixPath
 
-from bootkit import cpio
 from bootkit.errors import BootkitError
+from bootkit.initramfs import cpio
 
 
 def image_path(path: str | PurePosixPath) -> PurePosixPath:

@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkit.cpio import Member, is_cpio_start, read_archive, read_archives
 from bootkit.errors import BootkitError
 from bootkit.initramfs.compression import decompress_stream
+from bootkit.initramfs.cpio import Member, is_cpio_start, read_archive, read_archives
 
 _NOT_NUL = re.compile(rb"[^\0]")
 

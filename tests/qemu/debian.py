@@ -66,9 +66,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkit import kmod
-from bootkit.image import BOOT_DIR, ESP_LABEL
-from bootkit.units import install_units
+from bootkit.boot.units import install_units
+from bootkit.diskimage.image import BOOT_DIR, ESP_LABEL
+from bootkit.initramfs import kmod
 
 from .harness import bootkit_command
 from .kernel import KernelTree

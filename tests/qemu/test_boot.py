@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bootkit import ext4fs
-from bootkit.image import DiskLayout, edit_image
+from bootkit.diskimage import ext4fs
+from bootkit.diskimage.image import DiskLayout, edit_image
 
 from .harness import BootReport, Disk, menu_titles
 

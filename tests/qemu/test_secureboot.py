@@ -22,17 +22,18 @@ from pathlib import Path
 
 import pytest
 
-from bootkit import bootconfig, uki
-from bootkit.image import edit_image, read_image
-from bootkit.keys import (
+from bootkit.boot import switch as bootconfig
+from bootkit.boot.payloads import UKI_FILE
+from bootkit.diskimage.image import edit_image, read_image
+from bootkit.secureboot import uki
+from bootkit.secureboot.keys import (
     SNAKEOIL_CERT,
     SNAKEOIL_CODE,
     SNAKEOIL_KEY,
     SNAKEOIL_PASSPHRASE,
     SNAKEOIL_VARS,
 )
-from bootkit.payloads import UKI_FILE
-from bootkit.sysroot import Sysroot
+from bootkit.sysroot.transaction import Sysroot
 
 from .harness import MENU_TIMEOUT, TEST_KARGS, BootReport, Disk, Machine, VirtualMachine
 from .test_boot import assert_deployment_is_root

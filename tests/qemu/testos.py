@@ -36,7 +36,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from bootkit import kmod
+from bootkit.initramfs import kmod
 from bootkit.initramfs.builder import data_file
 
 from .kernel import KernelTree

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from construct import Bytes, Const, ConstructError, Struct
 
+from bootkit.base.files import atomic_write
 from bootkit.errors import BootkitError
-from bootkit.fsutil import atomic_write
 
 BLOCK_SIZE = 1024
 HEADER = b"# GRUB Environment Block\n"

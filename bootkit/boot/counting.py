@@ -34,11 +34,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkit import grubcfg, grubenv
-from bootkit.bls import BootEntry, EntryName, parse_entry
-from bootkit.deployment import Deployment
+from bootkit.base.files import fsync_dir
 from bootkit.errors import BootkitError
-from bootkit.fsutil import fsync_dir
+from bootkit.formats import grubenv
+from bootkit.formats import grubscript as grubcfg
+from bootkit.formats.bls import BootEntry, EntryName, parse_entry
+from bootkit.records.deployment import Deployment
 
 GOOD = "good"
 INDETERMINATE = "indeterminate"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 SLOTS = 3
 SLOT_DIR = "/bootkit/grub"
 GRUBENV = f"{SLOT_DIR}/grubenv"
-# Boot counting of the default entry (see bootkit.bootcount): the deployment path
+# Boot counting of the default entry (see bootkit.boot.counting): the deployment path
 # the counter belongs to, and its tries left; no tries variable means marked good.
 COUNTED_VAR = "bootkit_counted"
 TRIES_VAR = "bootkit_tries"

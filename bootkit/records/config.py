@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from bootkit.base.files import atomic_write
+from bootkit.contract import check_name
 from bootkit.errors import BootkitError
-from bootkit.fsutil import atomic_write
-from bootkit.names import check_name
 
 BOOTLOADERS = ("systemd-boot", "grub", "none")
 # How often a new entry is tried before the bootloader falls back to the previous one.
@@ -23,7 +23,7 @@ class SysrootConfig:
     boot_dir: str = "/efi"
     root_arg: str = "root=LABEL=bootkit-root"
     timeout: int = 3
-    tries: int = DEFAULT_TRIES  # boot counting (see bootkit.bootcount); 0 means off
+    tries: int = DEFAULT_TRIES  # boot counting (see bootkit.boot.counting); 0 means off
     uki: bool = False
     signing_key: str | None = None
     signing_cert: str | None = None

@@ -10,22 +10,24 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bootkit import etcmerge, payloads, signing
-from bootkit.bootconfig import options_for
-from bootkit.deployment import Deployment
+from bootkit.base.files import fsync_dir, syncfs
+from bootkit.boot import payloads
+from bootkit.boot.payloads import Payload
+from bootkit.boot.switch import options_for
+from bootkit.contract import check_name
 from bootkit.errors import BootkitError
-from bootkit.fsutil import fsync_dir, syncfs
-from bootkit.importer import HashCache, import_source
-from bootkit.kernel import TreeKernel, find_kernel, os_release_path, read_os_release
-from bootkit.names import check_name
-from bootkit.payloads import Payload
+from bootkit.records.deployment import Deployment
+from bootkit.secureboot import signing
+from bootkit.sysroot import etcmerge
+from bootkit.sysroot.importer import HashCache, import_source
+from bootkit.sysroot.kernel import TreeKernel, find_kernel, os_release_path, read_os_release
 
 INITRAMFS_MODES = ("auto", "tree", "build")
 HASH_CACHE = "import-cache.json"
 
 
 def deploy(
-    sysroot,  # type: ignore[no-untyped-def]  # bootkit.sysroot.Sysroot (import cycle)
+    sysroot,  # type: ignore[no-untyped-def]  # bootkit.sysroot.transaction.Sysroot (import cycle)
     source: Path,
     os_name: str | None,
     version: str | None,
@@ -191,7 +193,9 @@ def _boot_files(
         if uki_cmdline is None:
             yield {"linux": kernel.linux, "initrd": initrd}
             return
-        from bootkit.uki import build_uki  # pefile and the signer only when UKIs are made
+        from bootkit.secureboot.uki import (
+            build_uki,  # pefile and the signer only when UKIs are made
+        )
 
         image = sysroot.meta / "tmp" / f"uki-{os.getpid()}.efi"
         image.parent.mkdir(exist_ok=True)

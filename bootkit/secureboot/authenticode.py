@@ -22,9 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from bootkit import der
+from bootkit.base.files import atomic_write
 from bootkit.errors import BootkitError
-from bootkit.fsutil import atomic_write
+from bootkit.formats import der
 
 # Object identifiers (PKCS#7, PKCS#9, NIST, Microsoft Authenticode).
 OID_SIGNED_DATA = "1.2.840.113549.1.7.2"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootkit.errors import BootkitError
-from bootkit.versioncmp import version_key
+from bootkit.formats.versioncmp import version_key
 
 
 @dataclass(frozen=True)

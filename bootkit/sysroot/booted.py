@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bootkit.errors import BootkitError
-from bootkit.sysroot import Sysroot, booted_path
+from bootkit.sysroot.transaction import Sysroot, booted_path
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY = 0x1

@@ -14,10 +14,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from bootkit.base.files import atomic_copy
+from bootkit.base.process import run_tool
 from bootkit.errors import BootkitError
-from bootkit.fsutil import atomic_copy
-from bootkit.runtool import run_tool
-from bootkit.signing import Signer
+from bootkit.secureboot.signing import Signer
 
 REMOVABLE_PATH = Path("EFI/BOOT/BOOTX64.EFI")
 SYSTEMD_BOOT_EFI = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")

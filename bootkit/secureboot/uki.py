@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pefile
 
-from bootkit import bzimage
-from bootkit.authenticode import PeLayout, align_up, pe_checksum
+from bootkit.base.files import atomic_write
 from bootkit.errors import BootkitError
-from bootkit.fsutil import atomic_write
+from bootkit.formats import bzimage
+from bootkit.secureboot.authenticode import PeLayout, align_up, pe_checksum
 
 DEFAULT_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 

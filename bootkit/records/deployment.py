@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from bootkit.base.files import atomic_write
+from bootkit.contract import check_name
 from bootkit.errors import BootkitError
-from bootkit.fsutil import atomic_write
-from bootkit.names import check_name
 
 
 @dataclass(frozen=True)

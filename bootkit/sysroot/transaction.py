@@ -18,16 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bootkit import bls, bootconfig, bootcount, payloads
-from bootkit.bootcount import Counter
-from bootkit.config import SysrootConfig
-from bootkit.deployment import Deployment
+from bootkit.base.files import fsync_dir
+from bootkit.boot import counting as bootcount
+from bootkit.boot import payloads
+from bootkit.boot import switch as bootconfig
+from bootkit.boot.counting import Counter
+from bootkit.boot.payloads import Payload
+from bootkit.contract import check_name, is_valid_name
 from bootkit.errors import BootkitError
-from bootkit.fsutil import fsync_dir
-from bootkit.importer import ObjectStore
-from bootkit.names import check_name, is_valid_name
-from bootkit.payloads import Payload
-from bootkit.state import State
+from bootkit.formats import bls
+from bootkit.records.config import SysrootConfig
+from bootkit.records.deployment import Deployment
+from bootkit.records.state import State
+from bootkit.sysroot.importer import ObjectStore
 
 _BOOTKIT_ARG = re.compile(r"(?:^|\s)bootkit=(\S+)")
 
@@ -342,7 +345,7 @@ class Sysroot:
         tries: int | None = None,
     ) -> Deployment:
         """Deploy `source`; `tries`: how often its entry is tried (default: the setting)."""
-        from bootkit.deploy import deploy
+        from bootkit.sysroot.deploy import deploy
 
         return deploy(
             self,

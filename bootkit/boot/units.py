@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from bootkit.base.files import atomic_copy, atomic_symlink, atomic_write
 from bootkit.errors import BootkitError
-from bootkit.fsutil import atomic_copy, atomic_symlink, atomic_write
 
 MARK_GOOD_UNIT = "bootkit-mark-good.service"
 # Vendor units and their static enablement live in /usr, so that they are part of

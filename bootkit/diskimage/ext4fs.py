@@ -24,8 +24,8 @@ from pathlib import Path
 
 from construct import Bytes, Const, Int16ul, Int32ul, PaddedString, Padding, Struct
 
+from bootkit.base.process import require_tool, run_tool
 from bootkit.errors import BootkitError
-from bootkit.runtool import require_tool, run_tool
 
 BLOCK_SIZE = 4096
 SUPERBLOCK_OFFSET = 1024

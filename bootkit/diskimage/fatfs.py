@@ -11,8 +11,8 @@ from pathlib import Path
 
 from construct import Bytes, Const, Int32ul, Padding, Struct
 
+from bootkit.base.process import run_tool
 from bootkit.errors import BootkitError
-from bootkit.runtool import run_tool
 
 SECTOR_SIZE = 512
 # FAT32 needs at least 65525 clusters; with 512-byte clusters that is ~33 MiB.

@@ -26,13 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bootkit import esp as esp_install
-from bootkit import ext4fs, fatfs, gpt, signing
+from bootkit.base.files import fsync_dir, temp_name
+from bootkit.boot import esp as esp_install
+from bootkit.contract import is_valid_name
+from bootkit.diskimage import ext4fs, fatfs
 from bootkit.errors import BootkitError
-from bootkit.fsutil import fsync_dir, temp_name
-from bootkit.kernel import read_os_release
-from bootkit.names import is_valid_name
-from bootkit.sysroot import Sysroot
+from bootkit.formats import gpt
+from bootkit.secureboot import signing
+from bootkit.sysroot.kernel import read_os_release
+from bootkit.sysroot.transaction import Sysroot
 
 MIB = 1 << 20
 ROOT_LABEL = "bootkit-root"

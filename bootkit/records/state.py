@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bootkit.base.files import atomic_write
 from bootkit.errors import BootkitError
-from bootkit.fsutil import atomic_write
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkit import bootcount, grubcfg, grubenv, payloads
-from bootkit.bls import MAX_RANK, BootEntry, EntryName, parse_entry
-from bootkit.config import SysrootConfig
-from bootkit.deployment import Deployment
+from bootkit.base.files import atomic_write, fsync_dir, syncfs, temp_name, write_unsynced
+from bootkit.boot import counting as bootcount
+from bootkit.boot import payloads
+from bootkit.boot.payloads import Payload
 from bootkit.errors import BootkitError
-from bootkit.fsutil import atomic_write, fsync_dir, syncfs, temp_name, write_unsynced
-from bootkit.payloads import Payload
+from bootkit.formats import grubenv
+from bootkit.formats import grubscript as grubcfg
+from bootkit.formats.bls import MAX_RANK, BootEntry, EntryName, parse_entry
+from bootkit.records.config import SysrootConfig
+from bootkit.records.deployment import Deployment
 
 ENTRIES_DIR = "loader/entries"
 LOADER_CONF = "loader/loader.conf"

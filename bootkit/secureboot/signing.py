@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bootkit.config import SysrootConfig
 from bootkit.errors import BootkitError
+from bootkit.records.config import SysrootConfig
 
 if TYPE_CHECKING:
     # cryptography takes a tenth of a second to import; commands that never sign
     # (status, rollback, ...) should not pay for it.
     from cryptography import x509
 
-    from bootkit import authenticode
+    from bootkit.secureboot import authenticode
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Signer:
         An existing signature is replaced: a machine that trusts this key
         boots the binary, whoever signed it before.
         """
-        from bootkit import authenticode
+        from bootkit.secureboot import authenticode
 
         authenticode.sign_file(source, output or source, self.key, self.certificate,
                                replace=True)
@@ -53,7 +53,7 @@ class Signer:
 
 def load_signer(key: Path, cert: Path, passphrase_file: Path | None = None) -> Signer:
     """The key pair, decrypted with the passphrase file or $BOOTKIT_KEY_PASSPHRASE."""
-    from bootkit import keys
+    from bootkit.secureboot import keys
 
     return Signer(
         keys.load_private_key(key, keys.read_passphrase(passphrase_file)),
@@ -89,7 +89,7 @@ def boot_settings(
             hint="only a Unified Kernel Image covers kernel, initrd and command line with "
             "one signature; add --uki",
         )
-    from bootkit.uki import DEFAULT_STUB
+    from bootkit.secureboot.uki import DEFAULT_STUB
 
     if uki and not DEFAULT_STUB.is_file():
         raise BootkitError(

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from bootkit.errors import BootkitError
-from bootkit.versioncmp import compare_versions
+from bootkit.formats.versioncmp import compare_versions
 
 ENTRY_PREFIX = "bootkit-"
 # Ranks are encoded in fixed-width fields; more deployments than this would not

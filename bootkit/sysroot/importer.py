@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from bootkit.base.files import atomic_write, fsync_dir
 from bootkit.errors import BootkitError
-from bootkit.fsutil import atomic_write, fsync_dir
 
 Progress = Callable[[int], None]
 IS_ROOT = os.geteuid() == 0

@@ -14,8 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from bootkit.base.files import fsync_dir
 from bootkit.errors import BootkitError
-from bootkit.fsutil import fsync_dir
 
 PAYLOAD_ROOT = "bootkit"
 # Room kept for entries, the GRUB slot file and FAT's own allocation rounding.

@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from bootkit import efivarstore
-from bootkit.authenticode import SigningKey
+from bootkit.base.files import atomic_copy, atomic_write
 from bootkit.errors import BootkitError
-from bootkit.fsutil import atomic_copy, atomic_write
+from bootkit.formats import efivarstore
+from bootkit.secureboot.authenticode import SigningKey
 
 PASSPHRASE_ENV = "BOOTKIT_KEY_PASSPHRASE"
 

@@ -1,0 +1,1 @@
+"""Bootable GPT disk images holding a sysroot, made and changed without root or mounts."""

@@ -1,0 +1,1 @@
+"""Unified Kernel Images, Authenticode signatures and Secure Boot keys."""
