@@ -51,7 +51,6 @@ from bootkit import fatfs  # noqa: E402
 from bootkit.diskimage.image import DiskLayout  # noqa: E402
 from bootkit.initramfs import build_initramfs, read_image  # noqa: E402
 from bootkit.initramfs.reader import members  # noqa: E402
-from tests.helpers import dracut_base_with_bootkit  # noqa: E402
 from tests.qemu.harness import (  # noqa: E402
     BootFailure,
     BootReport,
@@ -63,6 +62,7 @@ from tests.qemu.harness import (  # noqa: E402
 from tests.qemu.kernel import KernelTree, KernelUnavailable  # noqa: E402
 from tests.qemu.kernel import find_kernel as find_kernel_tree  # noqa: E402
 from tests.qemu.testos import INIT_STARTED, build_testos  # noqa: E402
+from tests.support.helpers import dracut_base_with_bootkit  # noqa: E402
 
 # The dracut images that boot the test OS, and how they are built. The minimal one
 # holds only what mounts root=LABEL=... from a virtio disk: udev for the label and

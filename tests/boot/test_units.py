@@ -14,7 +14,7 @@ from bootkit.boot.units import install_units
 from bootkit.cli import main
 from bootkit.errors import BootkitError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UNITS = Path("usr/lib/systemd/system")
 
 

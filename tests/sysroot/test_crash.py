@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import (
+from support.helpers import (
     bls_entries,
     deployment_path,
     entry_name,

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import DRACUT_BASE, dracut_base_with_bootkit
+from support.helpers import DRACUT_BASE, dracut_base_with_bootkit
 
 from bootkit.cli import main
 from bootkit.cli.initramfs import DRACUT_MODULE_FILES
 from bootkit.initramfs import read_image
 from bootkit.initramfs.reader import members as final_members
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "dracut/90bootkit"
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from bootkit.sysroot.transaction import Sysroot
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # $1: the sysroot, $2: the Python code to run; prints what the shell sees afterwards.
 SHELL = """

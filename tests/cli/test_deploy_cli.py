@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 import pytest
-from helpers import (
+from support.helpers import (
     bls_entries,
     cli,
     fails,

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import (
+from support.helpers import (
     bls_entries,
     deployment_path,
     entry_name,

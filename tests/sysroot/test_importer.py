@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import cli, fails, init_sysroot, make_tree, ok, snapshot, untidy
+from support.helpers import cli, fails, init_sysroot, make_tree, ok, snapshot, untidy
 
 from bootkit.errors import BootkitError
 from bootkit.sysroot.importer import ObjectStore, import_source

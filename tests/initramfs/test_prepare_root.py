@@ -17,7 +17,7 @@ import pytest
 
 from bootkit.contract import is_valid_name
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOOK = REPO / "dracut/90bootkit/bootkit-prepare-root.sh"
 GOOD = "/bootkit/deploy/test/deploy/a"
 

@@ -28,7 +28,7 @@ from bootkit.initramfs import (
 from bootkit.initramfs.builder import HOOK, MODULE_LIST
 from bootkit.initramfs.reader import members as final_members
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KVER = "6.1.0-test"
 BUSYBOX = Path("/bin/busybox")
 

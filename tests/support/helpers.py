@@ -21,7 +21,7 @@ from bootkit.formats.bls import BootEntry, EntryName, parse_entry, systemd_boot_
 from bootkit.sysroot.transaction import Sysroot
 
 KVER = "6.1.0-1-amd64"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_tree(

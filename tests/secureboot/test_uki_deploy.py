@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import bls_entries, fails, grub_slot_text, make_tree, ok, sdboot_menu, untidy
+from support.helpers import bls_entries, fails, grub_slot_text, make_tree, ok, sdboot_menu, untidy
 from test_uki import fake_bzimage
 
 from bootkit.boot import esp, payloads

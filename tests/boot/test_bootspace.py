@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import make_tree, python_cli
+from support.helpers import make_tree, python_cli
 
 from bootkit.sysroot.transaction import Sysroot
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import REPO, fails, grub_slot_text, make_tree, ok
+from support.helpers import REPO, fails, grub_slot_text, make_tree, ok
 
 from bootkit.boot import counting as bootcount
 from bootkit.boot import switch as bootconfig

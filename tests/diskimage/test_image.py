@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import fails, make_tree, ok, snapshot, untidy
+from support.helpers import fails, make_tree, ok, snapshot, untidy
 
 from bootkit.boot import esp
 from bootkit.diskimage import ext4fs, fatfs
