@@ -204,7 +204,7 @@ def change_one_file(tree: Path) -> None:
 
 
 def bootkit_env() -> dict[str, str]:
-    return {**os.environ, "BOOTKIT_NO_PROGRESS": "1", "BOOTKIT_PROC_CMDLINE": "/dev/null"}
+    return {**os.environ, "BOOTKIT_NO_PROGRESS": "1"}
 
 
 def bootkit_cli(*args: str | Path) -> list[str | Path]:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootkit.base.files import fsync_dir
+from bootkit.contract import bootkit_arg
 from bootkit.errors import BootkitError
 from bootkit.formats import grubenv
 from bootkit.formats import grubscript as grubcfg
@@ -47,9 +48,6 @@ BAD = "bad"
 
 # The vendor GUID of the Boot Loader Interface variables (LoaderBootCountPath, ...).
 LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
-
-_BOOTKIT_ARG = re.compile(r"(?:^|\s)bootkit=(\S+)")
-
 
 @dataclass(frozen=True)
 class Counter:
@@ -90,12 +88,6 @@ def rearmed(current: Counter | None, tries: int) -> Counter:
     return fresh(tries)
 
 
-def deployment_path(options: str) -> str | None:
-    """The `bootkit=` path an entry's options name."""
-    m = _BOOTKIT_ARG.search(options)
-    return m.group(1) if m else None
-
-
 # --- what $BOOT says -------------------------------------------------------------------
 
 
@@ -108,7 +100,7 @@ def entry_counters(entries: Iterable[tuple[str, BootEntry]]) -> dict[str, Counte
     newest: dict[str, tuple[int, Counter]] = {}
     for fname, entry in entries:
         name = EntryName.parse(fname)
-        path = deployment_path(entry.options)
+        path = bootkit_arg(entry.options)
         if name is None or path is None:
             continue
         if path not in newest or name.generation > newest[path][0]:
@@ -254,7 +246,7 @@ def mark_good(boot: Path, bootloader: str, entries_dir: Path, dep: Deployment) -
                 options = parse_entry(p.read_text(errors="replace")).options
             except (BootkitError, OSError):
                 continue  # not readable: not an entry this deployment boots from
-            if deployment_path(options) != dep.path:
+            if bootkit_arg(options) != dep.path:
                 continue
             try:
                 os.rename(p, p.with_name(good))

@@ -12,13 +12,14 @@ from typing import Any
 
 import click
 
+from bootkit.contract import booted_deployment
 from bootkit.sysroot.booted import BootedSysroot
-from bootkit.sysroot.transaction import Sysroot, booted_path
+from bootkit.sysroot.transaction import Sysroot
 
 
 def default_sysroot() -> Path:
     """`/`, except inside a booted deployment, where the physical root is at /sysroot."""
-    if booted_path() and Path("/sysroot/bootkit/config.json").is_file():
+    if booted_deployment() and Path("/sysroot/bootkit/config.json").is_file():
         return Path("/sysroot")
     return Path("/")
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bootkit import contract
+
 SLOTS = 3
 SLOT_DIR = "/bootkit/grub"
-GRUBENV = f"{SLOT_DIR}/grubenv"
-# Boot counting of the default entry (see bootkit.boot.counting): the deployment path
-# the counter belongs to, and its tries left; no tries variable means marked good.
-COUNTED_VAR = "bootkit_counted"
-TRIES_VAR = "bootkit_tries"
+# Boot counting of the default entry (see bootkit.boot.counting).
+GRUBENV = contract.GRUBENV
+COUNTED_VAR = contract.GRUB_COUNTED_VAR
+TRIES_VAR = contract.GRUB_TRIES_VAR
 
 
 def slot_path(slot: int) -> str:

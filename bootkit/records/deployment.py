@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bootkit.base.files import atomic_write
-from bootkit.contract import check_name
+from bootkit.contract import check_name, deployment_path
 from bootkit.errors import BootkitError
 
 
@@ -35,7 +35,7 @@ class Deployment:
     @property
     def path(self) -> str:
         """Its path on the physical root, as `bootkit=` names it."""
-        return f"/bootkit/deploy/{self.os}/deploy/{self.id}"
+        return deployment_path(self.os, self.id)
 
     def with_changes(self, **changes: Any) -> Deployment:
         return replace(self, **changes)

@@ -21,8 +21,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from bootkit.contract import booted_deployment
 from bootkit.errors import BootkitError
-from bootkit.sysroot.transaction import Sysroot, booted_path
+from bootkit.sysroot.transaction import Sysroot
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY = 0x1
@@ -127,7 +128,7 @@ def prepare_for_changes(sysroot: Sysroot) -> bool:
 
     True if it had to be made writable. Outside a booted deployment nothing is done.
     """
-    if booted_path() is None or not sysroot.meta.is_dir():
+    if booted_deployment() is None or not sysroot.meta.is_dir():
         return False  # not a sysroot: taking the lock says so
     changed = make_writable(sysroot.path)
     if sysroot.config_path.is_file():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,15 +23,13 @@ from bootkit.boot import payloads
 from bootkit.boot import switch as bootconfig
 from bootkit.boot.counting import Counter
 from bootkit.boot.payloads import Payload
-from bootkit.contract import check_name, is_valid_name
+from bootkit.contract import booted_deployment, bootkit_arg, check_name, is_valid_name
 from bootkit.errors import BootkitError
 from bootkit.formats import bls
 from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
 from bootkit.sysroot.importer import ObjectStore
-
-_BOOTKIT_ARG = re.compile(r"(?:^|\s)bootkit=(\S+)")
 
 
 @dataclass(frozen=True)
@@ -42,15 +39,6 @@ class DeploymentStatus:
     booted: bool
     entry: str | None  # the entry file's name on $BOOT, if it has one
     counter: Counter = field(default_factory=Counter)  # good, tries left, or bad
-
-
-def booted_path(cmdline_file: Path = Path("/proc/cmdline")) -> str | None:
-    path = Path(os.environ.get("BOOTKIT_PROC_CMDLINE", cmdline_file))
-    try:
-        m = _BOOTKIT_ARG.search(path.read_text())
-    except OSError:
-        return None
-    return m.group(1) if m else None
 
 
 def _notice(message: str) -> None:
@@ -143,17 +131,17 @@ class Sysroot:
 
     def status(self) -> list[DeploymentStatus]:
         state = self.state()
-        booted = booted_path()
+        booted = booted_deployment()
         names: dict[str, tuple[int, str]] = {}
         counters: dict[str, Counter] = {}
         deps = self.deployments(state)
         with contextlib.suppress(BootkitError):
             view = bootconfig.read_view(self.boot_path)
             for fname, entry in view.entries:
-                m = _BOOTKIT_ARG.search(entry.options)
+                path = bootkit_arg(entry.options)
                 name = bls.EntryName.parse(fname)
-                if m and name and (m.group(1) not in names or name.generation > names[m.group(1)][0]):
-                    names[m.group(1)] = (name.generation, fname)
+                if path and name and (path not in names or name.generation > names[path][0]):
+                    names[path] = (name.generation, fname)
             found = bootcount.on_boot(self.boot_path, self.config.bootloader, view.entries)
             counters = {d.ref: found[d.path] for d in deps if d.path in found}
         return [
@@ -396,7 +384,7 @@ class Sysroot:
         if ident is not None:
             dep = self.resolve(ident, state)
         else:
-            booted = booted_path()
+            booted = booted_deployment()
             dep = next((d for d in self.deployments(state) if d.path == booted), None)
             if dep is None:
                 raise BootkitError(
@@ -425,7 +413,7 @@ class Sysroot:
             self.repair()
             state = self.state()
             dep = self.resolve(ident, state)
-            if dep.path == booted_path():
+            if dep.path == booted_deployment():
                 raise BootkitError(
                     f"{dep.ref} is the booted deployment",
                     hint="boot another one first, then undeploy it",
@@ -455,7 +443,7 @@ class Sysroot:
 
     def cleanup_candidates(self, keep: int, state: State | None = None) -> list[Deployment]:
         state = state or self.state()
-        booted = booted_path()
+        booted = booted_deployment()
         newest = sorted(self.deployments(state), key=lambda d: -d.serial)[:keep]
         keep_refs = {d.ref for d in newest} | {state.default}
         return [

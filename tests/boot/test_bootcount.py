@@ -3,6 +3,7 @@ bad defaults replaced; GRUB's count-down script; marking a boot good (Python and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.helpers import REPO, fails, grub_slot_text, make_tree, ok
+from support.helpers import REPO, booted, fails, grub_slot_text, make_tree, ok
 
 from bootkit.boot import counting as bootcount
 from bootkit.boot import switch as bootconfig
@@ -469,20 +470,25 @@ def test_grub_ladder_rendering() -> None:
 
 
 def booted_env(m: Machine, ref: str) -> dict[str, str]:
+    """For the shell script: a kernel command line that boots `ref`."""
     cmdline = m.root / "cmdline"
     cmdline.write_text(f"root=LABEL=x rw bootkit={m.sr.load(ref).path} quiet\n")
     return {"BOOTKIT_PROC_CMDLINE": str(cmdline)}
+
+
+def booted_as(m: Machine, ref: str) -> contextlib.AbstractContextManager[None]:
+    return booted(m.sr.load(ref).path)
 
 
 def test_mark_good_command_systemd_boot(sdboot: Machine, monkeypatch) -> None:
     a = sdboot.deploy()
     sdboot.systemd_boot_tries(a)
     assert "not booted into a deployment" in fails("mark-good", "--sysroot", sdboot.root)
-    env = booted_env(sdboot, a)
-    out = ok("mark-good", "--sysroot", sdboot.root, env=env).stdout
-    assert out.startswith(f"Marked {a} good: renamed ")
-    assert sdboot.status()[a]["boot"] == "good"
-    assert "already marked good" in ok("mark-good", "--sysroot", sdboot.root, env=env).stdout
+    with booted_as(sdboot, a):
+        out = ok("mark-good", "--sysroot", sdboot.root).stdout
+        assert out.startswith(f"Marked {a} good: renamed ")
+        assert sdboot.status()[a]["boot"] == "good"
+        assert "already marked good" in ok("mark-good", "--sysroot", sdboot.root).stdout
     b = sdboot.deploy()
     ok("mark-good", "--sysroot", sdboot.root, b)
     assert sdboot.status()[b]["boot"] == "good"
@@ -493,10 +499,12 @@ def test_mark_good_command_grub(grub: Machine) -> None:
     b = grub.deploy()
     grub_boot(grub)
     # a booted (picked from the menu): its own record is cleared, b's counter stays.
-    out = ok("mark-good", "--sysroot", grub.root, env=booted_env(grub, a)).stdout
+    with booted_as(grub, a):
+        out = ok("mark-good", "--sysroot", grub.root).stdout
     assert "renamed" in out and "GRUB" not in out
     assert grub.grubenv()[grubcfg.TRIES_VAR] == "1"
-    out = ok("mark-good", "--sysroot", grub.root, env=booted_env(grub, b)).stdout
+    with booted_as(grub, b):
+        out = ok("mark-good", "--sysroot", grub.root).stdout
     assert "cleared the GRUB boot counter (1 tries were left)" in out
     assert grub.grubenv() == {grubcfg.COUNTED_VAR: grub.sr.load(b).path}
     assert (grub.boot / grubcfg.GRUBENV.lstrip("/")).stat().st_size == 1024

@@ -135,7 +135,6 @@ def test_deploy_that_does_not_fit_fails_cleanly(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "BOOTKIT_PROC_CMDLINE": str(tmp_path / "no-cmdline")},
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr

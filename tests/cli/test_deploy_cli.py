@@ -11,6 +11,7 @@ import click
 import pytest
 from support.helpers import (
     bls_entries,
+    booted,
     cli,
     fails,
     grub_menu,
@@ -61,7 +62,7 @@ def test_smoke_in_a_fresh_interpreter(tmp_path: Path) -> None:
     sysroot = tmp_path / "sys"
     sysroot.mkdir()
     tree = make_tree(tmp_path / "tree")
-    env = {**os.environ, "BOOTKIT_PROC_CMDLINE": str(tmp_path / "nothing")}
+    env = dict(os.environ)
 
     def run(*args: str | Path) -> str:
         proc = subprocess.run(
@@ -165,19 +166,15 @@ def test_pin_unpin_undeploy_and_booted(sysroot: Path, tmp_path: Path) -> None:
     ok("unpin", "--sysroot", sysroot, a["id"])
     assert not any(r["pinned"] for r in _status(sysroot))
 
-    cmdline = tmp_path / "cmdline"
-    cmdline.write_text(f"BOOT_IMAGE=/x root=LABEL=r bootkit={b['path']} quiet\n")
-    env = {"BOOTKIT_PROC_CMDLINE": str(cmdline)}
-    rows = json.loads(ok("status", "--sysroot", sysroot, "--json", env=env).stdout)["deployments"]
-    assert [r["booted"] for r in rows] == [False, True, False]
-    before = snapshot(sysroot)
-    assert "is the booted deployment" in fails("undeploy", "--sysroot", sysroot, b["id"], env=env)
-    assert snapshot(sysroot) == before
+    with booted(b["path"]):
+        rows = json.loads(ok("status", "--sysroot", sysroot, "--json").stdout)["deployments"]
+        assert [r["booted"] for r in rows] == [False, True, False]
+        before = snapshot(sysroot)
+        assert "is the booted deployment" in fails("undeploy", "--sysroot", sysroot, b["id"])
+        assert snapshot(sysroot) == before
 
-    # Removing the default: the newest remaining one takes over.
-    assert (
-        f"Removed test/{c['id']}" in ok("undeploy", "--sysroot", sysroot, c["id"], env=env).stdout
-    )
+        # Removing the default: the newest remaining one takes over.
+        assert f"Removed test/{c['id']}" in ok("undeploy", "--sysroot", sysroot, c["id"]).stdout
     rows = _status(sysroot)
     assert [r["id"] for r in rows] == [b["id"], a["id"]] and rows[0]["default"]
     assert not (sysroot / "bootkit/deploy/test/deploy" / c["id"]).exists()
@@ -196,14 +193,13 @@ def test_cleanup_keeps_default_booted_pinned_and_newest(sysroot: Path, tmp_path:
     ids = [d["id"] for d in deps]
     ok("set-default", "--sysroot", sysroot, ids[1])  # 2: default
     ok("pin", "--sysroot", sysroot, ids[3])  # 4: pinned
-    cmdline = tmp_path / "cmdline"
-    cmdline.write_text(f"bootkit={deps[4]['path']}")  # 5: booted
-    env = {"BOOTKIT_PROC_CMDLINE": str(cmdline)}
+    fifth = deps[4]["path"]  # 5: booted
     boot = sysroot / "efi"
     payload_dirs = {p.name for p in (boot / "bootkit/test").iterdir()}
     assert len(payload_dirs) == 6
 
-    out = json.loads(ok("cleanup", "--sysroot", sysroot, "--keep", "1", "--json", env=env).stdout)
+    with booted(fifth):
+        out = json.loads(ok("cleanup", "--sysroot", sysroot, "--keep", "1", "--json").stdout)
     # 7 is the newest; 1, 3 and 6 go.
     assert sorted(out["removed"]) == sorted(f"test/{ids[i]}" for i in (0, 2, 5))
     assert [d["id"] for d in _status(sysroot)] == [ids[1], ids[6], ids[4], ids[3]]
@@ -217,7 +213,8 @@ def test_cleanup_keeps_default_booted_pinned_and_newest(sysroot: Path, tmp_path:
     assert not untidy(_sr(sysroot))
 
     # Nothing more to do; the text output says so.
-    text = ok("cleanup", "--sysroot", sysroot, "--keep", "1", env=env).stdout
+    with booted(fifth):
+        text = ok("cleanup", "--sysroot", sysroot, "--keep", "1").stdout
     assert text.startswith("Removed 0 deployment(s); 0 boot payload(s)")
 
 

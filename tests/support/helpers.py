@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import stat
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from unittest import mock
 
 from click.testing import CliRunner, Result
 
+from bootkit import contract
 from bootkit.boot import payloads
 from bootkit.boot import switch as bootconfig
 from bootkit.boot.payloads import Payload
 from bootkit.cli import main
+from bootkit.contract import bootkit_arg
 from bootkit.formats import grubscript as grubcfg
 from bootkit.formats.bls import BootEntry, EntryName, parse_entry, systemd_boot_order
 from bootkit.sysroot.transaction import Sysroot
@@ -134,13 +139,25 @@ def grub_initrds(text: str) -> list[str]:
     return re.findall(r"^\s*initrd (\S+)", text, re.M)
 
 
-_BOOTKIT_ARG = re.compile(r"(?:^|\s)bootkit=(\S+)")
-
-
 def deployment_path(options: str) -> str:
-    m = _BOOTKIT_ARG.search(options)
-    assert m, f"no bootkit= in {options!r}"
-    return m.group(1)
+    path = bootkit_arg(options)
+    assert path, f"no bootkit= in {options!r}"
+    return path
+
+
+@contextlib.contextmanager
+def kernel_cmdline(text: str) -> Iterator[None]:
+    """Run the block as if the kernel had been started with the command line `text`."""
+    with tempfile.TemporaryDirectory(prefix="bootkit-cmdline-") as tmp:
+        path = Path(tmp) / "cmdline"
+        path.write_text(text + "\n")
+        with mock.patch.object(contract, "PROC_CMDLINE", path):
+            yield
+
+
+def booted(path: str) -> contextlib.AbstractContextManager[None]:
+    """Run the block as if the deployment at `path` were the running system."""
+    return kernel_cmdline(f"BOOT_IMAGE=/x root=LABEL=r rw bootkit={path} quiet")
 
 
 def refs_of_entries(entries: list[tuple[str, BootEntry]]) -> list[str]:

@@ -20,9 +20,11 @@ from bootkit.sysroot.transaction import Sysroot
 
 REPO = Path(__file__).resolve().parents[2]
 
-# $1: the sysroot, $2: the Python code to run; prints what the shell sees afterwards.
+# $1: the sysroot, $2: the Python code to run, $3: the kernel command line the code
+# sees (bound over /proc/cmdline); prints what the shell sees afterwards.
 SHELL = """
 set -e
+mount --bind "$3" /proc/cmdline
 mount --bind "$1" "$1"
 mount -o remount,bind,ro "$1"
 if touch "$1/before" 2>/dev/null; then echo "shell: writable before"; fi
@@ -46,13 +48,12 @@ pytestmark = pytest.mark.skipif(not _userns_works(), reason="no user namespaces 
 def in_namespace(sysroot: Path, code: str, cmdline: Path | None) -> str:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHON": sys.executable,
            "PYTHONPATH": str(REPO)}
-    if cmdline is not None:
-        env["BOOTKIT_PROC_CMDLINE"] = str(cmdline)
-    else:
-        env["BOOTKIT_PROC_CMDLINE"] = "/nonexistent"
+    if cmdline is None:
+        cmdline = sysroot.parent / "cmdline-not-booted"
+        cmdline.write_text("root=/dev/vda2 quiet\n")
     proc = subprocess.run(
         ["unshare", "-rm", "--propagation", "private", "sh", "-c", SHELL, "sh", str(sysroot),
-         textwrap.dedent(code)],
+         textwrap.dedent(code), str(cmdline)],
         capture_output=True, text=True, env=env, check=False, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
