@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import NoReturn
 
 import click
 
 from bootkit import __version__
-from bootkit.errors import BootkitError
+from bootkit.errors import BootkitError, from_os_error
 
 # Command name -> the module (bootkit.cli.<module>) that defines it. A module is
 # imported only when one of its commands runs, so `bootkit status` does not pay for
@@ -38,8 +39,11 @@ COMMAND_MODULES = {
 
 
 class _Group(click.Group):
-    """Loads commands on demand, and turns a BootkitError from any of them into one
-    line on stderr and exit status 1."""
+    """Loads commands on demand, and turns a BootkitError or an OSError from any of
+    them into one line on stderr (plus a hint) and exit status 1.
+
+    Any other exception is a bug in bootkit and keeps its traceback.
+    """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMAND_MODULES)
@@ -55,10 +59,16 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except BootkitError as err:
-            click.echo(f"bootkit: {err.message}", err=True)
-            if err.hint:
-                click.echo(f"bootkit: hint: {err.hint}", err=True)
-            sys.exit(1)
+            _fail(err)
+        except OSError as err:
+            _fail(from_os_error(err))
+
+
+def _fail(err: BootkitError) -> NoReturn:
+    click.echo(f"bootkit: {err.message}", err=True)
+    if err.hint:
+        click.echo(f"bootkit: hint: {err.hint}", err=True)
+    sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
