@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from typing import NoReturn
 
@@ -56,12 +57,32 @@ class _Group(click.Group):
         return next((c for c in module.COMMANDS if c.name == cmd_name), None)
 
     def invoke(self, ctx: click.Context) -> object:
+        _log_to_stderr()
         try:
             return super().invoke(ctx)
         except BootkitError as err:
             _fail(err)
         except OSError as err:
             _fail(from_os_error(err))
+
+
+class _StderrHandler(logging.Handler):
+    """What the library logs, as `bootkit:` lines on stderr.
+
+    It looks stderr up at each message, so output captured by a caller (a test's
+    CliRunner) receives it too.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        kind = "warning: " if record.levelno >= logging.WARNING else ""
+        click.echo(f"bootkit: {kind}{record.getMessage()}", err=True)
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("bootkit")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+        logger.setLevel(logging.INFO)
 
 
 def _fail(err: BootkitError) -> NoReturn:
