@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import os
 import re
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bootkit.base import process
 from bootkit.base.files import fsync_dir, temp_name
 from bootkit.boot import esp as esp_install
 from bootkit.contract import is_valid_name
@@ -263,12 +263,7 @@ def create_image(
 
 def _copy_sparse(src: Path, dest: Path) -> None:
     # cp knows how to skip holes and to share extents (reflink) where the filesystem can.
-    proc = subprocess.run(
-        ["cp", "--sparse=always", "--reflink=auto", "--", str(src), str(dest)],
-        capture_output=True, text=True, check=False,
-    )
-    if proc.returncode != 0:
-        raise BootkitError(f"copying {src} failed: {proc.stderr.strip()}")
+    process.run(["cp", "--sparse=always", "--reflink=auto", "--", src, dest], f"copying {src}")
 
 
 def _copy_region(src: Path, offset: int, size: int, dest: Path) -> None:

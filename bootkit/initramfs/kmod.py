@@ -15,8 +15,6 @@ import gzip
 import io
 import lzma
 import os
-import shutil
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from bootkit.base import process
 from bootkit.errors import BootkitError
 
 # Suffix -> compression, longest first so ".ko.xz" is not taken for ".ko".
@@ -75,16 +74,12 @@ def read_module(path: Path) -> bytes:
 
 
 def _unzstd(data: bytes, path: Path) -> bytes:
-    tool = shutil.which("zstd")
-    if tool is None:
-        raise BootkitError(
-            f"{path} is zstd-compressed and the zstd program is missing",
-            hint="install zstd (Debian: apt-get install zstd)",
-        )
-    proc = subprocess.run([tool, "-d", "-c", "-q"], input=data, capture_output=True)
-    if proc.returncode != 0:
-        raise BootkitError(f"cannot decompress kernel module {path}: {proc.stderr.decode()}")
-    return proc.stdout
+    try:
+        return process.run(
+            ["zstd", "-d", "-c", "-q"], f"decompressing the kernel module {path}", input=data
+        ).stdout
+    except process.MissingProgram as err:
+        raise BootkitError(f"{path} is zstd-compressed and {err.message}", hint=err.hint) from None
 
 
 def parse_modinfo(elf_bytes: bytes, origin: Path | str = "module") -> dict[str, list[str]]:
