@@ -224,7 +224,7 @@ class ModuleTree:
             if relpath is None:
                 raise BootkitError(
                     f"kernel module {name} is not in {self.directory}",
-                    hint="check the name (modinfo NAME on a running system) and --modules-dir",
+                    hint="check the name (modinfo NAME on a running system) and the modules directory",
                 )
             path = self.directory / relpath
             info = parse_modinfo(read_module(path), path)
@@ -309,7 +309,7 @@ def load_order(
             raise BootkitError(
                 f"kernel module {module.path} is built for {module.kernel_release}, "
                 f"not {kernel_release}",
-                hint="point --modules-dir at the modules of the kernel you build for",
+                hint="use the modules directory of the kernel you build for",
             )
         for soft in module.softdep_pre:
             provided = tree.resolve(soft)
@@ -328,7 +328,7 @@ def load_order(
         if provided is None:
             raise BootkitError(
                 f"no kernel module provides {requested!r} in {tree.directory}",
-                hint="check the name; `bootkit initramfs build --help` lists the defaults",
+                hint="check the name (modinfo NAME on a running system)",
             )
         if not provided:
             order.builtin.append(requested)
