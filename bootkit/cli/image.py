@@ -11,7 +11,7 @@ import click
 from bootkit.boot.esp import BOOTLOADERS
 from bootkit.cli import deployments
 from bootkit.cli.common import byte_progress, print_json
-from bootkit.diskimage import image as diskimage
+from bootkit.diskimage import create as diskimage
 from bootkit.errors import BootkitError
 from bootkit.records.config import DEFAULT_TRIES
 from bootkit.secureboot import signing

@@ -13,7 +13,7 @@ from support.helpers import fails, make_tree, ok, snapshot, untidy
 
 from bootkit.boot import esp
 from bootkit.diskimage import ext4fs, fatfs
-from bootkit.diskimage.image import DiskLayout, create_image, edit_image, parse_size, read_image
+from bootkit.diskimage.create import DiskLayout, create_image, edit_image, parse_size, read_image
 from bootkit.errors import BootkitError
 from bootkit.formats import gpt
 
@@ -412,7 +412,7 @@ def test_fat_refuses_names_that_differ_only_by_case(tmp_path: Path) -> None:
 
 
 def test_partition_copy_keeps_data_and_holes(tmp_path: Path) -> None:
-    from bootkit.diskimage.image import _copy_region
+    from bootkit.diskimage.create import _copy_region
 
     src = tmp_path / "disk.img"
     with open(src, "wb") as f:

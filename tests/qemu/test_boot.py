@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bootkit.diskimage import ext4fs
-from bootkit.diskimage.image import DiskLayout, edit_image
+from bootkit.diskimage.create import DiskLayout, edit_image
 
 from .harness import BootReport, Disk, menu_titles
 
