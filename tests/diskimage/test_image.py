@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from support.helpers import fails, make_tree, ok, snapshot, untidy
 
 from bootkit.boot import esp
-from bootkit.diskimage import ext4fs, fatfs
-from bootkit.diskimage.create import DiskLayout, create_image, edit_image, parse_size, read_image
+from bootkit.diskimage import (
+    DiskLayout,
+    ImageSpec,
+    create_image,
+    deploy_to_image,
+    edit_image,
+    ext4fs,
+    fatfs,
+    parse_size,
+    read_image,
+)
+from bootkit.diskimage.edit import _copy_region
 from bootkit.errors import BootkitError
 from bootkit.formats import gpt
+from bootkit.sysroot.importer import source_size
 
 MIB = 1 << 20
 TOOLS = ("mformat", "mcopy", "mke2fs", "debugfs", "e2fsck")
@@ -44,9 +57,9 @@ def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def small_image(path: Path, bootloader: str, sources: list[Path], **kw: object) -> list[str]:
-    return create_image(path, 110 * MIB, bootloader, sources, os_name="test",
-                        esp_size=40 * MIB, kargs=("console=ttyS0",), **kw)  # type: ignore[arg-type]
+def small_image(path: Path, bootloader: str, sources: list[Path]) -> list[str]:
+    return create_image(ImageSpec(path, 110 * MIB, bootloader, tuple(sources), os_name="test",
+                                  esp_size=40 * MIB, kargs=("console=ttyS0",)))
 
 
 def esp_file(image: Path, path: str) -> bytes:
@@ -236,6 +249,37 @@ def test_deploy_rollback_and_set_default_keep_var_etc_and_ids(tmp_path: Path, tr
 
 
 @needs_systemd_boot
+def test_deploy_to_image_counts_the_import_and_keeps_kargs(tmp_path: Path, trees: dict) -> None:
+    image = tmp_path / "disk.img"
+    small_image(image, "systemd-boot", [trees["1"]])
+    imports: list[tuple[Path, int, int]] = []
+
+    @contextlib.contextmanager
+    def progress(source: Path, total: int) -> Iterator[Callable[[int], None]]:
+        counted: list[int] = []
+        yield counted.append
+        imports.append((source, total, sum(counted)))
+
+    deploy_to_image(image, trees["2"], kargs=("console=ttyS0", "quiet"), progress=progress)
+    # No kargs: those of the previous deployment of the OS, the one just made.
+    deploy_to_image(image, trees["3"], make_default=False)
+    with read_image(image) as sr:
+        kargs = {d.version: d.kargs for d in sr.deployments()}
+        assert sr.status()[0].deployment.version == "2"
+    assert kargs == {"1": ("console=ttyS0",), "2": ("console=ttyS0", "quiet"),
+                     "3": ("console=ttyS0", "quiet")}
+    # What the bar is sized by, and what the import counted against it.
+    ((source, total, counted),) = imports
+    assert source == trees["2"] and total == source_size(trees["2"])
+    assert 0 < counted <= total
+
+
+def test_deploy_to_image_refuses_a_missing_source_first(tmp_path: Path) -> None:
+    with pytest.raises(BootkitError, match=r"source .*nope does not exist"):
+        deploy_to_image(tmp_path / "no-image.img", tmp_path / "nope")
+
+
+@needs_systemd_boot
 def test_failed_change_leaves_the_image_untouched(tmp_path: Path, trees: dict) -> None:
     image = tmp_path / "disk.img"
     small_image(image, "systemd-boot", [trees["1"]])
@@ -286,6 +330,25 @@ def test_status_lists_the_menu_in_order(tmp_path: Path, trees: dict) -> None:
     out = ok("image", "status", image).stdout
     assert out.index(second) < out.index(first)
     assert out.lstrip().startswith("*")
+
+
+@needs_systemd_boot
+def test_image_edits_keep_extended_attributes(tmp_path: Path, trees: dict) -> None:
+    image = tmp_path / "disk.img"
+    small_image(image, "systemd-boot", [trees["1"]])
+    with edit_image(image) as sr:
+        seed = sr.stateroot("test") / "var/random-seed"
+        seed.write_bytes(b"seed")
+        # What systemd-random-seed sets in a guest.
+        try:
+            os.setxattr(seed, "user.random-seed-creditable", b"1")
+        except OSError as err:
+            pytest.skip(f"cannot set extended attributes here: {err.strerror}")
+    ok("image", "deploy", image, trees["2"])
+    ok("image", "rollback", image)
+    assert debugfs(image, "ea_list /bootkit/deploy/test/var/random-seed").splitlines()[1:] == [
+        '  user.random-seed-creditable (1) = "1"'
+    ]
 
 
 # --- the filesystems on their own ------------------------------------------------------------
@@ -381,22 +444,6 @@ def test_ext4_round_trip_carries_extended_attributes(tmp_path: Path) -> None:
     assert _xattrs_by_path(out2, ext4fs.extract_tree(again, MIB, out2)) == expected
 
 
-@needs_systemd_boot
-def test_image_edits_keep_extended_attributes(tmp_path: Path, trees: dict) -> None:
-    image = tmp_path / "disk.img"
-    small_image(image, "systemd-boot", [trees["1"]])
-    with edit_image(image) as sr:
-        seed = sr.stateroot("test") / "var/random-seed"
-        seed.write_bytes(b"seed")
-        # What systemd-random-seed sets in a guest.
-        _set_xattrs(seed, {"user.random-seed-creditable": b"1"})
-    ok("image", "deploy", image, trees["2"])
-    ok("image", "rollback", image)
-    assert debugfs(image, "ea_list /bootkit/deploy/test/var/random-seed").splitlines()[1:] == [
-        '  user.random-seed-creditable (1) = "1"'
-    ]
-
-
 def test_fat_refuses_names_that_differ_only_by_case(tmp_path: Path) -> None:
     tree = tmp_path / "esp"
     (tree / "EFI").mkdir(parents=True)
@@ -412,8 +459,6 @@ def test_fat_refuses_names_that_differ_only_by_case(tmp_path: Path) -> None:
 
 
 def test_partition_copy_keeps_data_and_holes(tmp_path: Path) -> None:
-    from bootkit.diskimage.create import _copy_region
-
     src = tmp_path / "disk.img"
     with open(src, "wb") as f:
         f.truncate(16 * MIB)
