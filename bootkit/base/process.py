@@ -164,7 +164,7 @@ def _pump(source: Readable, sink: IO[bytes], failures: list[Exception]) -> None:
 
 
 def _resolve(argv: Argv) -> list[str]:
-    return [find_program(os.fspath(argv[0])), *map(os.fspath, argv[1:])]
+    return [find_program(os.fspath(argv[0])), *(os.fspath(arg) for arg in argv[1:])]
 
 
 def _environment(env: Mapping[str, str] | None) -> dict[str, str] | None:

@@ -15,6 +15,7 @@ import gzip
 import lzma
 import zlib
 from dataclasses import dataclass
+from typing import Protocol
 
 from construct import (
     BitsInteger,
@@ -123,15 +124,15 @@ def decompress_stream(data: bytes, offset: int) -> Stream:
     method = detect(data, offset)
     view = memoryview(data)[offset:]
     if method == "gzip":
-        decoder = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
-        return _finish(method, view, decoder, decoder.decompress(view))
+        gz = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+        return _finish(method, view, gz, gz.decompress(view))
     if method in ("xz", "lzma"):
         fmt = lzma.FORMAT_XZ if method == "xz" else lzma.FORMAT_ALONE
-        decoder = lzma.LZMADecompressor(fmt)
-        return _finish(method, view, decoder, _lzma_decode(decoder, view, offset))
+        xz = lzma.LZMADecompressor(fmt)
+        return _finish(method, view, xz, _lzma_decode(xz, view, offset))
     if method == "bzip2":
-        decoder = bz2.BZ2Decompressor()
-        return _finish(method, view, decoder, decoder.decompress(view))
+        bz = bz2.BZ2Decompressor()
+        return _finish(method, view, bz, bz.decompress(view))
     if method == "zstd":
         length = zstd_stream_length(view)
         return Stream(method, length, _decompress_with(["zstd", "-q", "-d", "-c"], view[:length]))
@@ -152,10 +153,20 @@ def _lzma_decode(decoder: lzma.LZMADecompressor, view: memoryview, offset: int) 
         raise BootkitError(f"corrupt xz/lzma stream at offset {offset}: {err}") from err
 
 
-def _finish(method: str, view: memoryview, decoder: object, content: bytes) -> Stream:
-    if not decoder.eof:  # type: ignore[attr-defined]
+class _Decoder(Protocol):
+    """What zlib, lzma and bz2 decompressors tell once a stream is decoded."""
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+
+def _finish(method: str, view: memoryview, decoder: _Decoder, content: bytes) -> Stream:
+    if not decoder.eof:
         raise BootkitError(f"{method} stream is truncated")
-    length = len(view) - len(decoder.unused_data)  # type: ignore[attr-defined]
+    length = len(view) - len(decoder.unused_data)
     return Stream(method, length, content)
 
 

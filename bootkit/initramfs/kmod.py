@@ -236,7 +236,7 @@ class ModuleTree:
                 depends=tuple(normalize(d) for d in depends),
                 softdep_pre=tuple(softdeps_before(info.get("softdep", []))),
                 aliases=tuple(info.get("alias", [])),
-                vermagic=(info.get("vermagic") or [None])[0],
+                vermagic=next(iter(info.get("vermagic", [])), None),
             )
         return self._info[name]
 
@@ -311,10 +311,10 @@ def load_order(
                 f"not {kernel_release}",
                 hint="use the modules directory of the kernel you build for",
             )
-        for soft in module.softdep_pre:
-            provided = tree.resolve(soft)
+        for wanted in module.softdep_pre:
+            provided = tree.resolve(wanted)
             if provided is None:
-                order.missing_softdeps.append(f"{soft} (wanted by {name})")
+                order.missing_softdeps.append(f"{wanted} (wanted by {name})")
             for provider in provided or ():
                 visit(provider, soft=True)
         for dep in module.depends:

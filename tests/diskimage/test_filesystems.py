@@ -63,7 +63,7 @@ def _set_xattrs(path: Path, attrs: dict[str, bytes]) -> None:
             pytest.skip(f"cannot set {name} here: {err.strerror}")
 
 
-def _xattrs_by_path(root: Path, xattrs: dict) -> dict[str, dict[str, bytes]]:
+def _xattrs_by_path(root: Path, xattrs: ext4fs.Xattrs) -> dict[str, dict[str, bytes]]:
     out = {}
     for path in [root, *root.rglob("*")]:
         attrs = xattrs.get(path.lstat().st_ino)

@@ -95,7 +95,7 @@ def test_bad_sizes_are_refused(text: str) -> None:
 
 
 @needs_systemd_boot
-def test_image_holds_esp_and_root_with_every_deployment(tmp_path: Path, trees: dict) -> None:
+def test_image_holds_esp_and_root_with_every_deployment(tmp_path: Path, trees: dict[str, Path]) -> None:
     image = tmp_path / "disk.img"
     ids = small_image(image, "systemd-boot", [trees["1"], trees["2"]])
     assert len(ids) == 2
@@ -141,7 +141,7 @@ def test_image_holds_esp_and_root_with_every_deployment(tmp_path: Path, trees: d
 
 
 @needs_systemd_boot
-def test_identical_files_stay_hard_links_in_the_image(tmp_path: Path, trees: dict) -> None:
+def test_identical_files_stay_hard_links_in_the_image(tmp_path: Path, trees: dict[str, Path]) -> None:
     image = tmp_path / "disk.img"
     first, second = small_image(image, "systemd-boot", [trees["1"], trees["2"]])
     with read_image(image) as sr:
@@ -155,7 +155,7 @@ def test_identical_files_stay_hard_links_in_the_image(tmp_path: Path, trees: dic
 
 
 @needs_grub
-def test_grub_image_finds_the_stub_on_the_esp(tmp_path: Path, trees: dict) -> None:
+def test_grub_image_finds_the_stub_on_the_esp(tmp_path: Path, trees: dict[str, Path]) -> None:
     image = tmp_path / "disk.img"
     small_image(image, "grub", [trees["1"]])
     binary = esp_file(image, "/EFI/BOOT/BOOTX64.EFI")
@@ -166,7 +166,7 @@ def test_grub_image_finds_the_stub_on_the_esp(tmp_path: Path, trees: dict) -> No
     assert "slot-0.cfg" in stub
 
 
-def test_existing_image_is_kept_without_force(tmp_path: Path, trees: dict) -> None:
+def test_existing_image_is_kept_without_force(tmp_path: Path, trees: dict[str, Path]) -> None:
     image = tmp_path / "disk.img"
     image.write_bytes(b"precious")
     message = fails("image", "create", image, trees["1"], "--size", "110M", "--esp-size", "40M",
@@ -182,21 +182,21 @@ def test_missing_source_is_refused_before_any_work(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_image_too_small_for_its_esp_is_refused(tmp_path: Path, trees: dict) -> None:
+def test_image_too_small_for_its_esp_is_refused(tmp_path: Path, trees: dict[str, Path]) -> None:
     message = fails("image", "create", tmp_path / "disk.img", trees["1"], "--size", "100M",
                     "--esp-size", "64M", "--bootloader", "systemd-boot")
     assert "no room for the root filesystem" in message
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_size_is_a_usage_error(tmp_path: Path, trees: dict) -> None:
+def test_bad_size_is_a_usage_error(tmp_path: Path, trees: dict[str, Path]) -> None:
     message = fails("image", "create", tmp_path / "disk.img", trees["1"], "--size", "lots",
                     "--bootloader", "systemd-boot")
     assert "invalid size" in message
 
 
 @needs_systemd_boot
-def test_failed_build_leaves_no_file(tmp_path: Path, trees: dict) -> None:
+def test_failed_build_leaves_no_file(tmp_path: Path, trees: dict[str, Path]) -> None:
     image = tmp_path / "disk.img"
     # A root partition of 64 MiB cannot hold a tree with an 80 MiB file.
     # A nonzero byte in every block: mke2fs cannot store any of it as a hole.
@@ -210,7 +210,7 @@ def test_failed_build_leaves_no_file(tmp_path: Path, trees: dict) -> None:
 
 
 @needs_systemd_boot
-def test_deploy_rollback_and_set_default_keep_var_etc_and_ids(tmp_path: Path, trees: dict) -> None:
+def test_deploy_rollback_and_set_default_keep_var_etc_and_ids(tmp_path: Path, trees: dict[str, Path]) -> None:
     image = tmp_path / "disk.img"
     first, = small_image(image, "systemd-boot", [trees["1"]])
     layout = DiskLayout.read(image)
@@ -247,7 +247,7 @@ def test_deploy_rollback_and_set_default_keep_var_etc_and_ids(tmp_path: Path, tr
 
 
 @needs_systemd_boot
-def test_deploy_to_image_counts_the_import_and_keeps_kargs(tmp_path: Path, trees: dict) -> None:
+def test_deploy_to_image_counts_the_import_and_keeps_kargs(tmp_path: Path, trees: dict[str, Path]) -> None:
     image = tmp_path / "disk.img"
     small_image(image, "systemd-boot", [trees["1"]])
     imports: list[tuple[Path, int, int]] = []
@@ -278,7 +278,7 @@ def test_deploy_to_image_refuses_a_missing_source_first(tmp_path: Path) -> None:
 
 
 @needs_systemd_boot
-def test_failed_change_leaves_the_image_untouched(tmp_path: Path, trees: dict) -> None:
+def test_failed_change_leaves_the_image_untouched(tmp_path: Path, trees: dict[str, Path]) -> None:
     image = tmp_path / "disk.img"
     small_image(image, "systemd-boot", [trees["1"]])
     before = image.read_bytes()
@@ -291,7 +291,7 @@ def test_failed_change_leaves_the_image_untouched(tmp_path: Path, trees: dict) -
 
 
 @needs_systemd_boot
-def test_tries_are_set_at_create_and_per_deploy(tmp_path: Path, trees: dict) -> None:
+def test_tries_are_set_at_create_and_per_deploy(tmp_path: Path, trees: dict[str, Path]) -> None:
     image = tmp_path / "disk.img"
     ok("image", "create", image, trees["1"], "--size", "110M", "--esp-size", "40M",
        "--bootloader", "systemd-boot", "--os", "test", "--tries", "0")
@@ -306,7 +306,7 @@ def test_tries_are_set_at_create_and_per_deploy(tmp_path: Path, trees: dict) -> 
 
 
 @needs_systemd_boot
-def test_images_count_boots_by_default(tmp_path: Path, trees: dict) -> None:
+def test_images_count_boots_by_default(tmp_path: Path, trees: dict[str, Path]) -> None:
     image = tmp_path / "disk.img"
     small_image(image, "systemd-boot", [trees["1"]])
     with read_image(image) as sr:
@@ -322,7 +322,7 @@ def test_image_commands_refuse_a_file_without_gpt(tmp_path: Path) -> None:
 
 
 @needs_systemd_boot
-def test_status_lists_the_menu_in_order(tmp_path: Path, trees: dict) -> None:
+def test_status_lists_the_menu_in_order(tmp_path: Path, trees: dict[str, Path]) -> None:
     image = tmp_path / "disk.img"
     first, second = small_image(image, "systemd-boot", [trees["1"], trees["2"]])
     out = ok("image", "status", image).stdout
@@ -331,7 +331,7 @@ def test_status_lists_the_menu_in_order(tmp_path: Path, trees: dict) -> None:
 
 
 @needs_systemd_boot
-def test_image_edits_keep_extended_attributes(tmp_path: Path, trees: dict) -> None:
+def test_image_edits_keep_extended_attributes(tmp_path: Path, trees: dict[str, Path]) -> None:
     image = tmp_path / "disk.img"
     small_image(image, "systemd-boot", [trees["1"]])
     with edit_image(image) as sr:
