@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bootkit import fatfs  # noqa: E402
-from bootkit.diskimage.image import DiskLayout  # noqa: E402
+from bootkit.diskimage import DiskLayout  # noqa: E402
 from bootkit.initramfs import build_initramfs, read_image  # noqa: E402
 from bootkit.initramfs.reader import members  # noqa: E402
 from tests.qemu.harness import (  # noqa: E402

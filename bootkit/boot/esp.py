@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from bootkit.base.files import atomic_copy
-from bootkit.base.process import run_tool
+from bootkit.base.process import run
 from bootkit.errors import BootkitError
 from bootkit.secureboot.signing import Signer
 
@@ -70,7 +70,7 @@ def build_grub_image(output: Path, module_dir: Path = GRUB_MODULE_DIR) -> None:
     with tempfile.TemporaryDirectory(prefix="bootkit-grub-") as tmp:
         config = Path(tmp) / "early.cfg"
         config.write_text(GRUB_EARLY_CONFIG)
-        run_tool(
+        run(
             [
                 "grub-mkimage",
                 "-O", "x86_64-efi",

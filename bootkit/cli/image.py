@@ -8,20 +8,17 @@ from pathlib import Path
 
 import click
 
+from bootkit import diskimage
 from bootkit.boot.esp import BOOTLOADERS
 from bootkit.cli import deployments
 from bootkit.cli.common import byte_progress, print_json
-from bootkit.diskimage import image as diskimage
-from bootkit.errors import BootkitError
 from bootkit.records.config import DEFAULT_TRIES
 from bootkit.secureboot import signing
 from bootkit.sysroot.deploy import INITRAMFS_MODES
-from bootkit.sysroot.importer import source_size
 
 
-def _import_progress(source: Path) -> AbstractContextManager[Callable[[int], None]]:
-    size = source_size(source) if source.exists() else 0
-    return byte_progress(f"Importing {source.name}", size)
+def _import_progress(source: Path, total: int) -> AbstractContextManager[Callable[[int], None]]:
+    return byte_progress(f"Importing {source.name}", total)
 
 
 def _reporter(as_json: bool) -> diskimage.Report:
@@ -92,13 +89,12 @@ def create(image: Path, sources: tuple[Path, ...], size: int, bootloader: str,
     in the image; with a key, the bootloader is signed as well, so the image
     boots under Secure Boot on firmware whose db trusts the certificate.
     """
-    settings = {**signing.boot_settings(uki, signing_key, signing_cert, passphrase_file),
-                "tries": tries}
-    ids = diskimage.create_image(
-        image, size, bootloader, list(sources), os_name=os_name, esp_size=esp_size,
-        kargs=kargs, timeout=timeout, initramfs=initramfs, force=force,
-        report=_reporter(as_json), progress=_import_progress, settings=settings,
+    spec = diskimage.ImageSpec(
+        output=image, size=size, bootloader=bootloader, sources=sources, os_name=os_name,
+        esp_size=esp_size, kargs=kargs, timeout=timeout, initramfs=initramfs, tries=tries,
+        force=force, settings=signing.boot_settings(uki, signing_key, signing_cert, passphrase_file),
     )
+    ids = diskimage.create_image(spec, report=_reporter(as_json), progress=_import_progress)
     if as_json:
         print_json({"image": str(image), "deployments": ids})
 
@@ -119,20 +115,13 @@ def deploy(image: Path, source: Path, version: str | None, kargs: tuple[str, ...
            no_default: bool, initramfs: str, tries: int | None, as_json: bool) -> None:
     """Add a deployment of SOURCE to IMAGE, keeping what was written to /etc and /var.
 
-    Without --karg the new deployment gets the kernel arguments of the current default.
+    Without --karg the new deployment keeps the kernel arguments of the previous
+    deployment of its OS, as 'bootkit deploy' does.
     """
-    if not source.exists():
-        raise BootkitError(f"source {source} does not exist",
-                           hint="give a directory or a tar archive of a root tree")
-    report = _reporter(as_json)
-    with diskimage.edit_image(image, report=report) as sr:
-        default = sr.state().default
-        if not kargs and default:
-            kargs = sr.load(default).kargs
-        report(f"Deploying {source}")
-        with _import_progress(source) as bar:
-            dep = sr.deploy(source, version=version, kargs=kargs, make_default=not no_default,
-                            initramfs=initramfs, progress=bar, tries=tries)
+    dep = diskimage.deploy_to_image(
+        image, source, version=version, kargs=kargs, make_default=not no_default,
+        initramfs=initramfs, tries=tries, report=_reporter(as_json), progress=_import_progress,
+    )
     if as_json:
         print_json({"id": dep.id, "os": dep.os, "version": dep.version, "path": dep.path,
                     "default": not no_default})

@@ -1,1 +1,41 @@
-"""Bootable GPT disk images holding a sysroot, made and changed without root or mounts."""
+"""Bootable GPT disk images holding a sysroot, made and changed without root or mounts.
+
+`layout` says what goes where, `create` makes an image, `edit` changes or reads
+one through a staged sysroot; `ext4fs` and `fatfs` write and read the two
+filesystems with e2fsprogs and mtools.
+"""
+
+from bootkit.diskimage.create import ImageSpec, create_image
+from bootkit.diskimage.edit import deploy_to_image, edit_image, read_image
+from bootkit.diskimage.layout import (
+    BOOT_DIR,
+    DEFAULT_ESP_SIZE,
+    ESP_LABEL,
+    MIB,
+    ROOT_LABEL,
+    DiskLayout,
+    FilesystemIds,
+    default_os_name,
+    parse_size,
+)
+from bootkit.diskimage.reporting import ByteCounter, ImportProgress, Report
+
+__all__ = [
+    "BOOT_DIR",
+    "DEFAULT_ESP_SIZE",
+    "ESP_LABEL",
+    "MIB",
+    "ROOT_LABEL",
+    "ByteCounter",
+    "DiskLayout",
+    "FilesystemIds",
+    "ImageSpec",
+    "ImportProgress",
+    "Report",
+    "create_image",
+    "default_os_name",
+    "deploy_to_image",
+    "edit_image",
+    "parse_size",
+    "read_image",
+]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from construct import Bytes, Const, Int16ul, Int32ul, PaddedString, Padding, Struct
 
-from bootkit.base.process import require_tool, run_tool
+from bootkit.base import process
 from bootkit.errors import BootkitError
 
 BLOCK_SIZE = 4096
@@ -71,7 +71,8 @@ def _as_mapped_root(argv: list[str]) -> list[str]:
     # root's, as an OS tree expects.
     if os.geteuid() == 0:
         return argv
-    return [require_tool("unshare"), "--map-root-user", *argv]
+    # Found here, so a missing program is named as such, not as unshare's failure.
+    return ["unshare", "--map-root-user", process.find_program(argv[0]), *argv[1:]]
 
 
 def read_superblock(image: Path, offset: int) -> SuperblockInfo:
@@ -114,7 +115,7 @@ def make_ext4(
         "-E", f"offset={offset},nodiscard",
         str(image), str(size // BLOCK_SIZE),
     ]
-    run_tool(_as_mapped_root(argv), "making the root filesystem")
+    process.run(_as_mapped_root(argv), "making the root filesystem")
 
 
 def replay_journal(fs_file: Path) -> None:
@@ -124,8 +125,8 @@ def replay_journal(fs_file: Path) -> None:
     e2fsck reopens the device by its name and would lose an `?offset=`.
     """
     if read_superblock(fs_file, 0).needs_recovery:
-        run_tool(["e2fsck", "-E", "journal_only", "-p", str(fs_file)],
-                 "replaying the root filesystem's journal")
+        process.run(["e2fsck", "-E", "journal_only", "-p", fs_file],
+                    "replaying the root filesystem's journal")
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def _debugfs_script(image: Path, offset: int, commands: list[str], write: bool =
     with tempfile.NamedTemporaryFile("w", prefix="bootkit-debugfs-", suffix=".cmd") as script:
         script.write("\n".join(commands) + "\n")
         script.flush()
-        proc = run_tool(
+        proc = process.run(
             ["debugfs", *(["-w"] if write else []), "-f", script.name, _device(image, offset)],
             what,
         )
@@ -293,8 +294,8 @@ def extract_tree(image: Path, offset: int, dest: Path, xattrs: bool = True) -> X
     Returns the extended attributes, which the copy lacks, for `write_xattrs` (none
     are read without `xattrs`: a copy that is only looked at does not need them).
     """
-    run_tool(["debugfs", "-R", f"rdump / {dest}", _device(image, offset)],
-             "reading the root filesystem")
+    process.run(["debugfs", "-R", f"rdump / {dest}", _device(image, offset)],
+                "reading the root filesystem")
     entries = _list_tree(image, offset)
     by_inode: dict[int, list[_Entry]] = {}
     for entry in entries:

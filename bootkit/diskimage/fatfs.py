@@ -11,7 +11,7 @@ from pathlib import Path
 
 from construct import Bytes, Const, Int32ul, Padding, Struct
 
-from bootkit.base.process import run_tool
+from bootkit.base import process
 from bootkit.errors import BootkitError
 
 SECTOR_SIZE = 512
@@ -20,7 +20,7 @@ MIN_FAT32_SIZE = 34 * (1 << 20)
 
 # Without a config of their own, mtools still read ~/.mtoolsrc and refuse
 # images whose geometry does not look like a floppy or hard disk.
-_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "MTOOLSRC": "/dev/null"}
+_ENV = {"MTOOLS_SKIP_CHECK": "1", "MTOOLSRC": "/dev/null"}
 
 # The part of a FAT32 boot sector (BPB + extended BPB) that identifies the volume.
 Fat32BootSector = Struct(
@@ -42,9 +42,9 @@ def format_fat32(image: Path, offset: int, size: int, label: str, serial: int) -
     if size < MIN_FAT32_SIZE:
         raise BootkitError(
             f"a FAT32 filesystem needs at least {MIN_FAT32_SIZE >> 20} MiB, got {size >> 20} MiB",
-            hint="give the ESP more room (--esp-size)",
+            hint="give the ESP more room",
         )
-    run_tool(
+    process.run(
         [
             "mformat",
             "-i", _drive(image, offset),
@@ -83,7 +83,7 @@ def copy_tree_in(image: Path, offset: int, tree: Path) -> None:
             raise BootkitError(f"{entry}: FAT holds only regular files and directories")
     if not entries:
         return
-    run_tool(
+    process.run(
         ["mcopy", "-s", "-p", "-m", "-i", _drive(image, offset), *map(str, entries), "::/"],
         "copying files to the ESP",
         env=_ENV,
@@ -92,14 +92,14 @@ def copy_tree_in(image: Path, offset: int, tree: Path) -> None:
 
 def copy_tree_out(image: Path, offset: int, dest: Path) -> None:
     """Copy everything in the FAT filesystem into the existing directory `dest`."""
-    listing = run_tool(
+    listing = process.run(
         ["mdir", "-b", "-i", _drive(image, offset), "::/"],
         "listing the ESP",
         env=_ENV,
     )
     if not listing.stdout.strip():
         return
-    run_tool(
+    process.run(
         ["mcopy", "-s", "-p", "-m", "-n", "-i", _drive(image, offset), "::/*", str(dest)],
         "copying files from the ESP",
         env=_ENV,

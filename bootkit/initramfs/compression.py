@@ -13,10 +13,9 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
-import shutil
-import subprocess
 import zlib
 from dataclasses import dataclass
+from typing import Protocol
 
 from construct import (
     BitsInteger,
@@ -31,6 +30,7 @@ from construct import (
     Struct,
 )
 
+from bootkit.base import process
 from bootkit.errors import BootkitError
 
 # What `--compress` accepts, in the order the help lists them.
@@ -111,9 +111,9 @@ def compress(data: bytes, method: str) -> bytes:
         # The kernel's xz decoder knows CRC32 and no check, not the default CRC64.
         return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
     if method == "zstd":
-        return _run_tool("zstd", ["-q", "-c", "-9", "-T0"], data)
+        return _compress_with(["zstd", "-q", "-c", "-9", "-T0"], data)
     if method == "lz4":
-        return _run_tool("lz4", ["-q", "-c", "-l"], data)
+        return _compress_with(["lz4", "-q", "-c", "-l"], data)
     raise BootkitError(
         f"unknown compression {method!r}", hint=f"use one of {', '.join(COMPRESSORS)}"
     )
@@ -124,21 +124,21 @@ def decompress_stream(data: bytes, offset: int) -> Stream:
     method = detect(data, offset)
     view = memoryview(data)[offset:]
     if method == "gzip":
-        decoder = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
-        return _finish(method, view, decoder, decoder.decompress(view))
+        gz = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+        return _finish(method, view, gz, gz.decompress(view))
     if method in ("xz", "lzma"):
         fmt = lzma.FORMAT_XZ if method == "xz" else lzma.FORMAT_ALONE
-        decoder = lzma.LZMADecompressor(fmt)
-        return _finish(method, view, decoder, _lzma_decode(decoder, view, offset))
+        xz = lzma.LZMADecompressor(fmt)
+        return _finish(method, view, xz, _lzma_decode(xz, view, offset))
     if method == "bzip2":
-        decoder = bz2.BZ2Decompressor()
-        return _finish(method, view, decoder, decoder.decompress(view))
+        bz = bz2.BZ2Decompressor()
+        return _finish(method, view, bz, bz.decompress(view))
     if method == "zstd":
         length = zstd_stream_length(view)
-        return Stream(method, length, _run_tool("zstd", ["-q", "-d", "-c"], view[:length]))
+        return Stream(method, length, _decompress_with(["zstd", "-q", "-d", "-c"], view[:length]))
     if method == "lz4":
         length = lz4_legacy_length(view)
-        return Stream(method, length, _run_tool("lz4", ["-q", "-d", "-c"], view[:length]))
+        return Stream(method, length, _decompress_with(["lz4", "-q", "-d", "-c"], view[:length]))
     if method is None:
         raise BootkitError(
             f"unrecognised data at offset {offset}: neither cpio nor a known compression"
@@ -153,10 +153,20 @@ def _lzma_decode(decoder: lzma.LZMADecompressor, view: memoryview, offset: int) 
         raise BootkitError(f"corrupt xz/lzma stream at offset {offset}: {err}") from err
 
 
-def _finish(method: str, view: memoryview, decoder: object, content: bytes) -> Stream:
-    if not decoder.eof:  # type: ignore[attr-defined]
+class _Decoder(Protocol):
+    """What zlib, lzma and bz2 decompressors tell once a stream is decoded."""
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+
+def _finish(method: str, view: memoryview, decoder: _Decoder, content: bytes) -> Stream:
+    if not decoder.eof:
         raise BootkitError(f"{method} stream is truncated")
-    length = len(view) - len(decoder.unused_data)  # type: ignore[attr-defined]
+    length = len(view) - len(decoder.unused_data)
     return Stream(method, length, content)
 
 
@@ -215,14 +225,16 @@ def lz4_legacy_length(view: memoryview) -> int:
     return pos
 
 
-def _run_tool(tool: str, args: list[str], data: bytes | memoryview) -> bytes:
-    path = shutil.which(tool)
-    if path is None:
+def _compress_with(argv: list[str], data: bytes) -> bytes:
+    method = argv[0]
+    try:
+        return process.run(argv, f"{method} compression", input=data).stdout
+    except process.MissingProgram as err:
         raise BootkitError(
-            f"the {tool} program is needed for {tool} compression and is not installed",
-            hint=f"install {tool} (Debian: apt-get install {tool}) or choose --compress gzip",
-        )
-    proc = subprocess.run([path, *args], input=bytes(data), capture_output=True)
-    if proc.returncode != 0:
-        raise BootkitError(f"{tool} failed: {proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout
+            f"{method} compression needs the program {err.program}, which is not installed",
+            hint=f"{err.hint}, or use gzip compression",
+        ) from None
+
+
+def _decompress_with(argv: list[str], data: memoryview) -> bytes:
+    return process.run(argv, f"{argv[0]} decompression", input=bytes(data)).stdout

@@ -15,8 +15,6 @@ import gzip
 import io
 import lzma
 import os
-import shutil
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from bootkit.base import process
 from bootkit.errors import BootkitError
 
 # Suffix -> compression, longest first so ".ko.xz" is not taken for ".ko".
@@ -75,16 +74,12 @@ def read_module(path: Path) -> bytes:
 
 
 def _unzstd(data: bytes, path: Path) -> bytes:
-    tool = shutil.which("zstd")
-    if tool is None:
-        raise BootkitError(
-            f"{path} is zstd-compressed and the zstd program is missing",
-            hint="install zstd (Debian: apt-get install zstd)",
-        )
-    proc = subprocess.run([tool, "-d", "-c", "-q"], input=data, capture_output=True)
-    if proc.returncode != 0:
-        raise BootkitError(f"cannot decompress kernel module {path}: {proc.stderr.decode()}")
-    return proc.stdout
+    try:
+        return process.run(
+            ["zstd", "-d", "-c", "-q"], f"decompressing the kernel module {path}", input=data
+        ).stdout
+    except process.MissingProgram as err:
+        raise BootkitError(f"{path} is zstd-compressed and {err.message}", hint=err.hint) from None
 
 
 def parse_modinfo(elf_bytes: bytes, origin: Path | str = "module") -> dict[str, list[str]]:
@@ -229,7 +224,7 @@ class ModuleTree:
             if relpath is None:
                 raise BootkitError(
                     f"kernel module {name} is not in {self.directory}",
-                    hint="check the name (modinfo NAME on a running system) and --modules-dir",
+                    hint="check the name (modinfo NAME on a running system) and the modules directory",
                 )
             path = self.directory / relpath
             info = parse_modinfo(read_module(path), path)
@@ -241,7 +236,7 @@ class ModuleTree:
                 depends=tuple(normalize(d) for d in depends),
                 softdep_pre=tuple(softdeps_before(info.get("softdep", []))),
                 aliases=tuple(info.get("alias", [])),
-                vermagic=(info.get("vermagic") or [None])[0],
+                vermagic=next(iter(info.get("vermagic", [])), None),
             )
         return self._info[name]
 
@@ -314,12 +309,12 @@ def load_order(
             raise BootkitError(
                 f"kernel module {module.path} is built for {module.kernel_release}, "
                 f"not {kernel_release}",
-                hint="point --modules-dir at the modules of the kernel you build for",
+                hint="use the modules directory of the kernel you build for",
             )
-        for soft in module.softdep_pre:
-            provided = tree.resolve(soft)
+        for wanted in module.softdep_pre:
+            provided = tree.resolve(wanted)
             if provided is None:
-                order.missing_softdeps.append(f"{soft} (wanted by {name})")
+                order.missing_softdeps.append(f"{wanted} (wanted by {name})")
             for provider in provided or ():
                 visit(provider, soft=True)
         for dep in module.depends:
@@ -333,7 +328,7 @@ def load_order(
         if provided is None:
             raise BootkitError(
                 f"no kernel module provides {requested!r} in {tree.directory}",
-                hint="check the name; `bootkit initramfs build --help` lists the defaults",
+                hint="check the name (modinfo NAME on a running system)",
             )
         if not provided:
             order.builtin.append(requested)

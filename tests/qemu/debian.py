@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootkit.boot.units import install_units
-from bootkit.diskimage.image import BOOT_DIR, ESP_LABEL
+from bootkit.diskimage import BOOT_DIR, ESP_LABEL
 from bootkit.initramfs import kmod
 
 from .harness import bootkit_command

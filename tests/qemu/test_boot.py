@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bootkit.diskimage import ext4fs
-from bootkit.diskimage.image import DiskLayout, edit_image
+from bootkit.diskimage import DiskLayout, edit_image, ext4fs
 
 from .harness import BootReport, Disk, menu_titles
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from bootkit.diskimage.image import edit_image
+from bootkit.diskimage import edit_image
 
 from .harness import TEST_KARGS, BootReport, Disk, strip_terminal_codes
 from .kernel import KernelTree

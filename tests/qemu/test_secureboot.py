@@ -24,7 +24,7 @@ import pytest
 
 from bootkit.boot import switch as bootconfig
 from bootkit.boot.payloads import UKI_FILE
-from bootkit.diskimage.image import edit_image, read_image
+from bootkit.diskimage import edit_image, read_image
 from bootkit.secureboot import uki
 from bootkit.secureboot.keys import (
     SNAKEOIL_CERT,

@@ -1,0 +1,138 @@
+"""What goes where on a bootkit disk image, and what identifies each filesystem.
+
+Partition 1 is the ESP (FAT32), which is $BOOT, holding the bootloader at the
+removable-media path, the kernels and the boot entries; partition 2 is the
+physical root (ext4, label `bootkit-root`, type "Linux root (x86-64)") holding
+/bootkit with the deployments, with an empty /efi where the ESP is mounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from bootkit.contract import is_valid_name
+from bootkit.diskimage import ext4fs, fatfs
+from bootkit.diskimage.reporting import Report
+from bootkit.errors import BootkitError
+from bootkit.formats import gpt
+from bootkit.sysroot.kernel import read_os_release
+
+MIB = 1 << 20
+ROOT_LABEL = "bootkit-root"
+ESP_LABEL = "ESP"
+BOOT_DIR = "/efi"
+DEFAULT_ESP_SIZE = 256 * MIB
+MIN_ROOT_SIZE = 64 * MIB
+# The GPT, alignment of the first partition and the backup GPT at the end.
+_OVERHEAD = 2 * MIB
+
+_SIZE_RE = re.compile(r"\A\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*\Z", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'2G', '512M', '300MiB', '1073741824' -> bytes, rounded up to whole MiB."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise BootkitError(
+            f"invalid size {text!r}", hint="use a number with an optional unit K, M, G or T, e.g. 2G"
+        )
+    size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if size <= 0:
+        raise BootkitError(f"invalid size {text!r}: must be more than zero")
+    return -(-size // MIB) * MIB
+
+
+@dataclass(frozen=True)
+class DiskLayout:
+    table: gpt.PartitionTable
+
+    @property
+    def esp(self) -> gpt.Partition:
+        return self.table.find(gpt.ESP_TYPE)
+
+    @property
+    def root(self) -> gpt.Partition:
+        return self.table.find(gpt.LINUX_ROOT_X86_64_TYPE)
+
+    @classmethod
+    def new(cls, size: int, esp_size: int) -> DiskLayout:
+        if size < esp_size + MIN_ROOT_SIZE + _OVERHEAD:
+            raise BootkitError(
+                f"an image of {size // MIB} MiB leaves no room for the root filesystem "
+                f"(ESP {esp_size // MIB} MiB, root at least {MIN_ROOT_SIZE // MIB} MiB)",
+                hint="make the image larger or the ESP smaller",
+            )
+        return cls(
+            gpt.lay_out(
+                size,
+                [
+                    gpt.PartitionSpec("esp", gpt.ESP_TYPE, esp_size),
+                    gpt.PartitionSpec("bootkit-root", gpt.LINUX_ROOT_X86_64_TYPE),
+                ],
+            )
+        )
+
+    @classmethod
+    def read(cls, image: Path) -> DiskLayout:
+        table = gpt.read_partition_table(image)
+        for type_guid in (gpt.ESP_TYPE, gpt.LINUX_ROOT_X86_64_TYPE):
+            table.find(type_guid)  # refuses a disk without it
+        return cls(table)
+
+
+@dataclass(frozen=True)
+class FilesystemIds:
+    """What identifies the filesystems to the boot chain; kept across rewrites."""
+
+    esp_serial: int
+    esp_label: str
+    root_uuid: uuid.UUID
+    root_label: str
+
+    @classmethod
+    def new(cls) -> FilesystemIds:
+        return cls(int.from_bytes(os.urandom(4), "little"), ESP_LABEL, uuid.uuid4(), ROOT_LABEL)
+
+    @classmethod
+    def read(cls, image: Path, layout: DiskLayout) -> FilesystemIds:
+        serial, label = fatfs.read_volume_id(image, layout.esp.offset)
+        sb = ext4fs.read_superblock(image, layout.root.offset)
+        return cls(serial, label, sb.uuid, sb.label)
+
+
+def default_os_name(source: Path) -> str:
+    """The os-release ID of a source directory, when it is a usable stateroot name."""
+    if source.is_dir():
+        with contextlib.suppress(BootkitError, OSError):
+            name = read_os_release(source).get("ID", "")
+            if is_valid_name(name):
+                return name
+    return "linux"
+
+
+def split_boot(root: Path, work: Path) -> Path:
+    """Move the staged $BOOT out of the root tree, leaving the empty mountpoint behind."""
+    boot = root / BOOT_DIR.lstrip("/")
+    esp_tree = work / "esp"
+    mode = boot.stat().st_mode & 0o7777
+    os.rename(boot, esp_tree)
+    boot.mkdir()
+    os.chmod(boot, mode)
+    return esp_tree
+
+
+def write_filesystems(
+    image: Path, layout: DiskLayout, ids: FilesystemIds, root: Path, esp_tree: Path, report: Report
+) -> None:
+    """Make both filesystems anew in `image`: the ESP from `esp_tree`, the root from `root`."""
+    report(f"Writing the ESP (FAT32, {layout.esp.size // MIB} MiB)")
+    fatfs.format_fat32(image, layout.esp.offset, layout.esp.size, ids.esp_label, ids.esp_serial)
+    fatfs.copy_tree_in(image, layout.esp.offset, esp_tree)
+    report(f"Writing the root filesystem (ext4 '{ids.root_label}', {layout.root.size // MIB} MiB)")
+    ext4fs.make_ext4(image, layout.root.offset, layout.root.size, root, ids.root_label, ids.root_uuid)
