@@ -10,7 +10,7 @@ import click
 
 from bootkit.cli.common import byte_progress, open_sysroot, print_json, sysroot_option, warn
 from bootkit.errors import BootkitError
-from bootkit.records.config import BOOTLOADERS, DEFAULT_TRIES
+from bootkit.records.config import DEFAULT_TRIES, Bootloader
 from bootkit.secureboot import signing
 from bootkit.sysroot.deploy import INITRAMFS_MODES
 from bootkit.sysroot.importer import source_size
@@ -58,7 +58,7 @@ def uki_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--os", "os_name", required=True, help="Name of the OS (the stateroot), e.g. fedora.")
 @click.option(
     "--bootloader",
-    type=click.Choice(BOOTLOADERS),
+    type=click.Choice([b.value for b in Bootloader]),
     required=True,
     help="Which boot configuration to write: BLS entries + loader.conf (systemd-boot), "
     "BLS entries + grub.cfg (grub), or BLS entries only (none).",

@@ -26,7 +26,7 @@ from bootkit.boot.payloads import Payload
 from bootkit.contract import booted_deployment, bootkit_arg, check_name, is_valid_name
 from bootkit.errors import BootkitError
 from bootkit.formats import bls
-from bootkit.records.config import SysrootConfig
+from bootkit.records.config import Bootloader, SysrootConfig
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
 from bootkit.sysroot.importer import ObjectStore
@@ -299,7 +299,8 @@ class Sysroot:
     ) -> Sysroot:
         sr = cls(path)
         cfg = SysrootConfig(
-            os=os_name, bootloader=bootloader, boot_dir=boot_dir, root_arg=root_arg, timeout=timeout,
+            os=os_name, bootloader=Bootloader.parse(bootloader), boot_dir=boot_dir,
+            root_arg=root_arg, timeout=timeout,
             **(settings or {}),
         )
         if sr.config_path.exists() and not force:
