@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkit.base.files import fsync_dir
+from bootkit.base.files import atomic_copy_into, fsync_dir
 from bootkit.errors import BootkitError
 
 PAYLOAD_ROOT = "bootkit"
@@ -49,7 +50,9 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def install(boot: Path, payload: Payload, files: dict[str, Path], *, reclaimable: int = 0) -> bool:
+def install(
+    boot: Path, payload: Payload, files: Mapping[str, Path], *, reclaimable: int = 0
+) -> bool:
     """Copy `files` ({"linux": ..., "initrd": ...} or {"uki.efi": ...}) to the payload's
     directory; False if it is there already.
 
@@ -71,21 +74,7 @@ def install(boot: Path, payload: Payload, files: dict[str, Path], *, reclaimable
             f"{have / mib:.1f} MiB free",
             hint=hint,
         )
-    tmp = final.with_name(f".{final.name}.bootkit-tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        for name, src in files.items():
-            with open(src, "rb") as fin, open(tmp / name, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-                fout.flush()
-                os.fsync(fout.fileno())
-        fsync_dir(tmp)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(final.parent)
+    atomic_copy_into(final, files)
     return True
 
 
@@ -105,7 +94,7 @@ def present(boot: Path) -> dict[Payload, int]:
 
 
 def remove_unreferenced(boot: Path, referenced: set[Payload]) -> list[Payload]:
-    removed = []
+    removed: list[Payload] = []
     for p in present(boot):
         if p not in referenced:
             shutil.rmtree(p.dir(boot))
