@@ -13,15 +13,18 @@ import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from bootkit.base.files import atomic_copy_into, fsync_dir
 from bootkit.errors import BootkitError
+from bootkit.formats import grubscript
 
 PAYLOAD_ROOT = "bootkit"
 # Room kept for entries, the GRUB slot file and FAT's own allocation rounding.
 SLACK_BYTES = 1 << 20
 UKI_FILE = "uki.efi"
+# The GRUB slot files and grubenv share the payload root.
+_NOT_PAYLOADS = {PurePosixPath(grubscript.SLOT_DIR).name}
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def present(boot: Path) -> dict[Payload, int]:
     if not root.is_dir():
         return out
     for osdir in root.iterdir():
-        if not osdir.is_dir() or osdir.name == "grub":
+        if not osdir.is_dir() or osdir.name in _NOT_PAYLOADS:
             continue
         for d in osdir.iterdir():
             if d.is_dir() and not d.name.startswith("."):

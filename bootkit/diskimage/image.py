@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bootkit.base.files import fsync_dir, temp_name
-from bootkit.boot import esp as esp_install
+from bootkit.boot import backends
 from bootkit.contract import is_valid_name
 from bootkit.diskimage import ext4fs, fatfs
 from bootkit.errors import BootkitError
@@ -211,10 +211,10 @@ def create_image(
     `settings` are further sysroot settings (UKIs, the signing key); with a key, the
     bootloader is signed as well. Returns the deployment ids in the order deployed.
     """
-    if bootloader not in esp_install.BOOTLOADERS:
+    if bootloader not in backends.installable():
         raise BootkitError(
             f"cannot make an image with bootloader {bootloader!r}",
-            hint=f"use one of {', '.join(esp_install.BOOTLOADERS)}",
+            hint=f"use one of {', '.join(backends.installable())}",
         )
     if not sources:
         raise BootkitError("no source to deploy", hint="give at least one root tree")
@@ -247,7 +247,7 @@ def create_image(
             ids.append(dep.id)
         report(f"Installing {bootloader} on the ESP"
                + (f", signed for {signer.subject}" if signer else ""))
-        esp_install.install_bootloader(sr.boot_path, bootloader, signer)
+        sr.boot.install_bootloader(signer)
         esp_tree = _split_boot(root, work)
         with _replacement(output) as image:
             with open(image, "wb") as f:
