@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from collections.abc import Callable, Iterator
+import shutil
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 
@@ -79,17 +80,42 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
-def atomic_copy(src: Path, dest: Path, mode: int = 0o644, chunk: int = 1 << 20) -> None:
-    """Copy `src` to `dest` durably, never leaving a partial `dest`."""
-    tmp = temp_name(dest)
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+def copy_synced(src: Path, dest: Path, mode: int = 0o644, chunk: int = 1 << 20) -> None:
+    """Copy `src` to `dest`, a name no reader knows yet, and fsync it; the caller publishes it."""
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
         while block := fin.read(chunk):
             fout.write(block)
         fout.flush()
         os.fsync(fout.fileno())
-    os.chmod(tmp, mode)
+    os.chmod(dest, mode)
+
+
+def atomic_copy(src: Path, dest: Path, mode: int = 0o644, chunk: int = 1 << 20) -> None:
+    """Copy `src` to `dest` durably, never leaving a partial `dest`."""
+    tmp = temp_name(dest)
+    copy_synced(src, tmp, mode, chunk)
     os.rename(tmp, dest)
     fsync_dir(dest.parent)
+
+
+def atomic_copy_into(directory: Path, files: Mapping[str, Path], mode: int = 0o644) -> None:
+    """Make `directory` (new) hold a durable copy of each source under its name, all at once.
+
+    The copies go to a temp directory beside it, are synced, and appear in one rename,
+    so a crash leaves the complete directory or none (only the temp one, to remove).
+    """
+    tmp = temp_name(directory)
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.mkdir(tmp)
+    try:
+        for name, src in files.items():
+            copy_synced(src, tmp / name, mode)
+        fsync_dir(tmp)
+        os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(directory.parent)
 
 
 def atomic_symlink(target: str, link: Path) -> None:

@@ -10,15 +10,12 @@ Assessment scheme:
 systemd-boot keeps the counter itself: before it boots a counted entry it renames
 `+3` to `+2-1`, and it sorts entries with no tries left last, so the next entry boots.
 Once the system is up, `systemd-bless-boot` or `bootkit-mark-good` drops the counter.
-
-GRUB cannot rename files. For it the counter of the default deployment lives in
-bootkit's grubenv (`bootkit_counted` = the deployment's path, `bootkit_tries` = tries
-left): the default's menu entry counts it down, and the slot file boots the second
-entry instead once it is used up (see `grubcfg`). Marking good removes `bootkit_tries`.
+A bootloader that cannot rename files keeps a counter of its own, which its backend
+folds into these (GRUB's grubenv counter, see `bootkit.boot.backends.grub`).
 
 The entry names are bootkit's record for every backend: each transaction rewrites
 the entries as a new generation and carries every counter over, after folding the
-grubenv counter into the default's, so what the bootloader counted is never lost.
+backend's counters in, so what the bootloader counted is never lost.
 A new deployment gets `+tries` (the sysroot's setting, or `deploy --tries`);
 `set-default` and `rollback` count their choice afresh unless it is known good
 (`rollback` never picks a bad one); a default found bad gives way, at the next
@@ -37,9 +34,7 @@ from pathlib import Path
 from bootkit.base.files import fsync_dir
 from bootkit.contract import bootkit_arg
 from bootkit.errors import BootkitError
-from bootkit.formats import grubenv
-from bootkit.formats import grubscript as grubcfg
-from bootkit.formats.bls import BootEntry, EntryName, parse_entry
+from bootkit.formats.bls import ENTRIES_DIR, BootEntry, EntryName, parse_entry
 from bootkit.records.deployment import Deployment
 
 GOOD = "good"
@@ -108,52 +103,6 @@ def entry_counters(entries: Iterable[tuple[str, BootEntry]]) -> dict[str, Counte
     return {path: counter for path, (_, counter) in newest.items()}
 
 
-def grub_counter(env: Mapping[str, str]) -> tuple[str, int | None] | None:
-    """(deployment path, tries left or None once marked good) from a GRUB environment."""
-    path = env.get(grubcfg.COUNTED_VAR)
-    if not path:
-        return None
-    raw = env.get(grubcfg.TRIES_VAR)
-    if raw is None:
-        return path, None
-    # What GRUB's ladder cannot count down it treats as used up; so does bootkit.
-    return path, int(raw) if raw.isdigit() else 0
-
-
-def fold_grub(counters: Mapping[str, Counter], env: Mapping[str, str]) -> dict[str, Counter]:
-    """The entry-name counters, with GRUB's live counter of the default folded in."""
-    out = dict(counters)
-    found = grub_counter(env)
-    if found is None:
-        return out
-    path, left = found
-    if left is None:
-        out[path] = Counter()
-        return out
-    before = out.get(path, Counter())
-    done = before.done
-    if before.left is not None and left <= before.left:
-        done = (before.done or 0) + (before.left - left) or before.done
-    out[path] = Counter(left, done)
-    return out
-
-
-def read_grubenv(boot: Path) -> dict[str, str]:
-    """bootkit's GRUB environment; an unreadable block counts as empty (it is rewritten)."""
-    try:
-        return grubenv.read(boot / grubcfg.GRUBENV.lstrip("/"))
-    except (BootkitError, OSError):
-        return {}
-
-
-def on_boot(boot: Path, bootloader: str, entries: Iterable[tuple[str, BootEntry]]) -> dict[str, Counter]:
-    """Every deployment's counter (by path) as $BOOT holds it now."""
-    counters = entry_counters(entries)
-    if bootloader == "grub":
-        counters = fold_grub(counters, read_grubenv(boot))
-    return counters
-
-
 # --- deciding a transaction's counters ------------------------------------------------
 
 
@@ -175,7 +124,7 @@ def plan(
 ) -> Plan:
     """Carry each counter over; count new and re-armed entries afresh; replace a bad default.
 
-    `current` is by deployment path (what `on_boot` reads), `arm` by ref: the
+    `current` is by deployment path (what `BootDir.counters` reads), `arm` by ref: the
     deployments chosen explicitly in this transaction, with the tries to give them.
     """
     counters: dict[str, Counter] = {}
@@ -210,15 +159,6 @@ def menu_order(
     return sorted(deps, key=key)
 
 
-def grub_env_for(env: Mapping[str, str], default: Deployment, counter: Counter) -> dict[str, str]:
-    """`env` with the counter of the new default (or none when it is good)."""
-    out = {k: v for k, v in env.items() if k not in (grubcfg.COUNTED_VAR, grubcfg.TRIES_VAR)}
-    if counter.left is not None:
-        out[grubcfg.COUNTED_VAR] = default.path
-        out[grubcfg.TRIES_VAR] = str(counter.left)
-    return out
-
-
 # --- marking a boot good ---------------------------------------------------------------
 
 
@@ -228,42 +168,35 @@ def uncounted(filename: str) -> str | None:
     return m["stem"] + m["ext"] if m else None
 
 
-def mark_good(boot: Path, bootloader: str, entries_dir: Path, dep: Deployment) -> list[str]:
-    """Stop counting `dep`'s boots: what was changed, as short descriptions.
+def mark_entries_good(boot: Path, dep: Deployment) -> list[str]:
+    """Stop counting `dep`'s boots in its entry's name: what was renamed, as short descriptions.
 
-    The entry loses its counter (every generation's, should two be present), and for
-    GRUB the grubenv counter goes when it counts `dep`. Renames on $BOOT are what
-    systemd-bless-boot does too; no bootkit lock is taken, since the bootloader and
-    systemd rename entries without one as well.
+    Every generation's entry loses its counter, should two be present. Renames on
+    $BOOT are what systemd-bless-boot does too; no bootkit lock is taken, since the
+    bootloader and systemd rename entries without one as well.
     """
+    entries_dir = boot / ENTRIES_DIR
     done: list[str] = []
-    if entries_dir.is_dir():
-        for p in sorted(entries_dir.iterdir()):
-            good = uncounted(p.name)
-            if good is None or EntryName.parse(p.name) is None:
-                continue
-            try:
-                options = parse_entry(p.read_text(errors="replace")).options
-            except (BootkitError, OSError):
-                continue  # not readable: not an entry this deployment boots from
-            if bootkit_arg(options) != dep.path:
-                continue
-            try:
-                os.rename(p, p.with_name(good))
-            except OSError as err:
-                raise BootkitError(
-                    f"cannot rename boot entry {p}: {err.strerror or err}",
-                    hint=f"is {boot} mounted read-write?",
-                ) from None
-            done.append(f"renamed {p.name} to {good}")
-        if done:
-            fsync_dir(entries_dir)
-    if bootloader == "grub":
-        env_path = boot / grubcfg.GRUBENV.lstrip("/")
-        env = read_grubenv(boot)
-        found = grub_counter(env)
-        if found is not None and found[0] == dep.path and found[1] is not None:
-            env.pop(grubcfg.TRIES_VAR)
-            grubenv.write(env_path, env)
-            done.append(f"cleared the GRUB boot counter ({found[1]} tries were left)")
+    if not entries_dir.is_dir():
+        return done
+    for p in sorted(entries_dir.iterdir()):
+        good = uncounted(p.name)
+        if good is None or EntryName.parse(p.name) is None:
+            continue
+        try:
+            options = parse_entry(p.read_text(errors="replace")).options
+        except (BootkitError, OSError):
+            continue  # not readable: not an entry this deployment boots from
+        if bootkit_arg(options) != dep.path:
+            continue
+        try:
+            os.rename(p, p.with_name(good))
+        except OSError as err:
+            raise BootkitError(
+                f"cannot rename boot entry {p}: {err.strerror or err}",
+                hint=f"is {boot} mounted read-write?",
+            ) from None
+        done.append(f"renamed {p.name} to {good}")
+    if done:
+        fsync_dir(entries_dir)
     return done

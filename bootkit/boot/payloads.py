@@ -11,16 +11,20 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from bootkit.base.files import fsync_dir
+from bootkit.base.files import atomic_copy_into, fsync_dir
 from bootkit.errors import BootkitError
+from bootkit.formats import grubscript
 
 PAYLOAD_ROOT = "bootkit"
 # Room kept for entries, the GRUB slot file and FAT's own allocation rounding.
 SLACK_BYTES = 1 << 20
 UKI_FILE = "uki.efi"
+# The GRUB slot files and grubenv share the payload root.
+_NOT_PAYLOADS = {PurePosixPath(grubscript.SLOT_DIR).name}
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,9 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def install(boot: Path, payload: Payload, files: dict[str, Path], *, reclaimable: int = 0) -> bool:
+def install(
+    boot: Path, payload: Payload, files: Mapping[str, Path], *, reclaimable: int = 0
+) -> bool:
     """Copy `files` ({"linux": ..., "initrd": ...} or {"uki.efi": ...}) to the payload's
     directory; False if it is there already.
 
@@ -71,21 +77,7 @@ def install(boot: Path, payload: Payload, files: dict[str, Path], *, reclaimable
             f"{have / mib:.1f} MiB free",
             hint=hint,
         )
-    tmp = final.with_name(f".{final.name}.bootkit-tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        for name, src in files.items():
-            with open(src, "rb") as fin, open(tmp / name, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-                fout.flush()
-                os.fsync(fout.fileno())
-        fsync_dir(tmp)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(final.parent)
+    atomic_copy_into(final, files)
     return True
 
 
@@ -96,7 +88,7 @@ def present(boot: Path) -> dict[Payload, int]:
     if not root.is_dir():
         return out
     for osdir in root.iterdir():
-        if not osdir.is_dir() or osdir.name == "grub":
+        if not osdir.is_dir() or osdir.name in _NOT_PAYLOADS:
             continue
         for d in osdir.iterdir():
             if d.is_dir() and not d.name.startswith("."):
@@ -105,7 +97,7 @@ def present(boot: Path) -> dict[Payload, int]:
 
 
 def remove_unreferenced(boot: Path, referenced: set[Payload]) -> list[Payload]:
-    removed = []
+    removed: list[Payload] = []
     for p in present(boot):
         if p not in referenced:
             shutil.rmtree(p.dir(boot))

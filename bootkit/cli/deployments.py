@@ -10,7 +10,7 @@ import click
 
 from bootkit.cli.common import byte_progress, open_sysroot, print_json, sysroot_option, warn
 from bootkit.errors import BootkitError
-from bootkit.records.config import BOOTLOADERS, DEFAULT_TRIES
+from bootkit.records.config import DEFAULT_TRIES, Bootloader
 from bootkit.secureboot import signing
 from bootkit.sysroot.deploy import INITRAMFS_MODES
 from bootkit.sysroot.importer import source_size
@@ -58,7 +58,7 @@ def uki_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--os", "os_name", required=True, help="Name of the OS (the stateroot), e.g. fedora.")
 @click.option(
     "--bootloader",
-    type=click.Choice(BOOTLOADERS),
+    type=click.Choice([b.value for b in Bootloader]),
     required=True,
     help="Which boot configuration to write: BLS entries + loader.conf (systemd-boot), "
     "BLS entries + grub.cfg (grub), or BLS entries only (none).",
@@ -257,9 +257,7 @@ def status(sysroot: Path | None, as_json: bool) -> None:
     """
     sr = open_sysroot(sysroot)
     rows = sr.status()
-    from bootkit.boot import switch as bootconfig
-
-    view = bootconfig.read_view(sr.boot_path)
+    view = sr.boot.view()
     if as_json:
         print_json(
             {
@@ -417,21 +415,13 @@ def bootloader_install(sysroot: Path | None) -> None:
     goes to EFI/systemd/. With a signing key in the sysroot's configuration the
     binary is signed, so firmware that trusts the key boots it under Secure Boot.
     """
-    from bootkit.boot import esp
-    from bootkit.errors import BootkitError
-
     sr = open_sysroot(sysroot)
-    cfg = sr.config
-    if cfg.bootloader not in esp.BOOTLOADERS:
-        raise BootkitError(
-            f"this sysroot's bootloader is {cfg.bootloader!r}: nothing to install",
-            hint="change it with 'bootkit init --force --bootloader systemd-boot' (or grub)",
-        )
-    signer = signing.configured_signer(cfg)
+    boot = sr.boot
+    signer = signing.configured_signer(boot.config)
     with sr.locked():
-        esp.install_bootloader(sr.boot_path, cfg.bootloader, signer)
+        installed = boot.install_bootloader(signer)
     how = f", signed for {signer.subject}" if signer else ""
-    click.echo(f"Installed {cfg.bootloader} at {sr.boot_path / esp.REMOVABLE_PATH}{how}")
+    click.echo(f"Installed {boot.config.bootloader} at {installed}{how}")
 
 
 COMMANDS = [
@@ -460,10 +450,10 @@ def bootloader_grub_stub(sysroot: Path | None, print_boot_dir: bool) -> None:
     Its paths are relative to the root of $BOOT; the caller points GRUB's root at
     that filesystem first.
     """
-    from bootkit.formats import grubscript as grubcfg
+    from bootkit.formats import grubscript
 
     sr = open_sysroot(sysroot)
     if print_boot_dir:
         click.echo(str(sr.boot_path))
     else:
-        click.echo(grubcfg.render_stub(), nl=False)
+        click.echo(grubscript.render_stub(), nl=False)

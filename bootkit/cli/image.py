@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from bootkit import diskimage
-from bootkit.boot.esp import BOOTLOADERS
+from bootkit.boot.backends import installable
 from bootkit.cli import deployments
 from bootkit.cli.common import byte_progress, print_json
 from bootkit.records.config import DEFAULT_TRIES
@@ -57,7 +57,7 @@ def image() -> None:
 @click.argument("sources", nargs=-1, required=True,
                 type=click.Path(exists=False, path_type=Path))
 @click.option("--size", type=SIZE, required=True, help="Size of the disk image, e.g. 2G.")
-@click.option("--bootloader", type=click.Choice(BOOTLOADERS), required=True,
+@click.option("--bootloader", type=click.Choice([b.value for b in installable()]), required=True,
               help="The bootloader installed at EFI/BOOT/BOOTX64.EFI on the ESP.")
 @click.option("--os", "os_name", help="Stateroot name (default: ID from the first source's "
               "os-release).")

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bootkit.boot import esp as esp_install
+from bootkit.boot import backends
 from bootkit.diskimage.edit import replacing
 from bootkit.diskimage.layout import (
     BOOT_DIR,
@@ -41,7 +41,7 @@ class ImageSpec:
 
     output: Path
     size: int  # bytes, a whole number of MiB
-    bootloader: str  # one of bootkit.boot.esp.BOOTLOADERS
+    bootloader: str  # one that backends.installable() lists
     sources: tuple[Path, ...]  # root trees: directories or tar archives
     os_name: str | None = None  # default: the os-release ID of the first source
     esp_size: int = DEFAULT_ESP_SIZE
@@ -72,10 +72,10 @@ def create_image(
 
 def _check(spec: ImageSpec) -> DiskLayout:
     """Everything that can be refused before any work; the layout the image will have."""
-    if spec.bootloader not in esp_install.BOOTLOADERS:
+    if spec.bootloader not in backends.installable():
         raise BootkitError(
             f"cannot make an image with bootloader {spec.bootloader!r}",
-            hint=f"use one of {', '.join(esp_install.BOOTLOADERS)}",
+            hint=f"use one of {', '.join(backends.installable())}",
         )
     if not spec.sources:
         raise BootkitError("no source to deploy", hint="give at least one root tree")
@@ -123,7 +123,7 @@ def _install_bootloader(sr: Sysroot, bootloader: str, report: Report) -> None:
     signer = signing.configured_signer(sr.config)
     report(f"Installing {bootloader} on the ESP"
            + (f", signed for {signer.subject}" if signer else ""))
-    esp_install.install_bootloader(sr.boot_path, bootloader, signer)
+    sr.boot.install_bootloader(signer)
 
 
 def _write_image(

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from bootkit.errors import BootkitError
 from bootkit.formats.versioncmp import compare_versions
 
+# Where Type #1 entries live, relative to $BOOT.
+ENTRIES_DIR = "loader/entries"
 ENTRY_PREFIX = "bootkit-"
 # Ranks are encoded in fixed-width fields; more deployments than this would not
 # sort correctly, so the transaction refuses them.
@@ -166,8 +169,11 @@ def systemd_boot_order(entries: list[tuple[str, BootEntry]]) -> list[tuple[str, 
     return sorted(entries, key=cmp_to_key(cmp))
 
 
-def _cmp(a: object, b: object) -> int:
-    return (a > b) - (a < b)  # type: ignore[operator]
+_Ordered = TypeVar("_Ordered", int, str, bool)
+
+
+def _cmp(a: _Ordered, b: _Ordered) -> int:
+    return int(a > b) - int(a < b)
 
 
 def _machine_id(entry: BootEntry) -> str:
@@ -189,9 +195,10 @@ def blscfg_order(filenames: list[str]) -> list[str]:
     """Order file names the way GRUB's blscfg does: by name, newest version first."""
     from functools import cmp_to_key
 
-    return sorted(
-        filenames, key=cmp_to_key(lambda a, b: -compare_versions(_entry_id(a), _entry_id(b)))
-    )
+    def newest_first(a: str, b: str) -> int:
+        return -compare_versions(_entry_id(a), _entry_id(b))
+
+    return sorted(filenames, key=cmp_to_key(newest_first))
 
 
 def _entry_id(filename: str) -> str:

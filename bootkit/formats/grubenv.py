@@ -30,7 +30,8 @@ def encode(env: dict[str, str]) -> bytes:
         raise BootkitError(
             f"GRUB environment too large: {len(body)} bytes of variables, room for {room}"
         )
-    return GrubEnvBlock.build({"body": body + b"#" * (room - len(body))})
+    block: bytes = GrubEnvBlock.build({"body": body + b"#" * (room - len(body))})
+    return block
 
 
 def decode(data: bytes, source: str = "grubenv") -> dict[str, str]:

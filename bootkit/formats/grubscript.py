@@ -8,6 +8,8 @@ the successor is the newer one. Any stock GRUB (no BLS module) can read this.
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +21,32 @@ SLOT_DIR = "/bootkit/grub"
 GRUBENV = contract.GRUBENV
 COUNTED_VAR = contract.GRUB_COUNTED_VAR
 TRIES_VAR = contract.GRUB_TRIES_VAR
+
+# What GRUB's lexer takes literally outside quotes: a word of only these needs none.
+_PLAIN = re.compile(r"[A-Za-z0-9@%+=:,./_-]+")
+# A kernel argument: double quotes group words and are dropped, as the kernel and GRUB
+# read them; an unterminated quote runs to the end.
+_KERNEL_ARG = re.compile(r'(?:[^\s"]+|"[^"]*"?)+')
+
+
+def quote(value: str) -> str:
+    """`value` as one GRUB word: every value that reaches GRUB text goes through here.
+
+    Left bare when nothing in it is special to GRUB (so fixed files keep their bytes),
+    else single-quoted; GRUB, like sh, reads `'\\''` inside quotes as one quote.
+    """
+    if _PLAIN.fullmatch(value):
+        return value
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def kernel_words(options: str) -> str:
+    """A kernel command line as GRUB words, each argument quoted on its own.
+
+    GRUB's `linux` joins its words with spaces and double-quotes one that holds a
+    space, so an argument such as `foo="a b"` must reach it as the word `foo=a b`.
+    """
+    return " ".join(quote(arg.replace('"', "")) for arg in _KERNEL_ARG.findall(options))
 
 
 def slot_path(slot: int) -> str:
@@ -41,19 +69,19 @@ def render_stub() -> str:
     for i in range(SLOTS):
         nxt = (i + 1) % SLOTS
         lines += [
-            f'if [ -z "$bootkit_slot" -a -f {slot_path(i)} -a -f {slot_path(nxt)} ]; then',
+            f'if [ -z "$bootkit_slot" -a -f {quote(slot_path(i))} -a -f {quote(slot_path(nxt))} ]; then',
             f"  set bootkit_slot={nxt}",
             "fi",
         ]
     for i in range(SLOTS):
         lines += [
-            f'if [ -z "$bootkit_slot" -a -f {slot_path(i)} ]; then',
+            f'if [ -z "$bootkit_slot" -a -f {quote(slot_path(i))} ]; then',
             f"  set bootkit_slot={i}",
             "fi",
         ]
     lines += [
         'if [ -n "$bootkit_slot" ]; then',
-        f"  source {SLOT_DIR}/slot-$bootkit_slot.cfg",
+        f"  source {quote(SLOT_DIR)}/slot-$bootkit_slot.cfg",
         "else",
         '  echo "bootkit: no boot configuration found on this partition; run bootkit bootloader update"',
         "fi",
@@ -73,10 +101,6 @@ class MenuEntry:
     efi: str = ""
 
 
-def _quote(s: str) -> str:
-    return "'" + s.replace("'", "'\\''") + "'"
-
-
 @dataclass(frozen=True)
 class Counting:
     """The default entry's boot counter: whose it is, and the most tries it can have left."""
@@ -86,15 +110,19 @@ class Counting:
 
 
 def _counted(c: Counting) -> str:
-    return f'"${COUNTED_VAR}" = {_quote(c.deployment)}'
+    return f'"${COUNTED_VAR}" = {quote(c.deployment)}'
+
+
+def _echo(message: str) -> str:
+    return f"echo {quote(message)}"
 
 
 def _fallback(c: Counting, entries: Sequence[MenuEntry]) -> list[str]:
     """When the default's tries are used up (or unreadable), boot the second entry."""
     counting = " ".join(f'-a "${TRIES_VAR}" != {n}' for n in range(c.most, 0, -1))
-    then = [f'    echo "bootkit: no boot tries left for {entries[0].id}"']
+    then = [f"    {_echo(f'bootkit: no boot tries left for {entries[0].id}')}"]
     if len(entries) > 1:
-        then += [f'    echo "bootkit: booting {entries[1].id} instead"', "    set default=1"]
+        then += [f"    {_echo(f'bootkit: booting {entries[1].id} instead')}", "    set default=1"]
     return [f'  elif [ {_counted(c)} -a -n "${TRIES_VAR}" {counting} ]; then', *then]
 
 
@@ -103,8 +131,9 @@ def _count_down(c: Counting, entry: MenuEntry) -> list[str]:
 
     GRUB script has no arithmetic, so each possible value gets its own branch.
     """
+    env = quote(GRUBENV)
     lines = [
-        f"  load_env -f {GRUBENV} {COUNTED_VAR} {TRIES_VAR}",
+        f"  load_env -f {env} {COUNTED_VAR} {TRIES_VAR}",
         f"  if [ {_counted(c)} ]; then",
     ]
     for n in range(c.most, 0, -1):
@@ -112,10 +141,20 @@ def _count_down(c: Counting, entry: MenuEntry) -> list[str]:
         lines += [
             f'    {keyword} [ "${TRIES_VAR}" = {n} ]; then',
             f"      set {TRIES_VAR}={n - 1}",
-            f"      save_env -f {GRUBENV} {TRIES_VAR}",
-            f'      echo "bootkit: boot tries left for {entry.id}: {n - 1}"',
+            f"      save_env -f {env} {TRIES_VAR}",
+            f"      {_echo(f'bootkit: boot tries left for {entry.id}: {n - 1}')}",
         ]
     return [*lines, "    fi", "  fi"]
+
+
+def _boot(entry: MenuEntry) -> list[str]:
+    """The commands that load and start the entry's kernel."""
+    if entry.efi:
+        return [f"  chainloader {quote(entry.efi)} {kernel_words(entry.options)}"]
+    return [
+        f"  linux {quote(entry.linux)} {kernel_words(entry.options)}",
+        *(f"  initrd {quote(i)}" for i in entry.initrd),
+    ]
 
 
 def render_slot(
@@ -125,46 +164,47 @@ def render_slot(
     if counting is not None and counting.most < 1:
         counting = None
     fallback = _fallback(counting, entries) if counting else []
+    env = quote(GRUBENV)
     lines = [
         f"# bootkit generation {generation}",
         f"set timeout={timeout}",
         "set default=0",
         # A one-shot choice (grub-reboot style) wins over the default for one boot.
-        f"if [ -f {GRUBENV} ]; then",
-        f"  load_env -f {GRUBENV}",
+        f"if [ -f {env} ]; then",
+        f"  load_env -f {env}",
         '  if [ -n "$next_entry" ]; then',
         '    set default="$next_entry"',
         "    set next_entry=",
-        f"    save_env -f {GRUBENV} next_entry",
+        f"    save_env -f {env} next_entry",
         *fallback,
         "  fi",
         "fi",
     ]
     for i, e in enumerate(entries):
         lines += [
-            f"menuentry {_quote(e.title)} --id {_quote(e.id)} {{",
+            f"menuentry {quote(e.title)} --id {quote(e.id)} {{",
             *(_count_down(counting, e) if counting and i == 0 else []),
-            *(
-                [f"  chainloader {e.efi} {e.options}"]
-                if e.efi
-                else [f"  linux {e.linux} {e.options}", *(f"  initrd {i}" for i in e.initrd)]
-            ),
+            *_boot(e),
             "}",
         ]
     return "\n".join(lines) + "\n"
 
 
 def parse_menu(text: str) -> list[tuple[str, str]]:
-    """(id, linux or chainloader line) of each menuentry in a slot file, in order."""
+    """(id, linux or chainloader arguments) of each menuentry in a slot file, in order,
+    with GRUB's quoting undone."""
     out: list[tuple[str, str]] = []
     current: str | None = None
     for line in text.splitlines():
-        s = line.strip()
-        if s.startswith("menuentry "):
-            parts = s.split("--id ", 1)
-            current = parts[1].split()[0].strip("'") if len(parts) == 2 else ""
-        elif current is not None and s.startswith(("linux ", "chainloader ")):
-            out.append((current, s.split(" ", 1)[1]))
+        try:
+            words = shlex.split(line)
+        except ValueError:  # an unbalanced quote: not a line bootkit wrote
+            continue
+        if words[:1] == ["menuentry"]:
+            at = words.index("--id") + 1 if "--id" in words else len(words)
+            current = words[at] if at < len(words) else ""
+        elif current is not None and words[:1] in (["linux"], ["chainloader"]):
+            out.append((current, " ".join(words[1:])))
             current = None
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,25 @@ from bootkit.base.files import atomic_write
 from bootkit.contract import check_name
 from bootkit.errors import BootkitError
 
-BOOTLOADERS = ("systemd-boot", "grub", "none")
+
+class Bootloader(StrEnum):
+    """Which bootloader reads the boot entries bootkit writes on $BOOT."""
+
+    SYSTEMD_BOOT = "systemd-boot"
+    GRUB = "grub"
+    # BLS entries only, for a bootloader set up by other means (kernel-install style).
+    NONE = "none"
+
+    @classmethod
+    def parse(cls, name: str) -> Bootloader:
+        try:
+            return cls(name)
+        except ValueError:
+            raise BootkitError(
+                f"unknown bootloader {name!r}", hint=f"use one of {', '.join(cls)}"
+            ) from None
+
+
 # How often a new entry is tried before the bootloader falls back to the previous one.
 DEFAULT_TRIES = 3
 
@@ -19,7 +38,7 @@ DEFAULT_TRIES = 3
 @dataclass(frozen=True)
 class SysrootConfig:
     os: str
-    bootloader: str
+    bootloader: Bootloader  # stored in config.json as its name
     boot_dir: str = "/efi"
     root_arg: str = "root=LABEL=bootkit-root"
     timeout: int = 3
@@ -32,11 +51,8 @@ class SysrootConfig:
 
     def __post_init__(self) -> None:
         check_name(self.os, "os")
-        if self.bootloader not in BOOTLOADERS:
-            raise BootkitError(
-                f"unknown bootloader {self.bootloader!r}",
-                hint=f"use one of {', '.join(BOOTLOADERS)}",
-            )
+        # A plain name (from config.json, or a caller) becomes the enum member.
+        object.__setattr__(self, "bootloader", Bootloader.parse(self.bootloader))
         if not self.boot_dir.startswith("/"):
             raise BootkitError(f"boot directory must be absolute, not {self.boot_dir!r}")
         if isinstance(self.tries, bool) or not isinstance(self.tries, int) or self.tries < 0:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from bootkit.base.files import fsync_dir, syncfs
 from bootkit.boot import payloads
+from bootkit.boot.entries import options_for
 from bootkit.boot.payloads import Payload
-from bootkit.boot.switch import options_for
 from bootkit.contract import check_name
 from bootkit.errors import BootkitError
 from bootkit.records.deployment import Deployment

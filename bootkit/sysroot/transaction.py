@@ -2,7 +2,7 @@
 
 Every command that changes boot state runs as one transaction under a lock:
 it first repairs whatever an interrupted command left behind, then records the new
-intent in `state.json`, then switches $BOOT to match (see `bootconfig`).
+intent in `state.json`, then switches $BOOT to match (see `bootkit.boot.switch`).
 """
 
 from __future__ import annotations
@@ -18,15 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from bootkit.base.files import fsync_dir
-from bootkit.boot import counting as bootcount
-from bootkit.boot import payloads
-from bootkit.boot import switch as bootconfig
+from bootkit.boot import counting, payloads
+from bootkit.boot.bootdir import BootDir
 from bootkit.boot.counting import Counter
 from bootkit.boot.payloads import Payload
-from bootkit.contract import booted_deployment, bootkit_arg, check_name, is_valid_name
+from bootkit.contract import booted_deployment, check_name, is_valid_name
 from bootkit.errors import BootkitError
-from bootkit.formats import bls
-from bootkit.records.config import SysrootConfig
+from bootkit.records.config import Bootloader, SysrootConfig
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
 from bootkit.sysroot.importer import ObjectStore
@@ -70,6 +68,11 @@ class Sysroot:
     def boot_path(self) -> Path:
         return self.path / self.config.boot_dir.lstrip("/")
 
+    @property
+    def boot(self) -> BootDir:
+        cfg = self.config
+        return BootDir(self.path / cfg.boot_dir.lstrip("/"), cfg)
+
     def stateroot(self, os_name: str) -> Path:
         return self.meta / "deploy" / check_name(os_name, "os")
 
@@ -104,13 +107,11 @@ class Sysroot:
         deps = self.deployments(state)
         if counters is None:
             counters = self.boot_counters(deps)
-        return bootcount.menu_order(deps, state.default, counters)
+        return counting.menu_order(deps, state.default, counters)
 
     def boot_counters(self, deps: Sequence[Deployment]) -> dict[str, Counter]:
         """Each deployment's boot counter (by ref) as $BOOT holds it now."""
-        cfg = self.config
-        view = bootconfig.read_view(self.boot_path)
-        found = bootcount.on_boot(self.boot_path, cfg.bootloader, view.entries)
+        found = self.boot.counters()
         return {d.ref: found[d.path] for d in deps if d.path in found}
 
     def resolve(self, ident: str, state: State | None = None) -> Deployment:
@@ -132,24 +133,21 @@ class Sysroot:
     def status(self) -> list[DeploymentStatus]:
         state = self.state()
         booted = booted_deployment()
-        names: dict[str, tuple[int, str]] = {}
+        names: dict[str, str] = {}
         counters: dict[str, Counter] = {}
         deps = self.deployments(state)
         with contextlib.suppress(BootkitError):
-            view = bootconfig.read_view(self.boot_path)
-            for fname, entry in view.entries:
-                path = bootkit_arg(entry.options)
-                name = bls.EntryName.parse(fname)
-                if path and name and (path not in names or name.generation > names[path][0]):
-                    names[path] = (name.generation, fname)
-            found = bootcount.on_boot(self.boot_path, self.config.bootloader, view.entries)
+            boot = self.boot
+            view = boot.view()
+            names = boot.entry_names(view)
+            found = boot.counters(view)
             counters = {d.ref: found[d.path] for d in deps if d.path in found}
         return [
             DeploymentStatus(
                 d,
                 d.ref == state.default,
                 d.path == booted,
-                names[d.path][1] if d.path in names else None,
+                names.get(d.path),
                 counters.get(d.ref, Counter()),
             )
             for d in self.ordered(state, counters)
@@ -181,14 +179,13 @@ class Sysroot:
 
         Boot counters carry over from $BOOT; new deployments and those in `arm` (ref ->
         tries) are counted afresh. A default found bad gives way to the first deployment
-        in menu order that is not (see `bootcount.plan`).
+        in menu order that is not (see `counting.plan`).
         """
-        cfg = self.config
+        boot = self.boot
         state = state.with_changes(generation=state.generation + 1)
         deps = self.deployments(state)
-        view = bootconfig.read_view(self.boot_path)
-        current = bootcount.on_boot(self.boot_path, cfg.bootloader, view.entries)
-        plan = bootcount.plan(deps, state.default, current, cfg.tries, arm or {})
+        current = boot.counters()
+        plan = counting.plan(deps, state.default, current, boot.config.tries, arm or {})
         if plan.demoted:
             state = state.with_changes(default=plan.default)
             self.notify(
@@ -196,13 +193,13 @@ class Sysroot:
                 f"{plan.default} is the default now ('bootkit set-default {plan.demoted}' "
                 "tries it again)"
             )
-        ordered = bootcount.menu_order(deps, state.default, plan.counters)
+        ordered = counting.menu_order(deps, state.default, plan.counters)
         if not ordered:
             raise BootkitError(
                 "refusing to remove the last deployment", hint="deploy another tree first"
             )
         state.save(self.state_path)
-        bootconfig.switch(self.boot_path, cfg, ordered, state.generation, plan.counters)
+        boot.switch(ordered, state.generation, plan.counters)
         payloads.remove_unreferenced(self.boot_path, {Payload(d.os, d.payload) for d in ordered})
         return state
 
@@ -211,8 +208,9 @@ class Sysroot:
         state = self.state()
         did = False
         if state.deployments:
-            view = bootconfig.read_view(self.boot_path)
-            present = payloads.present(self.boot_path)
+            boot = self.boot
+            view = boot.view()
+            present = payloads.present(boot.path)
             missing = [
                 d for d in self.deployments(state) if Payload(d.os, d.payload) not in present
             ]
@@ -221,9 +219,9 @@ class Sysroot:
                     f"the kernel of deployment {missing[0].ref} is missing from {self.boot_path}",
                     hint="redeploy it, or remove it with 'bootkit undeploy'",
                 )
-            if not bootconfig.is_current(
-                view, state.generation, self.config
-            ) or self._unlisted_payloads(state, present):
+            if not boot.is_current(view, state.generation) or self._unlisted_payloads(
+                state, present
+            ):
                 self.commit(state)
                 did = True
         return self._tidy(state) or did
@@ -299,7 +297,8 @@ class Sysroot:
     ) -> Sysroot:
         sr = cls(path)
         cfg = SysrootConfig(
-            os=os_name, bootloader=bootloader, boot_dir=boot_dir, root_arg=root_arg, timeout=timeout,
+            os=os_name, bootloader=Bootloader.parse(bootloader), boot_dir=boot_dir,
+            root_arg=root_arg, timeout=timeout,
             **(settings or {}),
         )
         if sr.config_path.exists() and not force:
@@ -392,14 +391,13 @@ class Sysroot:
                     + (f" (bootkit={booted})" if booted else " (no bootkit= on the kernel command line)"),
                     hint="name the deployment: 'bootkit mark-good ID'",
                 )
-        boot = self.boot_path
-        if not any((boot / d).is_dir() for d in (bootconfig.ENTRIES_DIR, "bootkit")):
+        boot = self.boot
+        if not boot.has_configuration():
             raise BootkitError(
-                f"no boot configuration at {boot}: is $BOOT mounted there?",
+                f"no boot configuration at {boot.path}: is $BOOT mounted there?",
                 hint="mount it (the ESP, for example by an /etc/fstab line) and retry",
             )
-        cfg = self.config
-        return dep, bootcount.mark_good(boot, cfg.bootloader, boot / bootconfig.ENTRIES_DIR, dep)
+        return dep, boot.mark_good(dep)
 
     def set_pinned(self, ident: str, pinned: bool) -> Deployment:
         with self.locked():

@@ -16,17 +16,15 @@ from pathlib import Path
 import pytest
 from support.helpers import REPO, booted, fails, grub_slot_text, make_tree, ok
 
-from bootkit.boot import counting as bootcount
-from bootkit.boot import switch as bootconfig
+from bootkit.boot import counting, switch
 from bootkit.boot.counting import Counter
 from bootkit.errors import BootkitError
-from bootkit.formats import grubenv
-from bootkit.formats import grubscript as grubcfg
-from bootkit.formats.bls import EntryName
+from bootkit.formats import grubenv, grubscript
+from bootkit.formats.bls import ENTRIES_DIR, EntryName
 from bootkit.records.config import SysrootConfig
 from bootkit.sysroot.transaction import Sysroot
 
-VENDOR = bootcount.LOADER_VENDOR
+VENDOR = counting.LOADER_VENDOR
 SCRIPT = REPO / "bootkit/data/bootkit-mark-good"
 
 
@@ -60,7 +58,7 @@ class Machine:
         return {f"{r['os']}/{r['id']}": r for r in rows}
 
     def entry(self, ref: str) -> Path:
-        return self.boot / bootconfig.ENTRIES_DIR / self.status()[ref]["entry"]
+        return self.boot / ENTRIES_DIR / self.status()[ref]["entry"]
 
     def systemd_boot_tries(self, ref: str) -> str:
         """Boot `ref` once as systemd-boot does: +LEFT-DONE counts one try. The new name."""
@@ -73,10 +71,10 @@ class Machine:
         return new.filename
 
     def grubenv(self) -> dict[str, str]:
-        return grubenv.read(self.boot / grubcfg.GRUBENV.lstrip("/"))
+        return grubenv.read(self.boot / grubscript.GRUBENV.lstrip("/"))
 
     def entry_names(self) -> list[str]:
-        return sorted(os.listdir(self.boot / bootconfig.ENTRIES_DIR))
+        return sorted(os.listdir(self.boot / ENTRIES_DIR))
 
 
 @pytest.fixture
@@ -125,7 +123,7 @@ def test_counters_carry_over_to_the_next_generation(sdboot: Machine) -> None:
     assert sdboot.entry(b).name.endswith("+3.conf")
     # Marked good (no counter) stays good through later generations.
     good = sdboot.entry(a)
-    good.rename(good.with_name(bootcount.uncounted(good.name) or ""))
+    good.rename(good.with_name(counting.uncounted(good.name) or ""))
     ok("bootloader", "update", "--sysroot", sdboot.root)
     assert "+" not in sdboot.entry(a).name
     assert sdboot.status()[a]["boot"] == "good"
@@ -173,7 +171,7 @@ def test_rollback_refuses_when_every_other_deployment_is_bad(sdboot: Machine) ->
 def test_set_default_keeps_a_good_entry_good(sdboot: Machine) -> None:
     a = sdboot.deploy()
     good = sdboot.entry(a)
-    good.rename(good.with_name(bootcount.uncounted(good.name) or ""))
+    good.rename(good.with_name(counting.uncounted(good.name) or ""))
     sdboot.deploy()
     ok("set-default", "--sysroot", sdboot.root, a)
     assert "+" not in sdboot.entry(a).name
@@ -187,17 +185,17 @@ def test_plan_and_menu_order() -> None:
 
     a, b, c = dep(1), dep(2), dep(3)
     current = {a.path: Counter(), b.path: Counter(0, 3)}
-    plan = bootcount.plan([a, b, c], b.ref, current, 2, {})
+    plan = counting.plan([a, b, c], b.ref, current, 2, {})
     assert plan.demoted == b.ref and plan.default == c.ref
     assert plan.counters == {a.ref: Counter(), b.ref: Counter(0, 3), c.ref: Counter(2)}
-    assert [d.ref for d in bootcount.menu_order([a, b, c], a.ref, plan.counters)] == [
+    assert [d.ref for d in counting.menu_order([a, b, c], a.ref, plan.counters)] == [
         a.ref, c.ref, b.ref,
     ]
     # Re-armed explicitly: no demotion, fresh tries.
-    plan = bootcount.plan([a, b, c], b.ref, current, 2, {b.ref: 4})
+    plan = counting.plan([a, b, c], b.ref, current, 2, {b.ref: 4})
     assert plan.demoted is None and plan.counters[b.ref] == Counter(4)
     # Nothing better to fall back to: the default stays.
-    plan = bootcount.plan([b], b.ref, current, 2, {})
+    plan = counting.plan([b], b.ref, current, 2, {})
     assert plan.demoted is None and plan.default == b.ref
 
 
@@ -205,23 +203,23 @@ def test_counter_words() -> None:
     assert Counter().describe() == "good"
     assert Counter(1, 2).describe() == "1 boot try left (tried 2 times), not yet marked good"
     assert Counter(0, 1).describe() == "bad: no boot tries left, tried 1 time"
-    assert bootcount.uncounted("bootkit-1-2-os-3+2-1.conf") == "bootkit-1-2-os-3.conf"
-    assert bootcount.uncounted("x+0.efi") == "x.efi"
-    assert bootcount.uncounted("bootkit-1-2-os-3.conf") is None
+    assert counting.uncounted("bootkit-1-2-os-3+2-1.conf") == "bootkit-1-2-os-3.conf"
+    assert counting.uncounted("x+0.efi") == "x.efi"
+    assert counting.uncounted("bootkit-1-2-os-3.conf") is None
 
 
 def test_a_concurrent_rename_leaves_no_stale_entry(sdboot: Machine, monkeypatch) -> None:
     a = sdboot.deploy()
     old = sdboot.entry(a)
-    real = bootconfig.syncfs
+    real = switch.syncfs
 
     def bless_meanwhile(path: Path) -> None:
         # systemd-bless-boot renames the old generation's entry while the switch runs.
         if old.exists():
-            old.rename(old.with_name(bootcount.uncounted(old.name) or ""))
+            old.rename(old.with_name(counting.uncounted(old.name) or ""))
         real(path)
 
-    monkeypatch.setattr(bootconfig, "syncfs", bless_meanwhile)
+    monkeypatch.setattr(switch, "syncfs", bless_meanwhile)
     b = sdboot.deploy()
     names = sdboot.entry_names()
     parsed = [EntryName.parse(n) for n in names]
@@ -235,20 +233,20 @@ def test_a_concurrent_rename_leaves_no_stale_entry(sdboot: Machine, monkeypatch)
 
 def test_a_concurrent_mark_good_survives_the_switch_grub(grub: Machine, monkeypatch) -> None:
     a = grub.deploy()
-    assert grub.grubenv()[grubcfg.TRIES_VAR] == "2"
+    assert grub.grubenv()[grubscript.TRIES_VAR] == "2"
     dep = grub.sr.load(a)
-    real = bootconfig.syncfs
+    real = switch.syncfs
 
     def mark_meanwhile(path: Path) -> None:
         # bootkit-mark-good.service runs while the switch's new files are being written.
-        if grub.grubenv().get(grubcfg.TRIES_VAR):
-            bootcount.mark_good(grub.boot, "grub", grub.boot / bootconfig.ENTRIES_DIR, dep)
+        if grub.grubenv().get(grubscript.TRIES_VAR):
+            grub.sr.boot.mark_good(dep)
         real(path)
 
-    monkeypatch.setattr(bootconfig, "syncfs", mark_meanwhile)
+    monkeypatch.setattr(switch, "syncfs", mark_meanwhile)
     ok("bootloader", "update", "--sysroot", grub.root)
     assert grub.status()[a]["boot"] == "good"
-    assert grubcfg.TRIES_VAR not in grub.grubenv()
+    assert grubscript.TRIES_VAR not in grub.grubenv()
     assert all("+" not in n for n in grub.entry_names())
 
 
@@ -341,17 +339,17 @@ class GrubScript:
         assert not stack, "unbalanced if"
 
     def command(self, w: list[str]) -> None:
-        env_file = self.boot / grubcfg.GRUBENV.lstrip("/")
+        env_file = self.boot / grubscript.GRUBENV.lstrip("/")
         if w[0] == "set":
             name, _, value = w[1].partition("=")
             self.vars[name] = value
         elif w[0] == "load_env":
-            assert w[1:3] == ["-f", grubcfg.GRUBENV]
+            assert w[1:3] == ["-f", grubscript.GRUBENV]
             env = grubenv.read(env_file)
             wanted = w[3:] or list(env)
             self.vars.update({k: v for k, v in env.items() if k in wanted})
         elif w[0] == "save_env":
-            assert w[1:3] == ["-f", grubcfg.GRUBENV]
+            assert w[1:3] == ["-f", grubscript.GRUBENV]
             env = grubenv.read(env_file)
             env.update({k: self.vars.get(k, "") for k in w[3:]})
             grubenv.write(env_file, env)
@@ -392,10 +390,10 @@ def menu_id(ref: str) -> str:
 def test_grub_counts_down_then_boots_the_previous_entry(grub: Machine) -> None:
     a = grub.deploy()
     # Nothing marks a good: it counts down too while it is the default.
-    assert grub.grubenv()[grubcfg.TRIES_VAR] == "2"
+    assert grub.grubenv()[grubscript.TRIES_VAR] == "2"
     b = grub.deploy()
     env = grub.grubenv()
-    assert env == {grubcfg.COUNTED_VAR: grub.sr.load(b).path, grubcfg.TRIES_VAR: "2"}
+    assert env == {grubscript.COUNTED_VAR: grub.sr.load(b).path, grubscript.TRIES_VAR: "2"}
     assert grub_boot(grub) == (menu_id(b), [f"bootkit: boot tries left for {menu_id(b)}: 1"])
     assert grub.status()[b]["tries_left"] == 1
     assert grub_boot(grub) == (menu_id(b), [f"bootkit: boot tries left for {menu_id(b)}: 0"])
@@ -405,30 +403,30 @@ def test_grub_counts_down_then_boots_the_previous_entry(grub: Machine) -> None:
         f"bootkit: no boot tries left for {menu_id(b)}",
         f"bootkit: booting {menu_id(a)} instead",
     ])
-    assert grub.grubenv()[grubcfg.TRIES_VAR] == "0"  # the fallback boot counts nothing
+    assert grub.grubenv()[grubscript.TRIES_VAR] == "0"  # the fallback boot counts nothing
     # The next transaction: a becomes the default; b's counter goes into its entry name.
     result = ok("bootloader", "update", "--sysroot", grub.root)
     assert f"the default deployment {b} failed to boot" in result.stderr
     assert list(grub.status()) == [a, b]
     assert grub.entry(b).name.endswith("+0-2.conf")
     # a's own counter, never counted down by GRUB while it was not the default.
-    assert grub.grubenv() == {grubcfg.COUNTED_VAR: grub.sr.load(a).path, grubcfg.TRIES_VAR: "2"}
+    assert grub.grubenv() == {grubscript.COUNTED_VAR: grub.sr.load(a).path, grubscript.TRIES_VAR: "2"}
     assert grub_boot(grub)[0] == menu_id(a)
 
 
 def test_grub_marked_good_is_not_counted(grub: Machine) -> None:
     a = grub.deploy()
     env = grub.grubenv()
-    env.pop(grubcfg.TRIES_VAR)  # what bootkit-mark-good does
-    grubenv.write(grub.boot / grubcfg.GRUBENV.lstrip("/"), env)
+    env.pop(grubscript.TRIES_VAR)  # what bootkit-mark-good does
+    grubenv.write(grub.boot / grubscript.GRUBENV.lstrip("/"), env)
     assert grub.status()[a]["boot"] == "good"
     assert grub_boot(grub) == (menu_id(a), [])
     b = grub.deploy()
     assert "+" not in grub.entry(a).name  # the grubenv verdict went into a's record
-    assert grub.grubenv()[grubcfg.COUNTED_VAR] == grub.sr.load(b).path
+    assert grub.grubenv()[grubscript.COUNTED_VAR] == grub.sr.load(b).path
     ok("set-default", "--sysroot", grub.root, a)
     assert grub.grubenv() == {}  # a good default: nothing to count
-    assert grubcfg.TRIES_VAR not in (grub_slot_text(grub.boot) or "")
+    assert grubscript.TRIES_VAR not in (grub_slot_text(grub.boot) or "")
     assert grub_boot(grub) == (menu_id(a), [])
 
 
@@ -436,34 +434,34 @@ def test_grub_one_shot_choice_is_not_counted(grub: Machine) -> None:
     a = grub.deploy()
     b = grub.deploy()
     env = grub.grubenv()
-    grubenv.write(grub.boot / grubcfg.GRUBENV.lstrip("/"), {**env, "next_entry": menu_id(a)})
+    grubenv.write(grub.boot / grubscript.GRUBENV.lstrip("/"), {**env, "next_entry": menu_id(a)})
     assert grub_boot(grub) == (menu_id(a), [])
-    assert grub.grubenv()[grubcfg.TRIES_VAR] == "2"
+    assert grub.grubenv()[grubscript.TRIES_VAR] == "2"
     assert grub_boot(grub)[0] == menu_id(b)
 
 
 def test_grub_unreadable_counter_counts_as_used_up(grub: Machine) -> None:
     a = grub.deploy()
     b = grub.deploy()
-    env = {**grub.grubenv(), grubcfg.TRIES_VAR: "many"}
-    grubenv.write(grub.boot / grubcfg.GRUBENV.lstrip("/"), env)
+    env = {**grub.grubenv(), grubscript.TRIES_VAR: "many"}
+    grubenv.write(grub.boot / grubscript.GRUBENV.lstrip("/"), env)
     assert grub_boot(grub)[0] == menu_id(a)
     assert grub.status()[b]["boot"] == "bad"
 
 
 def test_grub_ladder_rendering() -> None:
-    entries = [grubcfg.MenuEntry(f"bootkit-os-{n}", f"T{n}", "/l", ("/i",), "o") for n in (2, 1)]
-    text = grubcfg.render_slot(7, entries, 3, grubcfg.Counting("/bootkit/deploy/os/deploy/2", 3))
-    body = text.split("menuentry 'T2'", 1)[1].split("}", 1)[0]
+    entries = [grubscript.MenuEntry(f"bootkit-os-{n}", f"T{n}", "/l", ("/i",), "o") for n in (2, 1)]
+    text = grubscript.render_slot(7, entries, 3, grubscript.Counting("/bootkit/deploy/os/deploy/2", 3))
+    body = text.split("menuentry T2 ", 1)[1].split("}", 1)[0]
     for n in (3, 2, 1):
         assert f'[ "$bootkit_tries" = {n} ]; then\n      set bootkit_tries={n - 1}\n' in body
     assert body.count("save_env") == 3
     assert body.index("save_env") < body.index("linux ")
     assert "set default=1" in text.split("menuentry", 1)[0]
     # One entry: nothing to fall back to, so it boots anyway.
-    single = grubcfg.render_slot(7, entries[:1], 3, grubcfg.Counting("/x", 1))
+    single = grubscript.render_slot(7, entries[:1], 3, grubscript.Counting("/x", 1))
     assert "set default=1" not in single and "no boot tries left" in single
-    assert "bootkit_tries" not in grubcfg.render_slot(7, entries, 3)
+    assert "bootkit_tries" not in grubscript.render_slot(7, entries, 3)
 
 
 # --- marking good --------------------------------------------------------------------
@@ -502,12 +500,12 @@ def test_mark_good_command_grub(grub: Machine) -> None:
     with booted_as(grub, a):
         out = ok("mark-good", "--sysroot", grub.root).stdout
     assert "renamed" in out and "GRUB" not in out
-    assert grub.grubenv()[grubcfg.TRIES_VAR] == "1"
+    assert grub.grubenv()[grubscript.TRIES_VAR] == "1"
     with booted_as(grub, b):
         out = ok("mark-good", "--sysroot", grub.root).stdout
     assert "cleared the GRUB boot counter (1 tries were left)" in out
-    assert grub.grubenv() == {grubcfg.COUNTED_VAR: grub.sr.load(b).path}
-    assert (grub.boot / grubcfg.GRUBENV.lstrip("/")).stat().st_size == 1024
+    assert grub.grubenv() == {grubscript.COUNTED_VAR: grub.sr.load(b).path}
+    assert (grub.boot / grubscript.GRUBENV.lstrip("/")).stat().st_size == 1024
     status = grub.status()
     assert status[a]["boot"] == status[b]["boot"] == "good"
 
@@ -560,20 +558,20 @@ def test_script_renames_the_entry_systemd_boot_counted(sdboot: Machine, shell: l
 def test_script_clears_the_grub_counter_in_place(grub: Machine, shell: list[str]) -> None:
     a = grub.deploy()
     b = grub.deploy()
-    path = grub.boot / grubcfg.GRUBENV.lstrip("/")
+    path = grub.boot / grubscript.GRUBENV.lstrip("/")
     grubenv.write(path, {**grub.grubenv(), "saved_entry": "x y", "next_entry": ""})
     grub_boot(grub)
     inode = path.stat().st_ino
     # The fallback boot of a does not touch b's counter.
     proc = run_script(shell, grub, a, str(grub.boot))
     assert proc.returncode == 0, proc.stderr
-    assert grub.grubenv()[grubcfg.TRIES_VAR] == "1"
+    assert grub.grubenv()[grubscript.TRIES_VAR] == "1"
     proc = run_script(shell, grub, b, str(grub.boot))
     assert proc.returncode == 0, proc.stderr
     assert "cleared the GRUB boot counter" in proc.stdout
     assert path.stat().st_size == 1024 and path.stat().st_ino == inode
     assert grub.grubenv() == {
-        grubcfg.COUNTED_VAR: grub.sr.load(b).path, "saved_entry": "x y", "next_entry": "",
+        grubscript.COUNTED_VAR: grub.sr.load(b).path, "saved_entry": "x y", "next_entry": "",
     }
     status = grub.status()
     assert status[b]["boot"] == "good" and status[a]["boot"] == "good"
@@ -581,7 +579,7 @@ def test_script_clears_the_grub_counter_in_place(grub: Machine, shell: list[str]
 
 def test_script_refuses_a_broken_grubenv(grub: Machine, shell: list[str]) -> None:
     a = grub.deploy()
-    path = grub.boot / grubcfg.GRUBENV.lstrip("/")
+    path = grub.boot / grubscript.GRUBENV.lstrip("/")
     path.write_bytes(path.read_bytes()[:1000])
     proc = run_script(shell, grub, a, str(grub.boot))
     assert proc.returncode == 1

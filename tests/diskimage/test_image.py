@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support.helpers import fails, make_tree, ok, untidy
 
-from bootkit.boot import esp
+from bootkit.boot.backends import grub, systemd_boot
 from bootkit.diskimage import (
     DiskLayout,
     ImageSpec,
@@ -35,10 +35,10 @@ pytestmark = pytest.mark.skipif(
     reason="needs mtools and e2fsprogs",
 )
 needs_systemd_boot = pytest.mark.skipif(
-    not esp.SYSTEMD_BOOT_EFI.is_file(), reason="systemd-boot-efi not installed"
+    not systemd_boot.SYSTEMD_BOOT_EFI.is_file(), reason="systemd-boot-efi not installed"
 )
 needs_grub = pytest.mark.skipif(
-    not (esp.GRUB_MODULE_DIR / "linux.mod").is_file() or shutil.which("grub-mkimage") is None,
+    not (grub.GRUB_MODULE_DIR / "linux.mod").is_file() or shutil.which("grub-mkimage") is None,
     reason="grub-efi-amd64-bin not installed",
 )
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "MTOOLSRC": "/dev/null"}
@@ -107,7 +107,7 @@ def test_image_holds_esp_and_root_with_every_deployment(tmp_path: Path, trees: d
     assert layout.root.offset + layout.root.size <= image.stat().st_size - 33 * 512
 
     # The ESP: the bootloader at the removable path, the kernels, one entry per deployment.
-    assert esp_file(image, "/EFI/BOOT/BOOTX64.EFI") == esp.SYSTEMD_BOOT_EFI.read_bytes()
+    assert esp_file(image, "/EFI/BOOT/BOOTX64.EFI") == systemd_boot.SYSTEMD_BOOT_EFI.read_bytes()
     entries = subprocess.run(
         ["mdir", "-b", "-i", f"{image}@@{layout.esp.offset}", "::/loader/entries"],
         capture_output=True, text=True, env=MTOOLS_ENV, check=True).stdout.split()

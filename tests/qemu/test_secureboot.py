@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from bootkit.boot import switch as bootconfig
 from bootkit.boot.payloads import UKI_FILE
 from bootkit.diskimage import edit_image, read_image
+from bootkit.formats.bls import ENTRIES_DIR
 from bootkit.secureboot import uki
 from bootkit.secureboot.keys import (
     SNAKEOIL_CERT,
@@ -108,7 +108,7 @@ def only_uki(sr: Sysroot) -> Path:
 def test_signed_uki_boots_its_deployment(signed: SignedImage, tmp_path: Path) -> None:
     image = signed.copy(tmp_path / "disk.img")
     with read_image(image) as sr:
-        view = bootconfig.read_view(sr.boot_path)
+        view = sr.boot.view()
         ((_, entry),) = view.entries
         assert entry.efi and not entry.linux, entry
         info = uki.inspect_uki(sr.boot_path / entry.efi.lstrip("/"))
@@ -127,7 +127,7 @@ def test_entry_options_cannot_override_the_signed_command_line(
     image = signed.copy(tmp_path / "disk.img")
     elsewhere = "/bootkit/deploy/testos/deploy/elsewhere"
     with edit_image(image) as sr:
-        (entry_file,) = (sr.boot_path / bootconfig.ENTRIES_DIR).glob("*.conf")
+        (entry_file,) = (sr.boot_path / ENTRIES_DIR).glob("*.conf")
         text = entry_file.read_text()
         assert f"bootkit={signed.deployment}" in text
         entry_file.write_text(text.replace(f"bootkit={signed.deployment}", f"bootkit={elsewhere}"))

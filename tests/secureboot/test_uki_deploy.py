@@ -12,6 +12,7 @@ from support.helpers import bls_entries, fails, grub_slot_text, make_tree, ok, s
 from test_uki import fake_bzimage
 
 from bootkit.boot import esp, payloads
+from bootkit.boot.backends import systemd_boot
 from bootkit.boot.payloads import UKI_FILE
 from bootkit.secureboot import keys, uki
 from bootkit.sysroot.transaction import Sysroot
@@ -249,13 +250,13 @@ def test_init_checks_the_key(tmp_path: Path, passphrase_file: Path, args: list, 
 @SNAKEOIL
 @SBVERIFY
 def test_bootloader_install_signs_systemd_boot(tmp_path: Path, passphrase_file: Path) -> None:
-    if not esp.SYSTEMD_BOOT_EFI.is_file():
+    if not systemd_boot.SYSTEMD_BOOT_EFI.is_file():
         pytest.skip("systemd-boot (systemd-boot-efi) is not installed")
     sysroot = init(tmp_path / "sys", "--uki", *signing_args(passphrase_file))
     out = ok("bootloader", "install", "--sysroot", sysroot).stdout
     assert "signed for" in out
     boot = Sysroot(sysroot).boot_path
-    for rel in (esp.REMOVABLE_PATH, Path("EFI/systemd/systemd-bootx64.efi")):
+    for rel in (esp.REMOVABLE_PATH, systemd_boot.VENDOR_PATH):
         result = sbverify(keys.SNAKEOIL_CERT, boot / rel)
         assert result.returncode == 0, result.stderr + result.stdout
     plain = init(tmp_path / "plain")

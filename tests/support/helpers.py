@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shlex
 import stat
 import sys
 import tempfile
@@ -17,12 +18,17 @@ from click.testing import CliRunner, Result
 
 from bootkit import contract
 from bootkit.boot import payloads
-from bootkit.boot import switch as bootconfig
 from bootkit.boot.payloads import Payload
 from bootkit.cli import main
 from bootkit.contract import bootkit_arg
-from bootkit.formats import grubscript as grubcfg
-from bootkit.formats.bls import BootEntry, EntryName, parse_entry, systemd_boot_order
+from bootkit.formats import grubscript
+from bootkit.formats.bls import (
+    ENTRIES_DIR,
+    BootEntry,
+    EntryName,
+    parse_entry,
+    systemd_boot_order,
+)
 from bootkit.sysroot.transaction import Sysroot
 
 KVER = "6.1.0-1-amd64"
@@ -108,7 +114,7 @@ def init_sysroot(path: Path, bootloader: str = "systemd-boot", os_name: str = "t
 
 def bls_entries(boot: Path) -> list[tuple[str, BootEntry]]:
     """Every entry systemd-boot would load: files ending in .conf in loader/entries."""
-    edir = boot / bootconfig.ENTRIES_DIR
+    edir = boot / ENTRIES_DIR
     if not edir.is_dir():
         return []
     return [
@@ -124,19 +130,21 @@ def sdboot_menu(boot: Path) -> list[tuple[str, BootEntry]]:
 
 def grub_slot_text(boot: Path) -> str | None:
     """The slot file GRUB's stub would `source`, given the slot files that exist."""
-    gdir = boot / grubcfg.SLOT_DIR.lstrip("/")
-    present = {i for i in range(grubcfg.SLOTS) if (gdir / f"slot-{i}.cfg").is_file()}
-    slot = grubcfg.choose_slot(present)
+    gdir = boot / grubscript.SLOT_DIR.lstrip("/")
+    present = {i for i in range(grubscript.SLOTS) if (gdir / f"slot-{i}.cfg").is_file()}
+    slot = grubscript.choose_slot(present)
     return None if slot is None else (gdir / f"slot-{slot}.cfg").read_text()
 
 
 def grub_menu(boot: Path) -> list[tuple[str, str]]:
     text = grub_slot_text(boot)
-    return [] if text is None else grubcfg.parse_menu(text)
+    return [] if text is None else grubscript.parse_menu(text)
 
 
 def grub_initrds(text: str) -> list[str]:
-    return re.findall(r"^\s*initrd (\S+)", text, re.M)
+    """The initrd paths of a slot file, unquoted as GRUB reads them."""
+    lines = re.findall(r"^\s*initrd .*$", text, re.M)
+    return [shlex.split(line)[1] for line in lines]
 
 
 def deployment_path(options: str) -> str:
@@ -206,8 +214,8 @@ def untidy(sr: Sysroot) -> list[str]:
         for name in dirnames + filenames:
             if name.endswith(".bootkit-tmp") or name.startswith(".staging-"):
                 problems.append(f"leftover {Path(dirpath, name)}")
-    view = bootconfig.read_view(boot)
-    if not bootconfig.is_current(view, state.generation, cfg):
+    view = sr.boot.view()
+    if not sr.boot.is_current(view, state.generation):
         problems.append(f"$BOOT is not generation {state.generation}: {view}")
     listed = set(state.deployments)
     for osdir in (sr.meta / "deploy").iterdir():

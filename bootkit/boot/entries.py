@@ -1,0 +1,52 @@
+"""bootkit's BLS entries: one per deployment, common to every bootloader backend.
+
+systemd-boot reads them natively, GRUB through blscfg, and with no bootloader of
+bootkit's own they are there for kernel-install style setups. Their file names carry
+the generation, the menu rank and the boot counter (see `bootkit.formats.bls`).
+"""
+
+from __future__ import annotations
+
+from bootkit.boot.counting import Counter
+from bootkit.boot.payloads import UKI_FILE, Payload
+from bootkit.formats.bls import BootEntry, EntryName
+from bootkit.records.config import SysrootConfig
+from bootkit.records.deployment import Deployment
+
+
+def options_for(cfg: SysrootConfig, dep: Deployment) -> str:
+    """The kernel command line that boots `dep`."""
+    return " ".join([cfg.root_arg, "rw", f"bootkit={dep.path}", *dep.kargs])
+
+
+def entry_name(
+    dep: Deployment, generation: int, rank: int, counter: Counter | None = None
+) -> EntryName:
+    counter = counter or Counter()
+    return EntryName(
+        generation, rank, f"{dep.os}-{dep.id}", tries_left=counter.left, tries_done=counter.done
+    )
+
+
+def render_entry(cfg: SysrootConfig, dep: Deployment, name: EntryName) -> BootEntry:
+    payload = Payload(dep.os, dep.payload)
+    if dep.uki:
+        # The same options as embedded in the UKI: systemd-stub uses these only while
+        # Secure Boot is off, and `status` finds the entry of a deployment by them.
+        return BootEntry(
+            title=dep.title,
+            version=dep.version,
+            sort_key=name.sort_key,
+            linux="",
+            initrd=(),
+            options=options_for(cfg, dep),
+            efi=payload.rel(UKI_FILE),
+        )
+    return BootEntry(
+        title=dep.title,
+        version=dep.version,
+        sort_key=name.sort_key,
+        linux=payload.rel("linux"),
+        initrd=(payload.rel("initrd"),),
+        options=options_for(cfg, dep),
+    )
