@@ -13,7 +13,7 @@ from bootkit.errors import BootkitError
 from bootkit.records.config import BOOTLOADERS, DEFAULT_TRIES
 from bootkit.secureboot import signing
 from bootkit.sysroot.deploy import INITRAMFS_MODES
-from bootkit.sysroot.importer import source_size
+from bootkit.sysroot.importers import source_size
 from bootkit.sysroot.transaction import DeploymentStatus, Sysroot
 
 _key_file = click.Path(exists=True, dir_okay=False, path_type=Path)

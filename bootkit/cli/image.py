@@ -16,7 +16,7 @@ from bootkit.errors import BootkitError
 from bootkit.records.config import DEFAULT_TRIES
 from bootkit.secureboot import signing
 from bootkit.sysroot.deploy import INITRAMFS_MODES
-from bootkit.sysroot.importer import source_size
+from bootkit.sysroot.importers import source_size
 
 
 def _import_progress(source: Path) -> AbstractContextManager[Callable[[int], None]]:

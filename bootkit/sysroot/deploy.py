@@ -19,7 +19,8 @@ from bootkit.errors import BootkitError
 from bootkit.records.deployment import Deployment
 from bootkit.secureboot import signing
 from bootkit.sysroot import etcmerge
-from bootkit.sysroot.importer import HashCache, import_source
+from bootkit.sysroot.hashcache import HashCache
+from bootkit.sysroot.importers import import_source
 from bootkit.sysroot.kernel import TreeKernel, find_kernel, os_release_path, read_os_release
 
 INITRAMFS_MODES = ("auto", "tree", "build")

@@ -29,7 +29,7 @@ from bootkit.formats import bls
 from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
-from bootkit.sysroot.importer import ObjectStore
+from bootkit.sysroot.store import ObjectStore
 
 
 @dataclass(frozen=True)

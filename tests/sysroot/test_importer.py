@@ -20,7 +20,8 @@ import pytest
 from support.helpers import cli, fails, init_sysroot, make_tree, ok, snapshot, untidy
 
 from bootkit.errors import BootkitError
-from bootkit.sysroot.importer import ObjectStore, import_source
+from bootkit.sysroot.importers import import_source
+from bootkit.sysroot.store import ObjectStore
 
 IS_ROOT = os.geteuid() == 0
 
@@ -430,21 +431,22 @@ def test_deploy_output_names_the_deployment(tmp_path: Path) -> None:
 
 def test_redeploy_reads_only_changed_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The hash cache: unchanged files are not read again, and every change is seen."""
-    import bootkit.sysroot.importer as importer
+    from bootkit.sysroot.hashcache import HashCache
+    from bootkit.sysroot.importers import directory
 
     # Cache everything, however recent; the sleeps below step past the clock's granularity.
-    monkeypatch.setattr(importer.HashCache, "RACY_NS", 0)
+    monkeypatch.setattr(HashCache, "RACY_NS", 0)
     tree = make_tree(tmp_path / "tree", files={f"usr/share/f{i}": f"file {i}\n" for i in range(20)})
     sr = init_sysroot(tmp_path / "sys")
     sr.deploy(tree)
     hashed: list[str] = []
-    real_hash = importer._hash_file
+    real_hash = directory._hash_file
 
     def counting_hash(path: str) -> str:
         hashed.append(path)
         return real_hash(path)
 
-    monkeypatch.setattr(importer, "_hash_file", counting_hash)
+    monkeypatch.setattr(directory, "_hash_file", counting_hash)
     time.sleep(0.05)
     # Same size, same mtime, new content: only the ctime tells.
     target = tree / "usr/share/f3"
@@ -478,7 +480,7 @@ def test_parallel_import_matches_sequential(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Big trees are imported by several threads; the result must not depend on it."""
-    import bootkit.sysroot.importer as importer
+    from bootkit.sysroot.importers import directory
 
     files: dict[str, bytes | str] = {}
     for i in range(120):
@@ -489,7 +491,7 @@ def test_parallel_import_matches_sequential(
     src = make_tree(tmp_path / "src", files=files)
     reports = {}
     for mode, threshold in (("sequential", 1 << 30), ("parallel", 0)):
-        monkeypatch.setattr(importer, "PARALLEL_FILES", threshold)
+        monkeypatch.setattr(directory, "PARALLEL_FILES", threshold)
         dest = tmp_path / mode
         reports[mode] = _import(src, dest, ObjectStore(tmp_path / f"objects-{mode}"))
         assert _describe(dest) == _describe(src)
