@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from bootkit.errors import BootkitError
-from bootkit.sysroot.etcmerge import EtcChange, copy_etc, etc_changes, etc_from_tree, merge_etc
+from bootkit.sysroot.etcmerge import copy_etc, etc_from_tree, merge_etc
+from bootkit.sysroot.etctree import EtcChange, etc_changes
 
 
 @dataclass(frozen=True)
