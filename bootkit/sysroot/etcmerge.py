@@ -20,12 +20,14 @@ whole deployment, syncs the filesystem once, and discards the destination on fai
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import stat
 from pathlib import Path
 
+from bootkit.base.files import remove_path
+from bootkit.base.filetypes import FileType
+from bootkit.base.xattrs import write_xattrs
 from bootkit.errors import BootkitError
 from bootkit.sysroot.etctree import (
     EtcChange,
@@ -40,27 +42,13 @@ from bootkit.sysroot.etctree import (
 # --- writing ---------------------------------------------------------------------
 
 
-def _set_xattrs(path: Path, node: Node) -> None:
-    for name, value in node.xattrs:
-        try:
-            os.setxattr(path, name, value, follow_symlinks=False)
-        except OSError as err:
-            # The destination filesystem may lack xattrs, and Linux refuses user.*
-            # attributes on symlinks; neither is the admin's data to lose loudly.
-            if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                return
-            if err.errno == errno.EPERM and node.type == "symlink":
-                continue
-            raise
-
-
 def _set_metadata(path: Path, node: Node) -> None:
     # Owner first (chown clears setuid/setgid), mode last (an ACL xattr rewrites
     # the group bits), times at the very end.
     if os.geteuid() == 0:
         os.chown(path, node.uid, node.gid, follow_symlinks=False)
-    _set_xattrs(path, node)
-    if node.type != "symlink":
+    write_xattrs(path, node.xattrs)
+    if node.type is not FileType.SYMLINK:
         os.chmod(path, node.mode)
     os.utime(path, ns=node.times_ns, follow_symlinks=False)
 
@@ -71,24 +59,17 @@ def _create(path: Path, node: Node) -> None:
     A directory is created private and gets its metadata later, once its content is
     in place (a read-only mode would stop that content, and writing it bumps mtime).
     """
-    if node.type == "dir":
+    if node.type is FileType.DIR:
         os.mkdir(path, 0o700)
         return
-    if node.type == "symlink":
+    if node.type is FileType.SYMLINK:
         assert node.target is not None
         os.symlink(node.target, path)
-    elif node.type == "file":
+    elif node.type is FileType.FILE:
         shutil.copyfile(node.path, path, follow_symlinks=False)
     else:
-        os.mknod(path, stat.S_IFMT(os.lstat(node.path).st_mode) | 0o600, node.rdev)
+        os.mknod(path, node.type.format_bits | 0o600, node.rdev)
     _set_metadata(path, node)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
 
 
 class _Builder:
@@ -125,7 +106,7 @@ class _Builder:
             self.dir_metadata[rel] = node
 
     def remove(self, rel: str) -> None:
-        _remove(self.dest / rel)
+        remove_path(self.dest / rel)
         for key in [k for k in self.dir_metadata if k == rel or k.startswith(f"{rel}/")]:
             del self.dir_metadata[key]
 

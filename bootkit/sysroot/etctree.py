@@ -8,7 +8,6 @@ every path added, deleted or modified, with what differs for a modification
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -16,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from bootkit.base.filetypes import FileType
+from bootkit.base.xattrs import Xattrs, read_xattrs
 from bootkit.errors import BootkitError
 
-NodeType = Literal["file", "dir", "symlink", "other"]
 ChangeKind = Literal["added", "modified", "deleted"]
 
 # Labels that a security policy (SELinux, IMA/EVM) assigns by itself and that may
@@ -34,20 +34,20 @@ class Node:
     """One filesystem object as the merge sees it (the object itself, symlinks not followed)."""
 
     path: Path
-    type: NodeType
+    type: FileType
     mode: int  # permission bits, including setuid/setgid/sticky
     uid: int
     gid: int
     size: int
     target: str | None  # symlink target
     rdev: int  # device number of device nodes
-    xattrs: tuple[tuple[str, bytes], ...]
+    xattrs: Xattrs
     dev_ino: tuple[int, int]
     times_ns: tuple[int, int]
 
     @property
     def is_dir(self) -> bool:
-        return self.type == "dir"
+        return self.type is FileType.DIR
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class EtcChange:
 
     path: str  # relative to /etc, e.g. "ssh/sshd_config"
     kind: ChangeKind
-    type: NodeType
+    type: FileType
     changed: tuple[str, ...] = field(default=())
 
     @property
@@ -72,7 +72,7 @@ class EtcChange:
         return {
             "path": self.path,
             "kind": self.kind,
-            "type": self.type,
+            "type": str(self.type),
             "changed": list(self.changed),
         }
 
@@ -80,37 +80,9 @@ class EtcChange:
 # --- reading trees ---------------------------------------------------------------
 
 
-def _node_type(mode: int) -> NodeType:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    return "other"
-
-
-def _read_xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as err:
-        if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return ()
-        raise
-    values = []
-    for name in sorted(names):
-        try:
-            values.append((name, os.getxattr(path, name, follow_symlinks=False)))
-        except OSError as err:
-            # Gone between listing and reading, or not readable through this call.
-            if err.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
-    return tuple(values)
-
-
 def read_node(path: Path) -> Node:
     st = os.lstat(path)
-    kind = _node_type(st.st_mode)
+    kind = FileType.of_mode(st.st_mode)
     return Node(
         path=path,
         type=kind,
@@ -118,9 +90,9 @@ def read_node(path: Path) -> Node:
         uid=st.st_uid,
         gid=st.st_gid,
         size=st.st_size,
-        target=os.readlink(path) if kind == "symlink" else None,
-        rdev=st.st_rdev if kind == "other" else 0,
-        xattrs=_read_xattrs(path),
+        target=os.readlink(path) if kind is FileType.SYMLINK else None,
+        rdev=st.st_rdev if kind.special else 0,
+        xattrs=read_xattrs(path),
         dev_ino=(st.st_dev, st.st_ino),
         times_ns=(st.st_atime_ns, st.st_mtime_ns),
     )
@@ -163,7 +135,7 @@ def _same_content(a: Path, b: Path) -> bool:
                 return True
 
 
-def _admin_xattrs(node: Node) -> tuple[tuple[str, bytes], ...]:
+def _admin_xattrs(node: Node) -> Xattrs:
     return tuple(item for item in node.xattrs if item[0] not in _POLICY_XATTRS)
 
 
@@ -172,15 +144,15 @@ def differences(default: Node, live: Node) -> tuple[str, ...]:
     if default.type != live.type:
         return ("type",)
     found: list[str] = []
-    if default.type == "file" and default.dev_ino != live.dev_ino:
+    if default.type is FileType.FILE and default.dev_ino != live.dev_ino:
         if default.size != live.size or not _same_content(default.path, live.path):
             found.append("content")
-    elif default.type == "symlink" and default.target != live.target:
+    elif default.type is FileType.SYMLINK and default.target != live.target:
         found.append("target")
-    elif default.type == "other" and default.rdev != live.rdev:
+    elif default.type.special and default.rdev != live.rdev:
         found.append("device")
     # Linux symlinks have no mode of their own; it is always 0777.
-    if default.type != "symlink" and default.mode != live.mode:
+    if default.type is not FileType.SYMLINK and default.mode != live.mode:
         found.append("mode")
     if (default.uid, default.gid) != (live.uid, live.gid):
         found.append("owner")

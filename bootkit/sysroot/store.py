@@ -17,13 +17,13 @@ import contextlib
 import errno
 import hashlib
 import os
-import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkit.base.files import fsync_dir
+from bootkit.base.files import fsync_dir, remove_tree
+from bootkit.base.xattrs import Xattrs, write_xattrs
 
 IS_ROOT = os.geteuid() == 0
 
@@ -33,7 +33,7 @@ class FileMeta:
     mode: int
     uid: int
     gid: int
-    xattrs: tuple[tuple[str, bytes], ...]
+    xattrs: Xattrs
     mtime: float
 
 
@@ -48,10 +48,7 @@ def object_key(content_hash: str, meta: FileMeta) -> str:
 def apply_meta(path: str | Path, meta: FileMeta, *, symlink: bool = False) -> None:
     if IS_ROOT:
         os.chown(path, meta.uid, meta.gid, follow_symlinks=False)
-    for name, value in meta.xattrs:
-        # Not every filesystem takes every namespace (security.* on tmpfs, say).
-        with contextlib.suppress(OSError):
-            os.setxattr(path, name, value, follow_symlinks=False)
+    write_xattrs(path, meta.xattrs)
     if not symlink:
         # chmod after chown: chown clears setuid/setgid bits.
         os.chmod(path, stat.S_IMODE(meta.mode))
@@ -144,7 +141,7 @@ class ObjectStore:
             return 0
         for sub in self.root.iterdir():
             if sub == self.tmp:
-                shutil.rmtree(sub, ignore_errors=True)
+                remove_tree(sub)
                 sub.mkdir(mode=0o700)
                 continue
             if not sub.is_dir():
