@@ -16,11 +16,11 @@ from bootkit.errors import BootkitError
 from bootkit.records.config import DEFAULT_TRIES
 from bootkit.secureboot import signing
 from bootkit.sysroot.deploy import INITRAMFS_MODES
-from bootkit.sysroot.importers import source_size
+from bootkit.sysroot.importers import open_source
 
 
 def _import_progress(source: Path) -> AbstractContextManager[Callable[[int], None]]:
-    size = source_size(source) if source.exists() else 0
+    size = open_source(source).size() if source.exists() else 0
     return byte_progress(f"Importing {source.name}", size)
 
 

@@ -20,7 +20,7 @@ import pytest
 from support.helpers import cli, fails, init_sysroot, make_tree, ok, snapshot, untidy
 
 from bootkit.errors import BootkitError
-from bootkit.sysroot.importers import import_source
+from bootkit.sysroot.importers import ImportReport, open_source
 from bootkit.sysroot.store import ObjectStore
 
 IS_ROOT = os.geteuid() == 0
@@ -117,8 +117,8 @@ def _rich_tree(root: Path) -> Path:
     return root
 
 
-def _import(src: Path, dest: Path, store: ObjectStore):  # type: ignore[no-untyped-def]
-    return import_source(src, dest, store)
+def _import(src: Path, dest: Path, store: ObjectStore) -> ImportReport:
+    return open_source(src).import_into(dest, store, lambda n: None, frozenset())
 
 
 def test_directory_import_keeps_everything(tmp_path: Path) -> None:
@@ -416,9 +416,9 @@ def test_import_into_existing_dest_is_refused(tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src")
     (tmp_path / "dest").mkdir()
     with pytest.raises(FileExistsError):
-        import_source(src, tmp_path / "dest", ObjectStore(tmp_path / "objects"))
+        _import(src, tmp_path / "dest", ObjectStore(tmp_path / "objects"))
     with pytest.raises(BootkitError, match="does not exist"):
-        import_source(tmp_path / "missing", tmp_path / "dest2", ObjectStore(tmp_path / "o"))
+        _import(tmp_path / "missing", tmp_path / "dest2", ObjectStore(tmp_path / "o"))
 
 
 def test_deploy_output_names_the_deployment(tmp_path: Path) -> None:

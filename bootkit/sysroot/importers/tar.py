@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from bootkit.base.filetypes import FileType
 from bootkit.errors import BootkitError
 from bootkit.sysroot.importers.tree import ImportReport, Progress, TreeBuilder
 from bootkit.sysroot.store import FileMeta, ObjectStore
@@ -135,80 +136,130 @@ def _add_spooled(
         os.unlink(tmp)
 
 
-def import_tar(
-    src: Path, dest: Path, store: ObjectStore, progress: Progress | None = None
-) -> ImportReport:
-    imp = TreeBuilder(dest, store, progress)
-    seen_files: set[PurePosixPath] = set()
-    known_dirs: set[str] = set()
-    tmp_member = os.path.join(store.tmp, f"member.{os.getpid()}")
-    root_meta: FileMeta | None = None
-    try:
-        with _open_tar_stream(src, imp.progress) as tf:
-            for m in tf:
-                rel = _member_path(m.name)
-                meta = FileMeta(m.mode | _type_bits(m), m.uid, m.gid, _pax_xattrs(m), float(m.mtime))
-                if str(rel) == ".":
-                    if m.isdir():
-                        root_meta = meta
-                    continue
-                _check_parents(dest, rel, m.name, known_dirs)
-                _check_new(dest, rel, m)
-                name = str(rel)
-                if m.isdir():
-                    imp.add_dir(name, meta)
-                elif m.issym():
-                    if _escapes(rel, m.linkname):
-                        raise BootkitError(
-                            f"tar member {m.name!r} is a symlink that escapes the tree ({m.linkname!r})",
-                            hint="the archive may be malicious; rebuild it",
-                        )
-                    imp.add_symlink(name, m.linkname, meta)
-                elif m.islnk():
-                    target = _member_path(m.linkname)
-                    if target not in seen_files:
-                        raise BootkitError(
-                            f"tar member {m.name!r} is a hardlink to {m.linkname!r}, which is not an earlier file in the archive",
-                            hint="the archive may be malicious or truncated",
-                        )
-                    imp.add_hardlink(name, str(target))
-                    seen_files.add(rel)
-                elif m.isreg():
-                    f = tf.extractfile(m)
-                    assert f is not None
-                    if m.size <= _IN_MEMORY:
-                        # Most files of a tree are small and most are stored already:
-                        # hashing them in memory spares a file written and removed.
-                        data = f.read()
-                        imp.add_file(name, meta, hashlib.sha256(data).hexdigest(),
-                                     _writer(data), m.size)
-                    else:
-                        _add_spooled(imp, name, meta, f, m.size, tmp_member)
-                    seen_files.add(rel)
-                else:
-                    imp.skip(
-                        name,
-                        "device node"
-                        if m.ischr() or m.isblk()
-                        else "fifo"
-                        if m.isfifo()
-                        else "special file",
-                    )
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as err:
-        raise BootkitError(
-            f"{src} is not a readable tar archive: {err}",
-            hint="check the file; it may be truncated or corrupt",
-        ) from None
-    if root_meta is not None:
-        imp.dir_meta.insert(0, (str(dest), root_meta))
-    return imp.finish()
+class TarSource:
+    """A tar archive of a root tree, read as one stream (plain, gzip, xz, bzip2 or zstd).
+
+    Every member is checked before it is written: no absolute paths, no '..', no
+    symlink that leads out of the tree or is written through, no hardlink to
+    anything but an earlier file, no path twice. Device nodes and fifos are skipped.
+    """
+
+    def __init__(self, archive: Path) -> None:
+        self.archive = archive
+        self.label = archive.name
+        self.origin = str(archive.resolve())
+
+    def size(self) -> int:
+        """The archive's bytes as stored, which is what the stream counts."""
+        return self.archive.stat().st_size
+
+    def import_into(
+        self, dest: Path, store: ObjectStore, progress: Progress, dropped: frozenset[str]
+    ) -> ImportReport:
+        """Import into `dest` (created). A stream is read whole, `dropped` names included."""
+        dest.mkdir()
+        return _TarImport(self.archive, dest, store, progress).run()
+
+    def imported(self) -> None:
+        """Nothing to keep: an archive is read whole every time."""
 
 
-def _type_bits(m: tarfile.TarInfo) -> int:
-    if m.isdir():
-        return stat.S_IFDIR
-    if m.issym():
-        return stat.S_IFLNK
+class _TarImport:
+    """One pass over an archive's members into a new tree."""
+
+    def __init__(self, archive: Path, dest: Path, store: ObjectStore, progress: Progress) -> None:
+        self.archive = archive
+        self.dest = dest
+        self.tree = TreeBuilder(dest, store, progress)
+        self.seen_files: set[PurePosixPath] = set()  # regular files, for hardlinks to name
+        self.known_dirs: set[str] = set()
+        self.spool = os.path.join(store.tmp, f"member.{os.getpid()}")
+        self.root_meta: FileMeta | None = None
+
+    def run(self) -> ImportReport:
+        try:
+            with _open_tar_stream(self.archive, self.tree.progress) as tf:
+                for member in tf:
+                    self.add(member, tf)
+        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as err:
+            raise BootkitError(
+                f"{self.archive} is not a readable tar archive: {err}",
+                hint="check the file; it may be truncated or corrupt",
+            ) from None
+        if self.root_meta is not None:
+            self.tree.dir_meta.insert(0, (str(self.dest), self.root_meta))
+        return self.tree.finish()
+
+    def add(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+        rel = _member_path(m.name)
+        kind = _MEMBER_TYPES.get(m.type)  # None: a hardlink, or a type unknown to tar
+        meta = FileMeta(m.mode | _format_bits(kind), m.uid, m.gid, _pax_xattrs(m), float(m.mtime))
+        if str(rel) == ".":
+            if kind is FileType.DIR:
+                self.root_meta = meta
+            return
+        _check_parents(self.dest, rel, m.name, self.known_dirs)
+        _check_new(self.dest, rel, m)
+        if kind is FileType.DIR:
+            self.tree.add_dir(str(rel), meta)
+        elif kind is FileType.SYMLINK:
+            self.add_symlink(rel, m, meta)
+        elif m.islnk():
+            self.add_hardlink(rel, m)
+        elif kind is FileType.FILE:
+            self.add_file(rel, m, meta, tf)
+        else:
+            self.tree.skip(str(rel), kind.description if kind else "special file")
+
+    def add_symlink(self, rel: PurePosixPath, m: tarfile.TarInfo, meta: FileMeta) -> None:
+        if _escapes(rel, m.linkname):
+            raise BootkitError(
+                f"tar member {m.name!r} is a symlink that escapes the tree ({m.linkname!r})",
+                hint="the archive may be malicious; rebuild it",
+            )
+        self.tree.add_symlink(str(rel), m.linkname, meta)
+
+    def add_hardlink(self, rel: PurePosixPath, m: tarfile.TarInfo) -> None:
+        target = _member_path(m.linkname)
+        if target not in self.seen_files:
+            raise BootkitError(
+                f"tar member {m.name!r} is a hardlink to {m.linkname!r}, which is not an earlier file in the archive",
+                hint="the archive may be malicious or truncated",
+            )
+        self.tree.add_hardlink(str(rel), str(target))
+        self.seen_files.add(rel)
+
+    def add_file(
+        self, rel: PurePosixPath, m: tarfile.TarInfo, meta: FileMeta, tf: tarfile.TarFile
+    ) -> None:
+        f = tf.extractfile(m)
+        assert f is not None
+        if m.size <= _IN_MEMORY:
+            # Most files of a tree are small and most are stored already:
+            # hashing them in memory spares a file written and removed.
+            data = f.read()
+            self.tree.add_file(str(rel), meta, hashlib.sha256(data).hexdigest(), _writer(data),
+                               m.size)
+        else:
+            _add_spooled(self.tree, str(rel), meta, f, m.size, self.spool)
+        self.seen_files.add(rel)
+
+
+# What each tar member type is; a hardlink (LNKTYPE) names another member instead.
+_MEMBER_TYPES = {
+    **dict.fromkeys(tarfile.REGULAR_TYPES, FileType.FILE),
+    tarfile.DIRTYPE: FileType.DIR,
+    tarfile.SYMTYPE: FileType.SYMLINK,
+    tarfile.CHRTYPE: FileType.CHAR,
+    tarfile.BLKTYPE: FileType.BLOCK,
+    tarfile.FIFOTYPE: FileType.FIFO,
+}
+
+
+def _format_bits(kind: FileType | None) -> int:
+    # Only directories, symlinks and files are imported; their notes carry these bits.
+    if kind is FileType.DIR or kind is FileType.SYMLINK:
+        return kind.format_bits
     return stat.S_IFREG
 
 

@@ -25,10 +25,10 @@ class ImportReport:
 class TreeBuilder:
     """Builds the new tree; paths are plain strings here, as this runs once per file."""
 
-    def __init__(self, dest: Path, store: ObjectStore, progress: Progress | None) -> None:
+    def __init__(self, dest: Path, store: ObjectStore, progress: Progress) -> None:
         self.dest = str(dest)
         self.store = store
-        self.progress = progress or (lambda n: None)
+        self.progress = progress
         self.report = ImportReport()
         store.prepare()
         self.notes: list[str] = []  # what identifies the tree, one line per entry, in walk order
