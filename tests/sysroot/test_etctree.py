@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,29 @@ def test_untouched_copy_is_no_change(tmp_path: Path) -> None:
 def test_missing_tree_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(BootkitError, match="not a directory"):
         etc_changes(tmp_path / "nope", tmp_path)
+
+
+def test_special_files_are_named_for_what_they_are(tmp_path: Path) -> None:
+    defaults = build(tmp_path / "usr/etc", BASE)
+    live = build(tmp_path / "etc", BASE)
+    os.mkfifo(defaults / "same-pipe")
+    os.mkfifo(live / "same-pipe")
+    os.mkfifo(live / "initctl")
+    changes = [EtcChange("initctl", "added", "fifo")]
+    if os.geteuid() == 0:
+        os.mknod(defaults / "console", stat.S_IFCHR | 0o600, os.makedev(5, 1))
+        os.mknod(live / "console", stat.S_IFCHR | 0o600, os.makedev(4, 1))
+        os.mknod(defaults / "disk", stat.S_IFBLK | 0o600, os.makedev(8, 0))
+        os.mkfifo(live / "disk")
+        changes = [
+            EtcChange("console", "modified", "char", ("device",)),
+            EtcChange("disk", "modified", "fifo", ("type",)),
+            *changes,
+        ]
+    assert etc_changes(defaults, live) == changes
+    assert changes[-1].to_json() == {
+        "path": "initctl", "kind": "added", "type": "fifo", "changed": [],
+    }
 
 
 # --- bootkit etc diff ------------------------------------------------------------------
