@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from bootkit.base import xattrs
 from bootkit.base.xattrs import read_xattrs, write_xattrs
 
 
-def _fail(code: int):  # type: ignore[no-untyped-def]
+def _fail(code: int) -> Callable[..., object]:
     def call(*args: object, **kwargs: object) -> object:
         raise OSError(code, os.strerror(code))
 
@@ -60,7 +60,7 @@ def test_round_trip_sorted_and_symlinks_not_followed(supported: Path) -> None:
 def test_reader_filesystem_without_xattrs_gives_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(xattrs.os, "listxattr", _fail(errno.EOPNOTSUPP))
+    monkeypatch.setattr(os, "listxattr", _fail(errno.EOPNOTSUPP))
     assert read_xattrs(tmp_path) == ()
 
 
@@ -68,7 +68,7 @@ def test_reader_filesystem_without_xattrs_gives_none(
 def test_reader_other_listing_errors_propagate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
-    monkeypatch.setattr(xattrs.os, "listxattr", _fail(code))
+    monkeypatch.setattr(os, "listxattr", _fail(code))
     with pytest.raises(OSError) as caught:
         read_xattrs(tmp_path)
     assert caught.value.errno == code
@@ -77,14 +77,14 @@ def test_reader_other_listing_errors_propagate(
 def test_reader_skips_an_attribute_gone_since_listed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(xattrs.os, "listxattr", lambda path, follow_symlinks: ["user.b", "user.a"])
+    monkeypatch.setattr(os, "listxattr", lambda path, follow_symlinks: ["user.b", "user.a"])
 
     def getxattr(path: object, name: str, follow_symlinks: bool) -> bytes:
         if name == "user.a":
             raise OSError(errno.ENODATA, "No data available")
         return b"kept"
 
-    monkeypatch.setattr(xattrs.os, "getxattr", getxattr)
+    monkeypatch.setattr(os, "getxattr", getxattr)
     assert read_xattrs(tmp_path) == (("user.b", b"kept"),)
 
 
@@ -92,14 +92,14 @@ def test_reader_skips_an_attribute_gone_since_listed(
 def test_reader_other_reading_errors_propagate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
-    monkeypatch.setattr(xattrs.os, "listxattr", lambda path, follow_symlinks: ["user.a"])
-    monkeypatch.setattr(xattrs.os, "getxattr", _fail(code))
+    monkeypatch.setattr(os, "listxattr", lambda path, follow_symlinks: ["user.a"])
+    monkeypatch.setattr(os, "getxattr", _fail(code))
     with pytest.raises(OSError) as caught:
         read_xattrs(tmp_path)
     assert caught.value.errno == code
 
 
-def _recording_setxattr(refuse: dict[str, int], done: list[str]):  # type: ignore[no-untyped-def]
+def _recording_setxattr(refuse: dict[str, int], done: list[str]) -> Callable[..., None]:
     def setxattr(path: object, name: str, value: bytes, follow_symlinks: bool) -> None:
         assert follow_symlinks is False
         if name in refuse:
@@ -114,7 +114,7 @@ def test_writer_skips_unsupported_namespaces_and_goes_on(
 ) -> None:
     done: list[str] = []
     refuse = {"security.selinux": errno.EOPNOTSUPP}
-    monkeypatch.setattr(xattrs.os, "setxattr", _recording_setxattr(refuse, done))
+    monkeypatch.setattr(os, "setxattr", _recording_setxattr(refuse, done))
     write_xattrs(tmp_path, (("security.selinux", b"label"), ("user.a", b"1")))
     assert done == ["user.a"]
 
@@ -127,7 +127,7 @@ def test_writer_skips_user_attributes_on_symlinks_only(
     (tmp_path / "file").write_text("x")
     done: list[str] = []
     refuse = {"user.a": errno.EPERM, "trusted.b": errno.EPERM}
-    monkeypatch.setattr(xattrs.os, "setxattr", _recording_setxattr(refuse, done))
+    monkeypatch.setattr(os, "setxattr", _recording_setxattr(refuse, done))
     write_xattrs(link, (("user.a", b"1"), ("user.c", b"3")))
     assert done == ["user.c"]
     # EPERM for another namespace, or on anything but a symlink, is an error.
@@ -141,7 +141,7 @@ def test_writer_skips_user_attributes_on_symlinks_only(
 def test_writer_other_errors_propagate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
-    monkeypatch.setattr(xattrs.os, "setxattr", _recording_setxattr({"user.a": code}, []))
+    monkeypatch.setattr(os, "setxattr", _recording_setxattr({"user.a": code}, []))
     with pytest.raises(OSError) as caught:
         write_xattrs(tmp_path, (("user.a", b"1"),))
     assert caught.value.errno == code

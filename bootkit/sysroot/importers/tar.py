@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from bootkit.base.filetypes import FileType
+from bootkit.base.xattrs import Xattrs
 from bootkit.errors import BootkitError
 from bootkit.sysroot.importers.tree import ImportReport, Progress, TreeBuilder
 from bootkit.sysroot.store import FileMeta, ObjectStore
@@ -263,7 +264,7 @@ def _format_bits(kind: FileType | None) -> int:
     return stat.S_IFREG
 
 
-def _pax_xattrs(m: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
+def _pax_xattrs(m: tarfile.TarInfo) -> Xattrs:
     prefix = "SCHILY.xattr."
     return tuple(
         sorted(
