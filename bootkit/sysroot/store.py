@@ -30,6 +30,8 @@ IS_ROOT = os.geteuid() == 0
 
 @dataclass(frozen=True)
 class FileMeta:
+    """What a file carries besides its content; all but mtime is part of an object's key."""
+
     mode: int
     uid: int
     gid: int
@@ -38,6 +40,7 @@ class FileMeta:
 
 
 def object_key(content_hash: str, meta: FileMeta) -> str:
+    """The name of the object holding this content with this metadata."""
     h = hashlib.sha256(content_hash.encode())
     h.update(f"\0{stat.S_IMODE(meta.mode):o}\0{meta.uid}\0{meta.gid}".encode())
     for name, value in meta.xattrs:
@@ -46,6 +49,7 @@ def object_key(content_hash: str, meta: FileMeta) -> str:
 
 
 def apply_meta(path: str | Path, meta: FileMeta, *, symlink: bool = False) -> None:
+    """Give `path` the owner (as root), attributes, mode (not on a symlink) and mtime."""
     if IS_ROOT:
         os.chown(path, meta.uid, meta.gid, follow_symlinks=False)
     write_xattrs(path, meta.xattrs)
@@ -56,6 +60,7 @@ def apply_meta(path: str | Path, meta: FileMeta, *, symlink: bool = False) -> No
 
 
 def dedup_eligible(rel: str) -> bool:
+    """Whether the file at `rel` in a tree is stored once, not copied (see above)."""
     return rel.startswith("usr/")
 
 
