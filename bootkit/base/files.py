@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -132,16 +133,54 @@ def remove_file(path: Path) -> None:
         os.unlink(path)
 
 
+def remove_tree(path: Path) -> None:
+    """Remove the directory `path` and everything in it; nothing to do if it is gone.
+
+    A read-only directory inside the tree (a deployment's, say) stops the removal of
+    its entries unless one is root; then every directory of the tree is made writable
+    and the removal tried once more.
+    """
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise
+    except PermissionError:
+        _open_up(path)
+        shutil.rmtree(path)
+
+
+def _open_up(root: Path) -> None:
+    """Give the owner full access to `root` and every directory below it."""
+    _allow_owner(str(root))
+    for parent, dirs, _files in os.walk(root):
+        # os.walk lists a directory only after it is yielded, so each child is
+        # opened up here, before the walk needs to read it.
+        for name in dirs:
+            _allow_owner(os.path.join(parent, name))
+
+
+def _allow_owner(path: str) -> None:
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_IRWXU != stat.S_IRWXU:
+        os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+
+
+def remove_path(path: Path) -> None:
+    """Remove whatever `path` is (file, symlink or directory tree); nothing if it is gone."""
+    if path.is_dir() and not path.is_symlink():
+        remove_tree(path)
+    else:
+        remove_file(path)
+
+
 @contextlib.contextmanager
 def temp_path_cleanup(path: Path) -> Iterator[Path]:
     """Yield `path`; remove it if the block fails, so nothing half-made stays behind."""
     try:
         yield path
     except BaseException:
-        if path.is_dir() and not path.is_symlink():
-            import shutil
-
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            remove_file(path)
+        # The failure that got here is the one to report, not one of the cleanup.
+        with contextlib.suppress(OSError):
+            remove_path(path)
         raise

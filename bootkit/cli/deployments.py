@@ -13,7 +13,7 @@ from bootkit.errors import BootkitError
 from bootkit.records.config import DEFAULT_TRIES, Bootloader
 from bootkit.secureboot import signing
 from bootkit.sysroot.deploy import INITRAMFS_MODES
-from bootkit.sysroot.importer import source_size
+from bootkit.sysroot.importers import open_source
 from bootkit.sysroot.transaction import DeploymentStatus, Sysroot
 
 _key_file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -202,7 +202,7 @@ def deploy(
     """
     sr = open_sysroot(sysroot)
     with byte_progress(
-        f"Importing {source.name}", source_size(source) if source.exists() else 0
+        f"Importing {source.name}", open_source(source).size() if source.exists() else 0
     ) as bar:
         dep = sr.deploy(
             source, os_name, version, kargs, not no_default, initramfs, bar, warn, tries=tries

@@ -9,7 +9,7 @@ import click
 
 from bootkit.cli.common import open_sysroot, sysroot_option
 from bootkit.errors import BootkitError
-from bootkit.sysroot.etcmerge import etc_changes
+from bootkit.sysroot.etctree import etc_changes
 from bootkit.sysroot.transaction import Sysroot
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from construct import Bytes, Const, Int16ul, Int32ul, PaddedString, Padding, Struct
 
 from bootkit.base import process
+from bootkit.base.filetypes import FileType
 from bootkit.errors import BootkitError
 
 BLOCK_SIZE = 4096
@@ -335,4 +336,7 @@ def extract_tree(image: Path, offset: int, dest: Path, xattrs: bool = True) -> X
 
 def _is_special(mode: int) -> bool:
     # Sockets are left out: they mean nothing without the process that bound them.
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+    return stat.S_IFMT(mode) in _SPECIAL
+
+
+_SPECIAL = {kind.format_bits for kind in (FileType.FIFO, FileType.CHAR, FileType.BLOCK)}

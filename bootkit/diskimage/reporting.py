@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from bootkit.sysroot.importer import source_size
+from bootkit.sysroot.importers import open_source
 
 # One line per step ("Writing the ESP (FAT32, 256 MiB)").
 Report = Callable[[str], None]
@@ -30,6 +30,6 @@ def no_progress(_source: Path, _total: int) -> AbstractContextManager[None]:
 def importing(progress: ImportProgress, source: Path) -> Iterator[ByteCounter | None]:
     """The counter `progress` gives for importing `source`, sized from its content."""
     # Sizing a directory walks all of it: not for nobody.
-    total = 0 if progress is no_progress else source_size(source)
+    total = 0 if progress is no_progress else open_source(source).size()
     with progress(source, total) as counter:
         yield counter

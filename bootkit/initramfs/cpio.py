@@ -30,6 +30,7 @@ from construct import (
     this,
 )
 
+from bootkit.base.filetypes import FileType
 from bootkit.errors import BootkitError
 
 MAGIC_NEWC = b"070701"
@@ -108,8 +109,12 @@ class Member:
     rdev: tuple[int, int] = (0, 0)
 
     @property
-    def kind(self) -> str:
-        return _kind(self.mode)
+    def kind(self) -> FileType | None:
+        """None for a mode of no file type (the trailer's 0, say)."""
+        try:
+            return FileType.of_mode(self.mode)
+        except ValueError:
+            return None
 
     @property
     def size(self) -> int:
@@ -117,7 +122,7 @@ class Member:
 
     @property
     def link_target(self) -> str | None:
-        return self.data.decode("utf-8", "surrogateescape") if self.kind == "symlink" else None
+        return self.data.decode("utf-8", "surrogateescape") if self.kind is FileType.SYMLINK else None
 
 
 def directory(name: str, mode: int = 0o755) -> Member:
@@ -134,21 +139,6 @@ def symlink(name: str, target: str) -> Member:
 
 def char_device(name: str, major: int, minor: int, mode: int = 0o600) -> Member:
     return Member(name, stat.S_IFCHR | mode, rdev=(major, minor))
-
-
-def _kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISREG, "file"),
-        (stat.S_ISDIR, "dir"),
-        (stat.S_ISLNK, "symlink"),
-        (stat.S_ISCHR, "char"),
-        (stat.S_ISBLK, "block"),
-        (stat.S_ISFIFO, "fifo"),
-        (stat.S_ISSOCK, "socket"),
-    ):
-        if test(mode):
-            return kind
-    return "unknown"
 
 
 def write_archive(members: Iterable[Member], out: BinaryIO) -> int:

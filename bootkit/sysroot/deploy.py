@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bootkit.base.files import fsync_dir, syncfs
+from bootkit.base.files import fsync_dir, remove_path, remove_tree, syncfs
 from bootkit.boot import payloads
 from bootkit.boot.entries import options_for
 from bootkit.boot.payloads import Payload
@@ -19,7 +19,7 @@ from bootkit.errors import BootkitError
 from bootkit.records.deployment import Deployment
 from bootkit.secureboot import signing
 from bootkit.sysroot import etcmerge
-from bootkit.sysroot.importer import HashCache, import_source
+from bootkit.sysroot.importers import open_source
 from bootkit.sysroot.kernel import TreeKernel, find_kernel, os_release_path, read_os_release
 
 INITRAMFS_MODES = ("auto", "tree", "build")
@@ -42,11 +42,7 @@ def deploy(
         raise BootkitError(
             f"unknown initramfs mode {initramfs!r}", hint=f"use one of {', '.join(INITRAMFS_MODES)}"
         )
-    if not source.exists():
-        raise BootkitError(
-            f"source {source} does not exist",
-            hint="give a directory or a tar archive of a root tree",
-        )
+    src = open_source(source, sysroot.meta / HASH_CACHE)
     for karg in kargs:
         if not karg or any(c.isspace() for c in karg) or karg.startswith(("bootkit=", "root=")):
             raise BootkitError(
@@ -66,11 +62,10 @@ def deploy(
         staging = stateroot / "deploy" / f".staging-{os.getpid()}-{secrets.token_hex(4)}"
         boot = sysroot.boot_path
         new_payload: Payload | None = None
-        cache = HashCache(sysroot.meta / HASH_CACHE, source) if source.is_dir() else None
         # A /var that is no longer empty is never refilled, so later trees' /var is not read.
         dropped = frozenset({"var"}) if any((stateroot / "var").iterdir()) else frozenset()
         try:
-            report = import_source(source, staging, sysroot.objects, progress, cache, dropped)
+            report = src.import_into(staging, sysroot.objects, progress or _unseen, dropped)
             if report.skipped and warn:
                 warn(
                     f"skipped {len(report.skipped)} special file(s): {', '.join(report.skipped[:10])}"
@@ -91,7 +86,7 @@ def deploy(
                 or osrel.get("VERSION_ID")
                 or osrel.get("VERSION")
                 or kernel.version,
-                source=str(source.resolve()),
+                source=src.origin,
                 kernel_version=kernel.version,
                 payload="",  # named by its content, known once it is built
                 title=osrel.get("PRETTY_NAME") or osrel.get("NAME") or os_name,
@@ -120,7 +115,8 @@ def deploy(
             # Files stored for the discarded tree are linked from nowhere once it is gone.
             with contextlib.suppress(OSError):
                 sysroot.objects.mark_prune_pending()
-            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_tree(staging)
             if new_payload is not None:
                 shutil.rmtree(new_payload.dir(boot), ignore_errors=True)
             with contextlib.suppress(OSError):
@@ -134,17 +130,19 @@ def deploy(
         )
         # The new entry is counted with `tries` (default: the sysroot's setting).
         sysroot.commit(new_state, {dep.ref: tries} if tries is not None else None)
-        if cache is not None:
-            with contextlib.suppress(OSError):  # only an optimization for the next deploy
-                cache.save()
+        src.imported()
         return dep
+
+
+def _unseen(done: int) -> None:
+    """Progress nobody watches."""
 
 
 def _prepare_etc(tree: Path, previous: Path | None) -> None:
     """usr/etc holds the defaults; etc becomes the merge of the admin's changes onto them."""
     if (tree / "usr/etc").is_dir():
         if (tree / "etc").is_symlink() or (tree / "etc").exists():
-            _remove(tree / "etc")
+            remove_path(tree / "etc")
     else:
         etcmerge.etc_from_tree(tree)
     if previous is not None and (previous / "etc").is_dir():
@@ -162,17 +160,10 @@ def _prepare_var(tree: Path, shared: Path) -> None:
                 os.rename(child, shared / child.name)
             st = var.stat()
             os.chmod(shared, st.st_mode & 0o7777)
-        _remove(var)
+        remove_tree(var)
     elif var.is_symlink() or var.exists():
-        _remove(var)
+        remove_path(var)
     var.mkdir(mode=0o755)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
 
 
 @contextlib.contextmanager

@@ -1,9 +1,9 @@
-"""The /etc of a deployment: what the admin changed, and carrying those changes to a new one.
+"""Building a deployment's /etc: carrying the admin's changes to a new one.
 
 A deployment keeps its OS's pristine defaults in `usr/etc` and its live, writable
-configuration in `etc`. The admin's changes are the difference between the two. On
-deploy, the new deployment's `etc` is its own defaults with the current deployment's
-changes laid on top (the three-way merge):
+configuration in `etc`; the admin's changes are the difference between the two (see
+`etctree`). On deploy, the new deployment's `etc` is its own defaults with the current
+deployment's changes laid on top (the three-way merge):
 
 - a file or symlink the admin added or modified wins over the new defaults;
 - a path the admin deleted stays deleted, even if the new defaults still ship it;
@@ -20,226 +20,26 @@ whole deployment, syncs the filesystem once, and discards the destination on fai
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import stat
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
+from bootkit.base.files import remove_path
+from bootkit.base.filetypes import FileType
+from bootkit.base.xattrs import write_xattrs
 from bootkit.errors import BootkitError
-
-NodeType = Literal["file", "dir", "symlink", "other"]
-ChangeKind = Literal["added", "modified", "deleted"]
-
-# Labels that a security policy (SELinux, IMA/EVM) assigns by itself and that may
-# legitimately differ between usr/etc and etc; they are copied, but a difference in
-# them alone is not something the admin changed.
-_POLICY_XATTRS = frozenset({"security.selinux", "security.ima", "security.evm"})
-
-_CHUNK = 1 << 16
-
-
-@dataclass(frozen=True)
-class Node:
-    """One filesystem object as the merge sees it (the object itself, symlinks not followed)."""
-
-    path: Path
-    type: NodeType
-    mode: int  # permission bits, including setuid/setgid/sticky
-    uid: int
-    gid: int
-    size: int
-    target: str | None  # symlink target
-    rdev: int  # device number of device nodes
-    xattrs: tuple[tuple[str, bytes], ...]
-    dev_ino: tuple[int, int]
-    times_ns: tuple[int, int]
-
-    @property
-    def is_dir(self) -> bool:
-        return self.type == "dir"
-
-
-@dataclass(frozen=True)
-class EtcChange:
-    """One path whose live state differs from the defaults.
-
-    `type` is the kind of object in the live /etc (for a deletion: in the defaults);
-    `changed` says what differs for a modification: any of "type", "content",
-    "target", "device", "mode", "owner", "xattrs".
-    """
-
-    path: str  # relative to /etc, e.g. "ssh/sshd_config"
-    kind: ChangeKind
-    type: NodeType
-    changed: tuple[str, ...] = field(default=())
-
-    @property
-    def letter(self) -> str:
-        return {"added": "A", "modified": "M", "deleted": "D"}[self.kind]
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "path": self.path,
-            "kind": self.kind,
-            "type": self.type,
-            "changed": list(self.changed),
-        }
-
-
-# --- reading trees ---------------------------------------------------------------
-
-
-def _node_type(mode: int) -> NodeType:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    return "other"
-
-
-def _read_xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as err:
-        if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return ()
-        raise
-    values = []
-    for name in sorted(names):
-        try:
-            values.append((name, os.getxattr(path, name, follow_symlinks=False)))
-        except OSError as err:
-            # Gone between listing and reading, or not readable through this call.
-            if err.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
-    return tuple(values)
-
-
-def _node(path: Path) -> Node:
-    st = os.lstat(path)
-    kind = _node_type(st.st_mode)
-    return Node(
-        path=path,
-        type=kind,
-        mode=stat.S_IMODE(st.st_mode),
-        uid=st.st_uid,
-        gid=st.st_gid,
-        size=st.st_size,
-        target=os.readlink(path) if kind == "symlink" else None,
-        rdev=st.st_rdev if kind == "other" else 0,
-        xattrs=_read_xattrs(path),
-        dev_ino=(st.st_dev, st.st_ino),
-        times_ns=(st.st_atime_ns, st.st_mtime_ns),
-    )
-
-
-def _walk(root: Path, prefix: str = "") -> Iterator[tuple[str, Node]]:
-    with os.scandir(root) as entries:
-        names = sorted(entry.name for entry in entries)
-    for name in names:
-        rel = f"{prefix}{name}"
-        node = _node(root / name)
-        yield rel, node
-        if node.is_dir:
-            yield from _walk(root / name, f"{rel}/")
-
-
-def read_tree(root: Path) -> dict[str, Node]:
-    """Every object under `root` by its path relative to `root` (not `root` itself)."""
-    if not root.is_dir() or root.is_symlink():
-        raise BootkitError(f"{root} is not a directory", hint="expected an /etc tree")
-    return dict(_walk(root))
-
-
-def _path_order(rel: str) -> list[str]:
-    # Parents before children, and a directory's content right after it.
-    return rel.split("/")
-
-
-# --- comparing -------------------------------------------------------------------
-
-
-def _same_content(a: Path, b: Path) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            block_a = fa.read(_CHUNK)
-            block_b = fb.read(_CHUNK)
-            if block_a != block_b:
-                return False
-            if not block_a:
-                return True
-
-
-def _admin_xattrs(node: Node) -> tuple[tuple[str, bytes], ...]:
-    return tuple(item for item in node.xattrs if item[0] not in _POLICY_XATTRS)
-
-
-def differences(default: Node, live: Node) -> tuple[str, ...]:
-    """What differs between a default and its live counterpart; empty when unchanged."""
-    if default.type != live.type:
-        return ("type",)
-    found: list[str] = []
-    if default.type == "file" and default.dev_ino != live.dev_ino:
-        if default.size != live.size or not _same_content(default.path, live.path):
-            found.append("content")
-    elif default.type == "symlink" and default.target != live.target:
-        found.append("target")
-    elif default.type == "other" and default.rdev != live.rdev:
-        found.append("device")
-    # Linux symlinks have no mode of their own; it is always 0777.
-    if default.type != "symlink" and default.mode != live.mode:
-        found.append("mode")
-    if (default.uid, default.gid) != (live.uid, live.gid):
-        found.append("owner")
-    if _admin_xattrs(default) != _admin_xattrs(live):
-        found.append("xattrs")
-    return tuple(found)
-
-
-def _changes(defaults: dict[str, Node], live: dict[str, Node]) -> list[EtcChange]:
-    found = []
-    for rel in sorted(defaults.keys() | live.keys(), key=_path_order):
-        default, current = defaults.get(rel), live.get(rel)
-        if default is None:
-            assert current is not None
-            found.append(EtcChange(rel, "added", current.type))
-        elif current is None:
-            found.append(EtcChange(rel, "deleted", default.type))
-        elif changed := differences(default, current):
-            found.append(EtcChange(rel, "modified", current.type, changed))
-    return found
-
-
-def etc_changes(defaults: Path, live: Path) -> list[EtcChange]:
-    """The admin's changes: every path where `live` differs from `defaults`.
-
-    Listed parents first (a directory before its content); inside an added or deleted
-    directory every object is listed as added or deleted too.
-    """
-    return _changes(read_tree(defaults), read_tree(live))
-
+from bootkit.sysroot.etctree import (
+    EtcChange,
+    Node,
+    changes_between,
+    differences,
+    path_order,
+    read_node,
+    read_tree,
+)
 
 # --- writing ---------------------------------------------------------------------
-
-
-def _set_xattrs(path: Path, node: Node) -> None:
-    for name, value in node.xattrs:
-        try:
-            os.setxattr(path, name, value, follow_symlinks=False)
-        except OSError as err:
-            # The destination filesystem may lack xattrs, and Linux refuses user.*
-            # attributes on symlinks; neither is the admin's data to lose loudly.
-            if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                return
-            if err.errno == errno.EPERM and node.type == "symlink":
-                continue
-            raise
 
 
 def _set_metadata(path: Path, node: Node) -> None:
@@ -247,8 +47,8 @@ def _set_metadata(path: Path, node: Node) -> None:
     # the group bits), times at the very end.
     if os.geteuid() == 0:
         os.chown(path, node.uid, node.gid, follow_symlinks=False)
-    _set_xattrs(path, node)
-    if node.type != "symlink":
+    write_xattrs(path, node.xattrs)
+    if node.type is not FileType.SYMLINK:
         os.chmod(path, node.mode)
     os.utime(path, ns=node.times_ns, follow_symlinks=False)
 
@@ -259,24 +59,17 @@ def _create(path: Path, node: Node) -> None:
     A directory is created private and gets its metadata later, once its content is
     in place (a read-only mode would stop that content, and writing it bumps mtime).
     """
-    if node.type == "dir":
+    if node.type is FileType.DIR:
         os.mkdir(path, 0o700)
         return
-    if node.type == "symlink":
+    if node.type is FileType.SYMLINK:
         assert node.target is not None
         os.symlink(node.target, path)
-    elif node.type == "file":
+    elif node.type is FileType.FILE:
         shutil.copyfile(node.path, path, follow_symlinks=False)
     else:
-        os.mknod(path, stat.S_IFMT(os.lstat(node.path).st_mode) | 0o600, node.rdev)
+        os.mknod(path, node.type.format_bits | 0o600, node.rdev)
     _set_metadata(path, node)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
 
 
 class _Builder:
@@ -303,7 +96,7 @@ class _Builder:
             except FileNotFoundError:
                 return None
         try:
-            return _node(current / parts[-1])
+            return read_node(current / parts[-1])
         except FileNotFoundError:
             return None
 
@@ -313,7 +106,7 @@ class _Builder:
             self.dir_metadata[rel] = node
 
     def remove(self, rel: str) -> None:
-        _remove(self.dest / rel)
+        remove_path(self.dest / rel)
         for key in [k for k in self.dir_metadata if k == rel or k.startswith(f"{rel}/")]:
             del self.dir_metadata[key]
 
@@ -334,7 +127,7 @@ def _conflict(rel: str, local: Node, new: Node) -> BootkitError:
 
 
 def _copy_tree(nodes: dict[str, Node], builder: _Builder) -> None:
-    for rel in sorted(nodes, key=_path_order):
+    for rel in sorted(nodes, key=path_order):
         builder.place(rel, nodes[rel])
 
 
@@ -345,7 +138,7 @@ def _start(dest: Path, defaults: Path) -> _Builder:
         )
     builder = _Builder(dest)
     os.mkdir(dest, 0o700)
-    builder.dir_metadata[""] = _node(defaults)
+    builder.dir_metadata[""] = read_node(defaults)
     return builder
 
 
@@ -372,7 +165,7 @@ def merge_etc(
     old = read_tree(old_defaults) if old_defaults is not None else {}
     live = read_tree(old_live) if old_live is not None else {}
     new = read_tree(new_defaults)
-    changes = _changes(old, live)
+    changes = changes_between(old, live)
 
     builder = _start(dest, new_defaults)
     _copy_tree(new, builder)
@@ -383,9 +176,9 @@ def merge_etc(
         else:
             _carry(change.path, old.get(change.path), live, builder)
     if old_live is not None and old_defaults is not None:
-        root_changed = differences(_node(old_defaults), _node(old_live))
+        root_changed = differences(read_node(old_defaults), read_node(old_live))
         if root_changed:
-            builder.dir_metadata[""] = _node(old_live)
+            builder.dir_metadata[""] = read_node(old_live)
     builder.finish()
     return changes
 

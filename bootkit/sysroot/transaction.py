@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bootkit.base.files import fsync_dir
+from bootkit.base.files import fsync_dir, remove_tree
 from bootkit.boot import counting, payloads
 from bootkit.boot.bootdir import BootDir
 from bootkit.boot.counting import Counter
@@ -27,7 +26,7 @@ from bootkit.errors import BootkitError
 from bootkit.records.config import Bootloader, SysrootConfig
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
-from bootkit.sysroot.importer import ObjectStore
+from bootkit.sysroot.store import ObjectStore
 
 
 @dataclass(frozen=True)
@@ -266,7 +265,7 @@ class Sysroot:
         self.objects.mark_prune_pending()
         for p in orphans:
             if p.is_dir() and not p.is_symlink():
-                _rmtree(p)
+                remove_tree(p)
             else:
                 p.unlink()
         self.objects.prune()
@@ -435,7 +434,7 @@ class Sysroot:
         self.objects.mark_prune_pending()
         for d in deps:
             self.metadata_path(d.os, d.id).unlink(missing_ok=True)
-            _rmtree(self.deployment_dir(d.os, d.id))
+            remove_tree(self.deployment_dir(d.os, d.id))
         self.objects.prune()
         return new
 
@@ -481,17 +480,3 @@ class Sysroot:
             state = self.commit(state)
             self._tidy(state)
             return state
-
-
-def _rmtree(path: Path) -> None:
-    if not path.exists():
-        return
-
-    def onerror(func, p, exc):  # type: ignore[no-untyped-def]
-        # Read-only directories inside a tree: open them up and retry.
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            func(p)
-
-    shutil.rmtree(path, onerror=onerror)
-

@@ -26,7 +26,7 @@ from bootkit.diskimage import (
 )
 from bootkit.errors import BootkitError
 from bootkit.formats import gpt
-from bootkit.sysroot.importer import source_size
+from bootkit.sysroot.importers import open_source
 
 MIB = 1 << 20
 TOOLS = ("mformat", "mcopy", "mke2fs", "debugfs", "e2fsck")
@@ -268,7 +268,7 @@ def test_deploy_to_image_counts_the_import_and_keeps_kargs(tmp_path: Path, trees
                      "3": ("console=ttyS0", "quiet")}
     # What the bar is sized by, and what the import counted against it.
     ((source, total, counted),) = imports
-    assert source == trees["2"] and total == source_size(trees["2"])
+    assert source == trees["2"] and total == open_source(trees["2"]).size()
     assert 0 < counted <= total
 
 

@@ -1,100 +1,19 @@
-"""The /etc three-way merge and `bootkit etc diff`, on real directory trees."""
+"""The /etc three-way merge and the layout of imported trees, on real directory trees."""
 
 from __future__ import annotations
 
-import errno
-import json
 import os
 import re
-import shutil
-from dataclasses import dataclass
+import stat
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from support.etcspec import BASE, GONE, Dir, File, Link, build, edit, normalized, snapshot
+from support.trees import user_xattrs_supported
 
 from bootkit.errors import BootkitError
-from bootkit.sysroot.etcmerge import EtcChange, copy_etc, etc_changes, etc_from_tree, merge_etc
-
-
-@dataclass(frozen=True)
-class File:
-    content: str
-    mode: int = 0o644
-
-
-@dataclass(frozen=True)
-class Dir:
-    mode: int = 0o755
-
-
-@dataclass(frozen=True)
-class Link:
-    target: str
-
-
-Spec = dict[str, "str | File | Dir | Link"]
-GONE = object()
-
-
-def normalized(spec: Spec) -> dict[str, File | Dir | Link]:
-    return {rel: File(v) if isinstance(v, str) else v for rel, v in spec.items()}
-
-
-def build(root: Path, spec: Spec) -> Path:
-    root.mkdir(parents=True)
-    for rel, value in sorted(normalized(spec).items()):
-        path = root / rel
-        if isinstance(value, Dir):
-            path.mkdir()
-            path.chmod(value.mode)
-        elif isinstance(value, Link):
-            path.symlink_to(value.target)
-        else:
-            path.write_text(value.content)
-            path.chmod(value.mode)
-    return root
-
-
-def snapshot(root: Path) -> dict[str, File | Dir | Link]:
-    found: dict[str, File | Dir | Link] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                found[rel] = Link(os.readlink(path))
-            elif path.is_dir():
-                found[rel] = Dir(path.stat().st_mode & 0o7777)
-            else:
-                found[rel] = File(path.read_text(), path.stat().st_mode & 0o7777)
-    return found
-
-
-def edit(spec: Spec, changes: dict[str, object]) -> Spec:
-    """`spec` with some paths replaced or GONE; a path that stops being a directory
-    loses its content."""
-    result = dict(spec)
-    for rel, value in sorted(changes.items()):
-        if value is GONE or not isinstance(value, Dir):
-            result = {r: v for r, v in result.items() if not r.startswith(f"{rel}/")}
-        if value is GONE:
-            result.pop(rel, None)
-        else:
-            result[rel] = value  # type: ignore[assignment]
-    return result
-
-
-BASE: Spec = {
-    "hosts": "127.0.0.1 localhost\n",
-    "issue": "Debian GNU/Linux 12\n",
-    "ssh": Dir(),
-    "ssh/sshd_config": "PermitRootLogin no\n",
-    "motd.d": Dir(),
-    "motd.d/welcome": "hello\n",
-    "localtime": Link("/usr/share/zoneinfo/UTC"),
-}
-
+from bootkit.sysroot.etcmerge import copy_etc, etc_from_tree, merge_etc
+from bootkit.sysroot.etctree import etc_changes
 
 # (old defaults, old live, new defaults, expected new live)
 MERGES = {
@@ -401,22 +320,21 @@ def test_owner_changes_survive(tmp_path: Path) -> None:
     assert owner("issue") == (0, 0)
 
 
-def _user_xattrs_supported(path: Path) -> bool:
-    probe = path / "xattr-probe"
-    probe.write_text("")
-    try:
-        os.setxattr(probe, "user.probe", b"1")
-    except OSError as err:
-        if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return False
-        raise
-    finally:
-        probe.unlink()
-    return True
+def test_special_files_the_admin_added_come_along(tmp_path: Path) -> None:
+    old_defaults = build(tmp_path / "old/usr/etc", BASE)
+    old_live = build(tmp_path / "old/etc", BASE)
+    os.mkfifo(old_live / "initctl", 0o640)
+    if os.geteuid() == 0:
+        os.mknod(old_live / "console", stat.S_IFCHR, os.makedev(5, 1))
+        os.chmod(old_live / "console", 0o620)
+    merge_etc(old_defaults, old_live, old_defaults, tmp_path / "new")
+    for rel, st in {p.name: p.lstat() for p in (tmp_path / "new").iterdir()}.items():
+        want = old_live.joinpath(rel).lstat()
+        assert (st.st_mode, st.st_rdev) == (want.st_mode, want.st_rdev), rel
 
 
 def test_xattrs_survive(tmp_path: Path) -> None:
-    if not _user_xattrs_supported(tmp_path):
+    if not user_xattrs_supported(tmp_path):
         pytest.skip("the filesystem under tmp_path has no user.* extended attributes")
     old_defaults = build(tmp_path / "old/usr/etc", BASE)
     old_live = build(tmp_path / "old/etc", edit(BASE, {"added": "a\n"}))
@@ -435,51 +353,6 @@ def test_xattrs_survive(tmp_path: Path) -> None:
     assert os.getxattr(dest / "added", "user.origin") == b"admin too"
     assert os.getxattr(dest / "issue", "user.origin") == b"vendor"
     assert "user.origin" not in os.listxattr(dest / "ssh/sshd_config")
-
-
-# --- the diff ------------------------------------------------------------------------
-
-
-def test_changes_are_sorted_and_say_what_changed(tmp_path: Path) -> None:
-    defaults = build(tmp_path / "usr/etc", BASE)
-    live = build(
-        tmp_path / "etc",
-        edit(
-            BASE,
-            {
-                "issue": GONE,
-                "ssh/sshd_config": File("PermitRootLogin yes\n", 0o600),
-                "localtime": Link("/usr/share/zoneinfo/Europe/Paris"),
-                "motd.d/local": "l\n",
-                "ssh": Dir(0o700),
-                "hosts": Link("/run/hosts"),
-                "a.d": Dir(),
-                "a.d/x": "x\n",
-            },
-        ),
-    )
-    assert etc_changes(defaults, live) == [
-        EtcChange("a.d", "added", "dir"),
-        EtcChange("a.d/x", "added", "file"),
-        EtcChange("hosts", "modified", "symlink", ("type",)),
-        EtcChange("issue", "deleted", "file"),
-        EtcChange("localtime", "modified", "symlink", ("target",)),
-        EtcChange("motd.d/local", "added", "file"),
-        EtcChange("ssh", "modified", "dir", ("mode",)),
-        EtcChange("ssh/sshd_config", "modified", "file", ("content", "mode")),
-    ]
-
-
-def test_untouched_copy_is_no_change(tmp_path: Path) -> None:
-    defaults = build(tmp_path / "usr/etc", BASE)
-    live = build(tmp_path / "etc", BASE)
-    os.utime(live / "hosts", ns=(1, 1))
-    assert etc_changes(defaults, live) == []
-
-
-def test_missing_tree_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(BootkitError, match="not a directory"):
-        etc_changes(tmp_path / "nope", tmp_path)
 
 
 # --- trees as imported --------------------------------------------------------------
@@ -524,89 +397,3 @@ def test_etc_from_tree_refuses_symlinked_etc(tmp_path: Path) -> None:
     tree = build(tmp_path / "tree", {"usr": Dir(), "etc": Link("usr")})
     with pytest.raises(BootkitError, match="not a directory"):
         etc_from_tree(tree)
-
-
-# --- bootkit etc diff ------------------------------------------------------------------
-
-
-def make_sysroot(tmp_path: Path, count: int) -> tuple[Path, list[Path]]:
-    """A sysroot with `count` real deployments of a tree whose defaults are BASE."""
-    from bootkit.sysroot.transaction import Sysroot
-
-    tree = tmp_path / "tree"
-    build(tree / "usr/etc", BASE)
-    kdir = tree / "usr/lib/modules/6.1.0-test"
-    kdir.mkdir(parents=True)
-    (kdir / "vmlinuz").write_bytes(b"kernel")
-    (kdir / "initramfs.img").write_bytes(b"initrd")
-    (tmp_path / "root").mkdir()
-    sr = Sysroot.init(tmp_path / "root", "debian", "systemd-boot")
-    deps = [sr.deploy(tree) for _ in range(count)]
-    return sr.path, [sr.deployment_dir(d.os, d.id) for d in deps]
-
-
-def relive(deployment: Path, live: Spec) -> None:
-    """Replace a deployment's live /etc with `live`, as an admin's edits would."""
-    shutil.rmtree(deployment / "etc")
-    build(deployment / "etc", live)
-
-
-def run_diff(*args: str) -> tuple[int, str]:
-    from bootkit.cli import main
-
-    result = CliRunner().invoke(main, ["etc", "diff", *args])
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    return result.exit_code, result.output
-
-
-def test_cli_diff_text_and_json(tmp_path: Path) -> None:
-    root, (first, second) = make_sysroot(tmp_path, 2)
-    relive(first, edit(BASE, {"issue": GONE, "hosts": "mine\n", "motd.d/local": "l\n", "app": Dir()}))
-
-    code, out = run_diff(f"debian/{first.name}", "--sysroot", str(root))
-    assert code == 0
-    assert out.splitlines() == ["A app/", "M hosts", "D issue", "A motd.d/local"]
-
-    code, out = run_diff("1", "--json", "--sysroot", str(root))
-    assert code == 0
-    assert json.loads(out) == [
-        {"path": "app", "kind": "added", "type": "dir", "changed": []},
-        {"path": "hosts", "kind": "modified", "type": "file", "changed": ["content"]},
-        {"path": "issue", "kind": "deleted", "type": "file", "changed": []},
-        {"path": "motd.d/local", "kind": "added", "type": "file", "changed": []},
-    ]
-
-    assert run_diff(second.name, "--sysroot", str(root)) == (0, "")
-
-
-def test_cli_diff_defaults_to_the_default_deployment(tmp_path: Path) -> None:
-    root, (first, second) = make_sysroot(tmp_path, 2)
-    relive(first, edit(BASE, {"hosts": "one\n"}))
-    relive(second, edit(BASE, {"issue": GONE}))
-    assert run_diff("--sysroot", str(root)) == (0, "D issue\n")
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["nope"], "no deployment 'nope'"),
-        (["debian/9"], "no deployment 'debian/9'"),
-        (["../x"], "no deployment '../x'"),
-    ],
-)
-def test_cli_diff_refuses_unknown_deployments(
-    tmp_path: Path, args: list[str], message: str
-) -> None:
-    root, _ = make_sysroot(tmp_path, 1)
-    code, out = run_diff(*args, "--sysroot", str(root))
-    assert code == 1
-    assert f"bootkit: {message}" in out
-
-
-def test_cli_diff_without_deployments(tmp_path: Path) -> None:
-    from bootkit.sysroot.transaction import Sysroot
-
-    Sysroot.init(tmp_path, "debian", "none")
-    code, out = run_diff("--sysroot", str(tmp_path))
-    assert code == 1
-    assert "bootkit: no deployments yet" in out

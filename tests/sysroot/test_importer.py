@@ -1,131 +1,40 @@
-"""Importing root trees: what survives, what is stored once, and what is refused."""
+"""Importing root trees: what survives, what is stored once, and the hash cache."""
 
 from __future__ import annotations
 
-import errno
-import gzip
-import hashlib
-import io
-import lzma
 import os
 import shutil
 import socket
 import stat
-import subprocess
-import tarfile
 import time
 from pathlib import Path
 
 import pytest
 from support.helpers import cli, fails, init_sysroot, make_tree, ok, snapshot, untidy
+from support.trees import (
+    IS_ROOT,
+    deployed_sysroot,
+    describe_tree,
+    import_tree,
+    rich_tree,
+)
 
 from bootkit.errors import BootkitError
-from bootkit.sysroot.importer import ObjectStore, import_source
-
-IS_ROOT = os.geteuid() == 0
+from bootkit.sysroot.store import ObjectStore
 
 
-def _describe(root: Path) -> dict[str, tuple[object, ...]]:
-    """Every path's type, permission bits, owner, user xattrs, mtime and content or target."""
-    out: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [".", *dirnames, *filenames] if dirpath == str(root) else dirnames + filenames:
-            path = Path(dirpath, name)
-            st = path.lstat()
-            try:
-                names = os.listxattr(path, follow_symlinks=False)
-            except OSError:
-                names = []
-            xattrs = tuple(
-                sorted(
-                    (n, os.getxattr(path, n, follow_symlinks=False))
-                    for n in names
-                    if n.startswith("user.")
-                )
-            )
-            if stat.S_ISLNK(st.st_mode):
-                what: object = os.readlink(path)
-            elif stat.S_ISREG(st.st_mode):
-                what = hashlib.sha256(path.read_bytes()).hexdigest()
-            else:
-                what = None
-            rel = os.path.normpath(path.relative_to(root))
-            # Files under usr/ with equal content and metadata share one inode, and so
-            # the mtime of whichever came first: mtime is not part of what is shared.
-            shared = stat.S_ISREG(st.st_mode) and rel.startswith("usr/")
-            out[rel] = (
-                stat.S_IFMT(st.st_mode),
-                stat.S_IMODE(st.st_mode),
-                st.st_uid,
-                st.st_gid,
-                xattrs,
-                None if shared else int(st.st_mtime),
-                what,
-            )
-    return out
-
-
-def _xattrs_supported(path: Path) -> bool:
-    probe = path / ".xattr-probe"
-    probe.write_bytes(b"")
-    try:
-        os.setxattr(probe, "user.probe", b"1")
-    except OSError as err:
-        if err.errno in (errno.ENOTSUP, errno.EPERM):
-            return False
-        raise
-    finally:
-        probe.unlink()
-    return True
-
-
-def _rich_tree(root: Path) -> Path:
-    """A tree with everything the importer must carry over faithfully."""
-    # Files over 1 MiB take another path through a tar import than smaller ones.
-    make_tree(root, files={"usr/share/big": os.urandom(256 << 10), "etc/motd": "hi\n",
-                           "usr/share/huge": os.urandom(3 << 19), "etc/huge": os.urandom(3 << 19)})
-    (root / "usr/bin/su").write_bytes(b"\x7fELF setuid")
-    (root / "usr/bin/su").chmod(0o4755)
-    (root / "usr/bin/wall").write_bytes(b"\x7fELF setgid")
-    (root / "usr/bin/wall").chmod(0o2711)
-    (root / "usr/share/secret").write_text("s3cret\n")
-    (root / "usr/share/secret").chmod(0o600)
-    (root / "usr/share/empty").write_bytes(b"")
-    (root / "usr/share/same-as-big").write_bytes((root / "usr/share/big").read_bytes())
-    os.link(root / "usr/bin/hello", root / "usr/bin/hello-again")
-    ro = root / "usr/lib/ro"
-    ro.mkdir()
-    (ro / "inside").write_text("x\n")
-    ro.chmod(0o555)
-    (root / "usr/tmp").mkdir()
-    (root / "usr/tmp").chmod(0o1777)
-    (root / "usr/lib/secret-link").symlink_to("../share/secret")
-    (root / "usr/bin/abs-link").symlink_to("/usr/bin/su")
-    (root / "usr/lib/dangling").symlink_to("nowhere")
-    if IS_ROOT:
-        os.chown(root / "usr/share/secret", 1234, 5678)
-        os.chown(root / "usr/bin/wall", 0, 5)
-        os.chown(root / "usr/bin/wall", 0, 5)
-        (root / "usr/bin/wall").chmod(0o2711)  # chown cleared it
-        os.chown(root / "usr/lib/secret-link", 42, 43, follow_symlinks=False)
-        os.chown(ro, 7, 8)
-    if _xattrs_supported(root):
-        os.setxattr(root / "usr/bin/hello", "user.comment", b"greeter")
-        os.setxattr(root / "usr/lib", "user.dir-note", b"\x00binary\xff")
-    os.utime(root / "usr/share/secret", (1_000_000_000, 1_000_000_000))
-    return root
-
-
-def _import(src: Path, dest: Path, store: ObjectStore):  # type: ignore[no-untyped-def]
-    return import_source(src, dest, store)
+@pytest.fixture
+def deployed(tmp_path: Path) -> Path:
+    """A sysroot with one deployment, whose state a refused import must leave alone."""
+    return deployed_sysroot(tmp_path)
 
 
 def test_directory_import_keeps_everything(tmp_path: Path) -> None:
-    src = _rich_tree(tmp_path / "src")
+    src = rich_tree(tmp_path / "src")
     store = ObjectStore(tmp_path / "objects")
-    report = _import(src, tmp_path / "dest", store)
+    report = import_tree(src, tmp_path / "dest", store)
     assert report.skipped == []
-    assert _describe(tmp_path / "dest") == _describe(src)
+    assert describe_tree(tmp_path / "dest") == describe_tree(src)
     dest = tmp_path / "dest"
     assert stat.S_IMODE((dest / "usr/bin/su").stat().st_mode) == 0o4755
     assert stat.S_IMODE((dest / "usr/bin/wall").stat().st_mode) == 0o2711
@@ -140,9 +49,9 @@ def test_directory_import_keeps_everything(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not IS_ROOT, reason="owners other than oneself need root")
 def test_owners_survive(tmp_path: Path) -> None:
-    src = _rich_tree(tmp_path / "src")
+    src = rich_tree(tmp_path / "src")
     store = ObjectStore(tmp_path / "objects")
-    _import(src, tmp_path / "dest", store)
+    import_tree(src, tmp_path / "dest", store)
     dest = tmp_path / "dest"
     assert (dest / "usr/share/secret").stat()[4:6] == (1234, 5678)
     assert (dest / "usr/lib/secret-link").lstat()[4:6] == (42, 43)
@@ -153,7 +62,7 @@ def test_same_content_different_metadata_is_not_shared(tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", files={"usr/a": "same\n", "usr/b": "same\n"})
     (src / "usr/b").chmod(0o600)
     store = ObjectStore(tmp_path / "objects")
-    _import(src, tmp_path / "dest", store)
+    import_tree(src, tmp_path / "dest", store)
     dest = tmp_path / "dest"
     assert (dest / "usr/a").stat().st_ino != (dest / "usr/b").stat().st_ino
     assert stat.S_IMODE((dest / "usr/b").stat().st_mode) == 0o600
@@ -232,177 +141,6 @@ def test_special_files_are_skipped_with_a_warning(tmp_path: Path) -> None:
     assert (dep / "usr/bin/hello").is_file()
 
 
-# --- tar archives -----------------------------------------------------------------------
-
-
-def _gnu_tar(src: Path, out: Path) -> Path:
-    subprocess.run(
-        [
-            "tar",
-            "-C",
-            str(src),
-            "--xattrs",
-            "--xattrs-include=user.*",
-            "--numeric-owner",
-            "-cf",
-            str(out),
-            ".",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
-
-
-def _compress(tar: Path, kind: str) -> Path:
-    data = tar.read_bytes()
-    if kind == "plain":
-        return tar
-    out = tar.with_name(f"{tar.name}.{kind}")
-    if kind == "gz":
-        out.write_bytes(gzip.compress(data))
-    elif kind == "xz":
-        out.write_bytes(lzma.compress(data))
-    elif kind == "zst":
-        subprocess.run(["zstd", "-q", "-f", str(tar), "-o", str(out)], check=True)
-    return out
-
-
-@pytest.mark.parametrize("kind", ["plain", "gz", "xz", "zst"])
-def test_tar_variants_import_like_the_directory(tmp_path: Path, kind: str) -> None:
-    if kind == "zst" and shutil.which("zstd") is None:
-        pytest.skip("zstd not installed")
-    src = _rich_tree(tmp_path / "src")
-    os.mkfifo(src / "usr/pipe")
-    archive = _compress(_gnu_tar(src, tmp_path / "tree.tar"), kind)
-    store = ObjectStore(tmp_path / "objects")
-    report = _import(archive, tmp_path / "from-tar", store)
-    assert report.skipped == ["/usr/pipe (fifo)"]
-    usr_times = (src / "usr").stat()
-    (src / "usr/pipe").unlink()
-    os.utime(src / "usr", ns=(usr_times.st_atime_ns, usr_times.st_mtime_ns))
-    _import(src, tmp_path / "from-dir", store)
-    assert _describe(tmp_path / "from-tar") == _describe(tmp_path / "from-dir")
-    dest = tmp_path / "from-tar"
-    assert (dest / "usr/bin/hello").stat().st_ino == (dest / "usr/bin/hello-again").stat().st_ino
-    # Both imports share the stored files.
-    for name in ("usr/share/big", "usr/share/huge"):
-        assert (dest / name).stat().st_ino == (tmp_path / "from-dir" / name).stat().st_ino
-    assert report.digest
-
-
-def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-            tf.addfile(info, io.BytesIO(data) if data is not None else None)
-    return path
-
-
-def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = link
-    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
-    return info
-
-
-def _kernel_members() -> list[tuple[tarfile.TarInfo, bytes | None]]:
-    kdir = "usr/lib/modules/6.1.0-9"
-    return [
-        (_member("usr", tarfile.DIRTYPE), None),
-        (_member("usr/lib", tarfile.DIRTYPE), None),
-        (_member("usr/lib/modules", tarfile.DIRTYPE), None),
-        (_member(kdir, tarfile.DIRTYPE), None),
-        (_member(f"{kdir}/vmlinuz"), b"kernel from tar\n"),
-        (_member(f"{kdir}/initramfs.img"), b"initrd from tar\n"),
-        (_member("usr/share", tarfile.DIRTYPE), None),
-        (_member("usr/share/data"), os.urandom(4096)),
-    ]
-
-
-EVIL = {
-    "absolute path": ([(_member("/etc/passwd"), b"root::0:0\n")], "absolute path"),
-    "dot-dot": ([(_member("usr/../../escape"), b"x")], "contains '..'"),
-    "escaping symlink": (
-        [(_member("usr/share/evil", tarfile.SYMTYPE, "../../../etc"), None)],
-        "escapes the tree",
-    ),
-    "hardlink to a non-member": (
-        [(_member("usr/share/shadow", tarfile.LNKTYPE, "etc/shadow"), None)],
-        "not an earlier file",
-    ),
-    "write through a symlink": (
-        [
-            (_member("usr/share/lnk", tarfile.SYMTYPE, "/etc"), None),
-            (_member("usr/share/lnk/cron.d"), b"* * * * * root evil\n"),
-        ],
-        "written through usr/share/lnk",
-    ),
-    "duplicate member": (
-        [(_member("usr/share/data"), b"second copy\n")],
-        "more than once",
-    ),
-}
-
-
-@pytest.fixture
-def deployed(tmp_path: Path) -> Path:
-    """A sysroot with one deployment, whose state every refused import must leave alone."""
-    sysroot = tmp_path / "sys"
-    sysroot.mkdir()
-    ok("init", "--sysroot", sysroot, "--os", "test", "--bootloader", "grub")
-    ok("deploy", "--sysroot", sysroot, make_tree(tmp_path / "tree"))
-    return sysroot
-
-
-def _assert_refused(sysroot: Path, archive: Path, message: str) -> None:
-    before = snapshot(sysroot)
-    line = fails("deploy", "--sysroot", sysroot, archive)
-    assert message in line, line
-    assert snapshot(sysroot) == before
-    ok("status", "--sysroot", sysroot)
-
-
-@pytest.mark.parametrize("case", sorted(EVIL))
-def test_malicious_tar_members_are_refused(deployed: Path, tmp_path: Path, case: str) -> None:
-    evil, message = EVIL[case]
-    # The harmless part first, so that a refusal must also undo work already done.
-    archive = _tar(tmp_path / "evil.tar", _kernel_members() + evil)
-    _assert_refused(deployed, archive, message)
-
-
-def test_the_same_members_without_the_evil_one_deploy(deployed: Path, tmp_path: Path) -> None:
-    archive = _tar(tmp_path / "good.tar", _kernel_members())
-    ok("deploy", "--sysroot", deployed, archive)
-    result = ok("status", "--sysroot", deployed, "--json")
-    assert '"kernel_version": "6.1.0-9"' in result.stdout
-
-
-def _truncated(path: Path, data: bytes, keep: float) -> Path:
-    path.write_bytes(data[: int(len(data) * keep)])
-    return path
-
-
-@pytest.mark.parametrize("kind", ["plain", "gz", "xz", "zst", "garbage"])
-def test_corrupt_or_truncated_tar(deployed: Path, tmp_path: Path, kind: str) -> None:
-    src = make_tree(tmp_path / "src", files={"usr/share/big": os.urandom(512 << 10)})
-    tar = _gnu_tar(src, tmp_path / "src.tar")
-    if kind == "garbage":
-        archive = tmp_path / "garbage.tar"
-        archive.write_bytes(os.urandom(10_000))
-    else:
-        if kind == "zst" and shutil.which("zstd") is None:
-            pytest.skip("zstd not installed")
-        whole = _compress(tar, kind)
-        archive = _truncated(tmp_path / f"cut.{kind}", whole.read_bytes(), 0.6)
-    before = snapshot(deployed)
-    line = fails("deploy", "--sysroot", deployed, archive)
-    assert str(archive) in line and ("tar archive" in line or "decompress" in line), line
-    assert snapshot(deployed) == before
-
-
 def test_source_without_kernel(deployed: Path, tmp_path: Path) -> None:
     tree = make_tree(tmp_path / "nokernel")
     shutil.rmtree(tree / "usr/lib/modules")
@@ -415,9 +153,9 @@ def test_import_into_existing_dest_is_refused(tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src")
     (tmp_path / "dest").mkdir()
     with pytest.raises(FileExistsError):
-        import_source(src, tmp_path / "dest", ObjectStore(tmp_path / "objects"))
+        import_tree(src, tmp_path / "dest", ObjectStore(tmp_path / "objects"))
     with pytest.raises(BootkitError, match="does not exist"):
-        import_source(tmp_path / "missing", tmp_path / "dest2", ObjectStore(tmp_path / "o"))
+        import_tree(tmp_path / "missing", tmp_path / "dest2", ObjectStore(tmp_path / "o"))
 
 
 def test_deploy_output_names_the_deployment(tmp_path: Path) -> None:
@@ -430,21 +168,22 @@ def test_deploy_output_names_the_deployment(tmp_path: Path) -> None:
 
 def test_redeploy_reads_only_changed_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The hash cache: unchanged files are not read again, and every change is seen."""
-    import bootkit.sysroot.importer as importer
+    from bootkit.sysroot.hashcache import HashCache
+    from bootkit.sysroot.importers import directory
 
     # Cache everything, however recent; the sleeps below step past the clock's granularity.
-    monkeypatch.setattr(importer.HashCache, "RACY_NS", 0)
+    monkeypatch.setattr(HashCache, "RACY_NS", 0)
     tree = make_tree(tmp_path / "tree", files={f"usr/share/f{i}": f"file {i}\n" for i in range(20)})
     sr = init_sysroot(tmp_path / "sys")
     sr.deploy(tree)
     hashed: list[str] = []
-    real_hash = importer._hash_file
+    real_hash = directory._hash_file
 
     def counting_hash(path: str) -> str:
         hashed.append(path)
         return real_hash(path)
 
-    monkeypatch.setattr(importer, "_hash_file", counting_hash)
+    monkeypatch.setattr(directory, "_hash_file", counting_hash)
     time.sleep(0.05)
     # Same size, same mtime, new content: only the ctime tells.
     target = tree / "usr/share/f3"
@@ -478,7 +217,7 @@ def test_parallel_import_matches_sequential(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Big trees are imported by several threads; the result must not depend on it."""
-    import bootkit.sysroot.importer as importer
+    from bootkit.sysroot.importers import directory
 
     files: dict[str, bytes | str] = {}
     for i in range(120):
@@ -489,10 +228,10 @@ def test_parallel_import_matches_sequential(
     src = make_tree(tmp_path / "src", files=files)
     reports = {}
     for mode, threshold in (("sequential", 1 << 30), ("parallel", 0)):
-        monkeypatch.setattr(importer, "PARALLEL_FILES", threshold)
+        monkeypatch.setattr(directory, "PARALLEL_FILES", threshold)
         dest = tmp_path / mode
-        reports[mode] = _import(src, dest, ObjectStore(tmp_path / f"objects-{mode}"))
-        assert _describe(dest) == _describe(src)
+        reports[mode] = import_tree(src, dest, ObjectStore(tmp_path / f"objects-{mode}"))
+        assert describe_tree(dest) == describe_tree(src)
         assert len({(dest / f"usr/share/same/{i}").stat().st_ino for i in range(120)}) == 1
         assert len({(dest / f"usr/share/empty/{i}").stat().st_ino for i in range(120)}) == 1
         assert (dest / "etc/conf.d/0").stat().st_nlink == 1

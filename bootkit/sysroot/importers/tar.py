@@ -1,0 +1,318 @@
+"""Importing a tar archive (plain, gzip, xz, bzip2 or zstd) as one stream."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from bootkit.base.filetypes import FileType
+from bootkit.base.xattrs import Xattrs
+from bootkit.errors import BootkitError
+from bootkit.sysroot.importers.tree import ImportReport, Progress, TreeBuilder
+from bootkit.sysroot.store import FileMeta, ObjectStore
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _member_path(name: str) -> PurePosixPath:
+    if name.startswith("/"):
+        raise BootkitError(
+            f"tar member {name!r} has an absolute path",
+            hint="build the archive relative to the tree's root",
+        )
+    parts = [p for p in PurePosixPath(name).parts if p != "."]
+    if ".." in parts:
+        raise BootkitError(
+            f"tar member {name!r} contains '..'", hint="the archive may be malicious; rebuild it"
+        )
+    return PurePosixPath(*parts) if parts else PurePosixPath(".")
+
+
+def _escapes(rel: PurePosixPath, target: str) -> bool:
+    """Whether a relative symlink at `rel` points above the tree's root."""
+    if target.startswith("/"):
+        return False  # resolved against the deployment's own root at boot
+    depth = len(rel.parent.parts) if str(rel.parent) != "." else 0
+    for part in PurePosixPath(target).parts:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part != ".":
+            depth += 1
+    return False
+
+
+class _CountingReader:
+    def __init__(self, f: IO[bytes], progress: Progress) -> None:
+        self.f = f
+        self.progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.progress(len(data))
+        return data
+
+
+@contextmanager
+def _open_tar_stream(src: Path, progress: Progress) -> Iterator[tarfile.TarFile]:
+    with open(src, "rb") as raw:
+        magic = raw.read(4)
+        raw.seek(0)
+        if magic == _ZSTD_MAGIC:
+            if shutil.which("zstd") is None:
+                raise BootkitError(
+                    f"{src} is zstd-compressed and the 'zstd' program is missing",
+                    hint="install zstd",
+                )
+            proc = subprocess.Popen(["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            assert proc.stdin and proc.stdout
+            import threading
+
+            def pump() -> None:
+                try:
+                    shutil.copyfileobj(_CountingReader(raw, progress), proc.stdin)  # type: ignore[arg-type]
+                except BrokenPipeError:
+                    pass
+                finally:
+                    proc.stdin.close()  # type: ignore[union-attr]
+
+            t = threading.Thread(target=pump, daemon=True)
+            t.start()
+            try:
+                with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
+                    yield tf
+            finally:
+                proc.stdout.close()
+                t.join()
+                rc = proc.wait()
+            if rc != 0:
+                raise BootkitError(
+                    f"{src}: zstd could not decompress it (exit {rc})",
+                    hint="the archive is corrupt",
+                )
+        else:
+            with tarfile.open(fileobj=_CountingReader(raw, progress), mode="r|*") as tf:  # type: ignore[call-overload]
+                yield tf
+
+
+# Tar members up to this size are read into memory rather than spooled to a file.
+_IN_MEMORY = 1 << 20
+
+
+def _writer(data: bytes) -> Callable[[str], None]:
+    def fill(dst: str) -> None:
+        with open(dst, "xb") as out:
+            out.write(data)
+
+    return fill
+
+
+def _add_spooled(
+    imp: TreeBuilder, name: str, meta: FileMeta, f: IO[bytes], size: int, tmp: str
+) -> None:
+    """Add a large member: spooled to `tmp` while hashed, then renamed into place if new."""
+    h = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        while block := f.read(1 << 20):
+            h.update(block)
+            out.write(block)
+
+    def fill(dst: str) -> None:
+        os.rename(tmp, dst)
+
+    imp.add_file(name, meta, h.hexdigest(), fill, size)
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+
+
+class TarSource:
+    """A tar archive of a root tree, read as one stream (plain, gzip, xz, bzip2 or zstd).
+
+    Every member is checked before it is written: no absolute paths, no '..', no
+    symlink that leads out of the tree or is written through, no hardlink to
+    anything but an earlier file, no path twice. Device nodes and fifos are skipped.
+    """
+
+    def __init__(self, archive: Path) -> None:
+        self.archive = archive
+        self.label = archive.name
+        self.origin = str(archive.resolve())
+
+    def size(self) -> int:
+        """The archive's bytes as stored, which is what the stream counts."""
+        return self.archive.stat().st_size
+
+    def import_into(
+        self, dest: Path, store: ObjectStore, progress: Progress, dropped: frozenset[str]
+    ) -> ImportReport:
+        """Import into `dest` (created). A stream is read whole, `dropped` names included."""
+        dest.mkdir()
+        return _TarImport(self.archive, dest, store, progress).run()
+
+    def imported(self) -> None:
+        """Nothing to keep: an archive is read whole every time."""
+
+
+class _TarImport:
+    """One pass over an archive's members into a new tree."""
+
+    def __init__(self, archive: Path, dest: Path, store: ObjectStore, progress: Progress) -> None:
+        self.archive = archive
+        self.dest = dest
+        self.tree = TreeBuilder(dest, store, progress)
+        self.seen_files: set[PurePosixPath] = set()  # regular files, for hardlinks to name
+        self.known_dirs: set[str] = set()
+        self.spool = os.path.join(store.tmp, f"member.{os.getpid()}")
+        self.root_meta: FileMeta | None = None
+
+    def run(self) -> ImportReport:
+        try:
+            with _open_tar_stream(self.archive, self.tree.progress) as tf:
+                for member in tf:
+                    self.add(member, tf)
+        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as err:
+            raise BootkitError(
+                f"{self.archive} is not a readable tar archive: {err}",
+                hint="check the file; it may be truncated or corrupt",
+            ) from None
+        if self.root_meta is not None:
+            self.tree.dir_meta.insert(0, (str(self.dest), self.root_meta))
+        return self.tree.finish()
+
+    def add(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+        rel = _member_path(m.name)
+        kind = _MEMBER_TYPES.get(m.type)  # None: a hardlink, or a type unknown to tar
+        meta = FileMeta(m.mode | _format_bits(kind), m.uid, m.gid, _pax_xattrs(m), float(m.mtime))
+        if str(rel) == ".":
+            if kind is FileType.DIR:
+                self.root_meta = meta
+            return
+        _check_parents(self.dest, rel, m.name, self.known_dirs)
+        _check_new(self.dest, rel, m)
+        if kind is FileType.DIR:
+            self.tree.add_dir(str(rel), meta)
+        elif kind is FileType.SYMLINK:
+            self.add_symlink(rel, m, meta)
+        elif m.islnk():
+            self.add_hardlink(rel, m)
+        elif kind is FileType.FILE:
+            self.add_file(rel, m, meta, tf)
+        else:
+            self.tree.skip(str(rel), kind.description if kind else "special file")
+
+    def add_symlink(self, rel: PurePosixPath, m: tarfile.TarInfo, meta: FileMeta) -> None:
+        if _escapes(rel, m.linkname):
+            raise BootkitError(
+                f"tar member {m.name!r} is a symlink that escapes the tree ({m.linkname!r})",
+                hint="the archive may be malicious; rebuild it",
+            )
+        self.tree.add_symlink(str(rel), m.linkname, meta)
+
+    def add_hardlink(self, rel: PurePosixPath, m: tarfile.TarInfo) -> None:
+        target = _member_path(m.linkname)
+        if target not in self.seen_files:
+            raise BootkitError(
+                f"tar member {m.name!r} is a hardlink to {m.linkname!r}, which is not an earlier file in the archive",
+                hint="the archive may be malicious or truncated",
+            )
+        self.tree.add_hardlink(str(rel), str(target))
+        self.seen_files.add(rel)
+
+    def add_file(
+        self, rel: PurePosixPath, m: tarfile.TarInfo, meta: FileMeta, tf: tarfile.TarFile
+    ) -> None:
+        f = tf.extractfile(m)
+        assert f is not None
+        if m.size <= _IN_MEMORY:
+            # Most files of a tree are small and most are stored already:
+            # hashing them in memory spares a file written and removed.
+            data = f.read()
+            self.tree.add_file(str(rel), meta, hashlib.sha256(data).hexdigest(), _writer(data),
+                               m.size)
+        else:
+            _add_spooled(self.tree, str(rel), meta, f, m.size, self.spool)
+        self.seen_files.add(rel)
+
+
+# What each tar member type is; a hardlink (LNKTYPE) names another member instead.
+_MEMBER_TYPES = {
+    **dict.fromkeys(tarfile.REGULAR_TYPES, FileType.FILE),
+    tarfile.DIRTYPE: FileType.DIR,
+    tarfile.SYMTYPE: FileType.SYMLINK,
+    tarfile.CHRTYPE: FileType.CHAR,
+    tarfile.BLKTYPE: FileType.BLOCK,
+    tarfile.FIFOTYPE: FileType.FIFO,
+}
+
+
+def _format_bits(kind: FileType | None) -> int:
+    # Only directories, symlinks and files are imported; their notes carry these bits.
+    if kind is FileType.DIR or kind is FileType.SYMLINK:
+        return kind.format_bits
+    return stat.S_IFREG
+
+
+def _pax_xattrs(m: tarfile.TarInfo) -> Xattrs:
+    prefix = "SCHILY.xattr."
+    return tuple(
+        sorted(
+            (k[len(prefix) :], v.encode("utf-8", "surrogateescape"))
+            for k, v in m.pax_headers.items()
+            if k.startswith(prefix)
+        )
+    )
+
+
+def _check_parents(dest: Path, rel: PurePosixPath, name: str, known_dirs: set[str]) -> None:
+    """Refuse a member whose parent directories are missing or are symlinks.
+
+    `known_dirs` holds the parents checked already: a directory stays one, since no
+    later member may take a path that exists (see _check_new).
+    """
+    parent = str(rel.parent)
+    if parent == "." or parent in known_dirs:
+        return
+    cur = str(dest)
+    done = ""
+    for part in rel.parent.parts:
+        cur = f"{cur}/{part}"
+        done = f"{done}/{part}" if done else part
+        if done in known_dirs:
+            continue
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            os.mkdir(cur, 0o755)
+        else:
+            if not stat.S_ISDIR(st.st_mode):
+                raise BootkitError(
+                    f"tar member {name!r} would be written through {done}, which is not a directory",
+                    hint="the archive may be malicious; rebuild it",
+                )
+        known_dirs.add(done)
+
+
+def _check_new(dest: Path, rel: PurePosixPath, m: tarfile.TarInfo) -> None:
+    """Refuse a member whose path an earlier member already took (a directory may repeat)."""
+    try:
+        st = (dest / rel).lstat()
+    except FileNotFoundError:
+        return
+    if not (m.isdir() and stat.S_ISDIR(st.st_mode)):
+        raise BootkitError(
+            f"tar member {m.name!r} appears more than once in the archive",
+            hint="rebuild the archive with each path once",
+        )
+

@@ -1,0 +1,115 @@
+"""The new deployment tree as an importer builds it, and what identifies its content."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bootkit.sysroot.store import FileMeta, ObjectStore, apply_meta, dedup_eligible, object_key
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ImportReport:
+    files: int = 0
+    bytes: int = 0
+    linked: int = 0  # files that reused an object already stored
+    skipped: list[str] = field(default_factory=list)  # device nodes, sockets, fifos
+    digest: str = ""  # identifies the tree's content
+
+
+class TreeBuilder:
+    """Builds the new tree; paths are plain strings here, as this runs once per file."""
+
+    def __init__(self, dest: Path, store: ObjectStore, progress: Progress) -> None:
+        self.dest = str(dest)
+        self.store = store
+        self.progress = progress
+        self.report = ImportReport()
+        store.prepare()
+        self.notes: list[str] = []  # what identifies the tree, one line per entry, in walk order
+        self.dir_meta: list[tuple[str, FileMeta]] = []
+
+    def _note(self, rel: str, what: str, slot: int | None = None) -> None:
+        # /var is handed to the shared /var or dropped, so it is no part of the tree's identity.
+        if rel == "var" or rel.startswith("var/"):
+            return
+        if slot is None:
+            self.notes.append(f"{rel}\0{what}\n")
+        else:
+            self.notes[slot] = f"{rel}\0{what}\n"
+
+    def reserve_note(self) -> int:
+        """A place in the walk order for an entry whose note comes later."""
+        self.notes.append("")
+        return len(self.notes) - 1
+
+    def skip(self, rel: str, kind: str) -> None:
+        self.report.skipped.append(f"/{rel} ({kind})")
+
+    def add_dir(self, rel: str, meta: FileMeta) -> None:
+        path = f"{self.dest}/{rel}"
+        if not os.path.isdir(path) or os.path.islink(path):
+            os.mkdir(path, 0o700)
+        # Modes are applied at the end: a read-only directory must still take its children.
+        self.dir_meta.append((path, meta))
+        self._note(rel, f"d{meta.mode:o}:{meta.uid}:{meta.gid}")
+
+    def add_symlink(self, rel: str, target: str, meta: FileMeta) -> None:
+        path = f"{self.dest}/{rel}"
+        os.symlink(target, path)
+        apply_meta(path, meta, symlink=True)
+        self._note(rel, f"l{target}")
+
+    def store_file(
+        self, rel: str, meta: FileMeta, content_hash: str, fill: Callable[[str], None]
+    ) -> bool:
+        """Put one regular file in place; True if it reused a stored object. Thread-safe."""
+        path = f"{self.dest}/{rel}"
+        if dedup_eligible(rel):
+            return self.store.link_into(object_key(content_hash, meta), path, fill, meta)
+        fill(path)
+        apply_meta(path, meta)
+        return False
+
+    def count_file(
+        self,
+        rel: str,
+        meta: FileMeta,
+        content_hash: str,
+        size: int,
+        linked: bool,
+        slot: int | None = None,
+    ) -> None:
+        self.report.files += 1
+        self.report.bytes += size
+        self.report.linked += linked
+        self._note(rel, f"f{content_hash}:{meta.mode:o}:{meta.uid}:{meta.gid}", slot)
+
+    def add_file(
+        self,
+        rel: str,
+        meta: FileMeta,
+        content_hash: str,
+        fill: Callable[[str], None],
+        size: int,
+    ) -> None:
+        linked = self.store_file(rel, meta, content_hash, fill)
+        self.count_file(rel, meta, content_hash, size, linked)
+
+    def add_hardlink(self, rel: str, target: str) -> None:
+        os.link(os.path.join(self.dest, target), os.path.join(self.dest, rel))
+        self._note(rel, f"h{target}")
+
+    def finish(self) -> ImportReport:
+        for path, meta in reversed(self.dir_meta):
+            apply_meta(path, meta)
+        tree_hash = hashlib.sha256()
+        for note in self.notes:
+            tree_hash.update(note.encode("utf-8", "surrogateescape"))
+        self.report.digest = tree_hash.hexdigest()
+        return self.report

@@ -1,0 +1,162 @@
+"""The content store (`/bootkit/objects`): files stored once, hardlinked into deployments.
+
+A regular file under `usr/` whose content and metadata match one already stored
+becomes a hardlink to it, so a deployment that differs from the previous one in a
+few files costs a few files of disk. Files outside `usr/` (the live `/etc` among
+them) are copied, because they may be written to at run time and a write must never
+reach another deployment.
+
+"Metadata" is mode, owner and extended attributes, not mtime: trees rebuilt from the
+same packages differ in little else, and sharing must survive a rebuild. A shared
+file therefore carries the mtime of the copy that was stored first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bootkit.base.files import fsync_dir, remove_tree
+from bootkit.base.xattrs import Xattrs, write_xattrs
+
+IS_ROOT = os.geteuid() == 0
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """What a file carries besides its content; all but mtime is part of an object's key."""
+
+    mode: int
+    uid: int
+    gid: int
+    xattrs: Xattrs
+    mtime: float
+
+
+def object_key(content_hash: str, meta: FileMeta) -> str:
+    """The name of the object holding this content with this metadata."""
+    h = hashlib.sha256(content_hash.encode())
+    h.update(f"\0{stat.S_IMODE(meta.mode):o}\0{meta.uid}\0{meta.gid}".encode())
+    for name, value in meta.xattrs:
+        h.update(b"\0" + name.encode() + b"=" + value)
+    return h.hexdigest()
+
+
+def apply_meta(path: str | Path, meta: FileMeta, *, symlink: bool = False) -> None:
+    """Give `path` the owner (as root), attributes, mode (not on a symlink) and mtime."""
+    if IS_ROOT:
+        os.chown(path, meta.uid, meta.gid, follow_symlinks=False)
+    write_xattrs(path, meta.xattrs)
+    if not symlink:
+        # chmod after chown: chown clears setuid/setgid bits.
+        os.chmod(path, stat.S_IMODE(meta.mode))
+    os.utime(path, (meta.mtime, meta.mtime), follow_symlinks=False)
+
+
+def dedup_eligible(rel: str) -> bool:
+    """Whether the file at `rel` in a tree is stored once, not copied (see above)."""
+    return rel.startswith("usr/")
+
+
+class ObjectStore:
+    """Files stored once by content and metadata, hardlinked into deployments."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self._subdirs: set[str] = set()  # object subdirectories known to exist
+
+    def prepare(self) -> None:
+        """Create the store's directories; before storing anything."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.tmp.mkdir(mode=0o700, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / key[2:]
+
+    def link_into(self, key: str, dest: str, fill: Callable[[str], None], meta: FileMeta) -> bool:
+        """Hardlink object `key` to `dest`, storing it first with `fill` if new. True if reused."""
+        obj = f"{self.root}/{key[:2]}/{key[2:]}"
+        try:
+            os.link(obj, dest)
+            return True
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            if err.errno != errno.EMLINK:
+                raise
+            # Too many links to one inode (empty files, say): keep a private copy.
+            fill(dest)
+            apply_meta(dest, meta)
+            return False
+        # New content: the tree's own copy becomes the stored object. Until the tree is
+        # synced and recorded, nothing else links to it, so after a crash the orphaned
+        # tree goes and the prune that follows takes the object with it.
+        fill(dest)
+        apply_meta(dest, meta)
+        subdir = obj[: obj.rindex("/")]
+        if subdir not in self._subdirs:
+            os.makedirs(subdir, exist_ok=True)
+            self._subdirs.add(subdir)
+        try:
+            os.link(dest, obj)
+        except FileExistsError:
+            # Another thread stored the same content first: share its object instead.
+            tmp = f"{dest}.bootkit-tmp"
+            try:
+                os.link(obj, tmp)
+            except OSError as err:
+                if err.errno != errno.EMLINK:
+                    raise
+                return False  # keep the private copy
+            os.rename(tmp, dest)
+            return True
+        return False
+
+    @property
+    def _prune_marker(self) -> Path:
+        return self.root / "prune-pending"
+
+    def mark_prune_pending(self) -> None:
+        """Record, durably, that objects are about to lose links: call before removing trees.
+
+        A power cut between removing a tree and pruning would otherwise leave its
+        objects stored forever, since nothing else says that a prune is needed.
+        """
+        try:
+            fd = os.open(self._prune_marker, os.O_WRONLY | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            return  # no store yet, so nothing to prune
+        os.close(fd)
+        fsync_dir(self.root)
+
+    def prune_pending(self) -> bool:
+        return self._prune_marker.exists()
+
+    def prune(self) -> int:
+        """Remove objects no deployment links to; return bytes freed."""
+        freed = 0
+        if not self.root.is_dir():
+            return 0
+        for sub in self.root.iterdir():
+            if sub == self.tmp:
+                remove_tree(sub)
+                sub.mkdir(mode=0o700)
+                continue
+            if not sub.is_dir():
+                continue
+            for obj in sub.iterdir():
+                st = obj.lstat()
+                if st.st_nlink == 1:
+                    freed += st.st_size
+                    obj.unlink()
+            with contextlib.suppress(OSError):
+                sub.rmdir()  # only if that emptied it
+        self._prune_marker.unlink(missing_ok=True)
+        return freed
