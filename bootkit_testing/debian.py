@@ -18,7 +18,7 @@ The tree is made in two layers:
   so the cached base is never changed.
 
 What the guest reports is one line `BOOTKIT-TEST <key>=<value>` per finding (the
-format of tests/qemu/harness.py's BootReport):
+format of bootkit_testing/harness.py's BootReport):
 
 - `version`, `pretty-name`: from the booted tree's os-release;
 - `bootkit`: the `bootkit=` kernel argument;
@@ -73,7 +73,7 @@ from bootkit.initramfs import kmod
 from .harness import bootkit_command
 from .kernel import KernelTree
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "debian"
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"

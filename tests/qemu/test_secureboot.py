@@ -34,10 +34,11 @@ from bootkit.secureboot.keys import (
     SNAKEOIL_VARS,
 )
 from bootkit.sysroot.transaction import Sysroot
+from bootkit_testing.harness import MENU_TIMEOUT, TEST_KARGS, BootReport, Disk
+from bootkit_testing.qemu import Machine, VirtualMachine
+from bootkit_testing.testos import MARKER
 
-from .harness import MENU_TIMEOUT, TEST_KARGS, BootReport, Disk, Machine, VirtualMachine
 from .test_boot import assert_deployment_is_root
-from .testos import MARKER
 
 pytestmark = pytest.mark.qemu
 
