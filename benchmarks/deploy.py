@@ -34,14 +34,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bootkit.boot import payloads
+from bootkit.boot.payloads import Payload
+from bootkit.records.deployment import Deployment
+from bootkit.records.state import State
+from bootkit.sysroot.transaction import Sysroot
 
-from bootkit import payloads  # noqa: E402
-from bootkit.boot.payloads import Payload  # noqa: E402
-from bootkit.records.deployment import Deployment  # noqa: E402
-from bootkit.records.state import State  # noqa: E402
-from bootkit.sysroot.transaction import Sysroot  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CACHE = REPO / ".cache" / "bench"
 ROOTFS = CACHE / "rootfs"

@@ -12,7 +12,7 @@ Prints two tables. The first: build time, size and content of each image; the
 target for bootkit's default image is < 1 s and < 5 MB.
 
 The second: how long a boot takes from kernel start to switch_root with each
-initramfs. The test OS (tests/qemu/testos.py) is deployed on one disk image per
+initramfs. The test OS (bootkit_testing/testos.py) is deployed on one disk image per
 initramfs: as is (bootkit builds the initramfs at deploy time), and with a dracut
 image carrying the bootkit module as the tree's own
 usr/lib/modules/<kver>/initramfs.img: one generic --no-hostonly build, one with
@@ -44,25 +44,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bootkit import fatfs  # noqa: E402
-from bootkit.diskimage.image import DiskLayout  # noqa: E402
-from bootkit.initramfs import build_initramfs, read_image  # noqa: E402
-from bootkit.initramfs.reader import members  # noqa: E402
-from tests.qemu.harness import (  # noqa: E402
-    BootFailure,
-    BootReport,
-    Disk,
-    Machine,
-    missing_prerequisites,
-    strip_terminal_codes,
-)
-from tests.qemu.kernel import KernelTree, KernelUnavailable  # noqa: E402
-from tests.qemu.kernel import find_kernel as find_kernel_tree  # noqa: E402
-from tests.qemu.testos import INIT_STARTED, build_testos  # noqa: E402
-from tests.support.helpers import dracut_base_with_bootkit  # noqa: E402
+from bootkit.diskimage import fatfs
+from bootkit.diskimage.image import DiskLayout
+from bootkit.initramfs import build_initramfs, read_image
+from bootkit.initramfs.reader import members
+from bootkit_testing.dracut import dracut_base_with_bootkit
+from bootkit_testing.harness import BootReport, Disk
+from bootkit_testing.kernel import KernelTree, KernelUnavailable, configured_root
+from bootkit_testing.kernel import find_kernel as find_kernel_tree
+from bootkit_testing.qemu import BootFailure, Machine, missing_prerequisites, strip_terminal_codes
+from bootkit_testing.testos import INIT_STARTED, build_testos
 
 # The dracut images that boot the test OS, and how they are built. The minimal one
 # holds only what mounts root=LABEL=... from a virtio disk: udev for the label and
@@ -85,11 +76,6 @@ DRACUT_BOOT_IMAGES = (
 _STAMP = r"\[\s*(\d+\.\d+)\] "
 INIT_RUN = re.compile(_STAMP + re.escape("Run /init as init process"))
 NEW_ROOT_INIT = re.compile(_STAMP + re.escape(INIT_STARTED))
-
-
-def default_kernel_root() -> Path:
-    env = os.environ.get("BOOTKIT_TEST_KERNEL_DIR")
-    return Path(env) if env else REPO / ".cache/kernel/root"
 
 
 def find_kernel(root: Path) -> tuple[str, Path]:
@@ -232,7 +218,7 @@ def boot_rows(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernel-root", type=Path, default=default_kernel_root())
+    parser.add_argument("--kernel-root", type=Path, default=configured_root())
     parser.add_argument("--runs", type=int, default=3, help="bootkit builds per row (median)")
     parser.add_argument("--no-dracut", action="store_true", help="skip the dracut rows (slow)")
     parser.add_argument("--no-boot", action="store_true", help="skip the boot time table (QEMU)")
