@@ -26,16 +26,16 @@ from bootkit.boot import switch as bootconfig
 from bootkit.boot.payloads import UKI_FILE
 from bootkit.diskimage.image import edit_image, read_image
 from bootkit.secureboot import uki
-from bootkit.secureboot.keys import (
+from bootkit.sysroot.transaction import Sysroot
+from bootkit_testing.harness import MENU_TIMEOUT, TEST_KARGS, BootReport, Disk
+from bootkit_testing.qemu import Machine, VirtualMachine
+from bootkit_testing.secureboot import (
     SNAKEOIL_CERT,
     SNAKEOIL_CODE,
     SNAKEOIL_KEY,
     SNAKEOIL_PASSPHRASE,
     SNAKEOIL_VARS,
 )
-from bootkit.sysroot.transaction import Sysroot
-from bootkit_testing.harness import MENU_TIMEOUT, TEST_KARGS, BootReport, Disk
-from bootkit_testing.qemu import Machine, VirtualMachine
 from bootkit_testing.testos import MARKER
 
 from .test_boot import assert_deployment_is_root
