@@ -32,6 +32,7 @@ then finishes its report.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import shutil
@@ -87,8 +88,8 @@ def find_kernel(root: Path) -> tuple[str, Path]:
     sys.exit(f"no lib/modules/<kver>/kernel under {root}; pass --kernel-root")
 
 
-def timed(build: Callable[[], None], runs: int) -> float:
-    times = []
+def timed(build: Callable[[], object], runs: int) -> float:
+    times: list[float] = []
     for _ in range(runs):
         start = time.perf_counter()
         build()
@@ -246,7 +247,7 @@ def main() -> int:
         for method in ("gzip", "zstd", "xz"):
             out = work / f"bootkit-{method}.img"
             seconds = timed(
-                lambda out=out, m=method: build_initramfs(out, kver, modules, compress=m), args.runs
+                functools.partial(build_initramfs, out, kver, modules, compress=method), args.runs
             )
             rows.append((f"bootkit ({method}, default modules)", seconds, describe(out)))
         # The same, as a user runs it: a fresh Python process and the CLI.
@@ -268,16 +269,16 @@ def main() -> int:
         rows.append(("bootkit initramfs build (CLI, gzip)", seconds, describe(out)))
         if use_dracut:
             moddir = depmod_copy(modules, kver, work)
-            for options in (["--no-hostonly"], ["--hostonly"]):
-                out = work / f"dracut{options[0]}.img"
-                seconds = timed(lambda o=out, opt=options: dracut(kver, moddir, o, opt, work), 1)
-                rows.append((f"dracut {options[0]}", seconds, describe(out)))
+            for option in ("--no-hostonly", "--hostonly"):
+                out = work / f"dracut{option}.img"
+                seconds = timed(functools.partial(dracut, kver, moddir, out, [option], work), 1)
+                rows.append((f"dracut {option}", seconds, describe(out)))
             if no_boot is None:
                 base = dracut_base_with_bootkit(work / "dracut-base")
                 for n, (name, options) in enumerate(DRACUT_BOOT_IMAGES):
                     out = work / f"dracut-boot-{n}.img"
                     seconds = timed(
-                        lambda o=out, opt=options: dracut(kver, moddir, o, opt, work, base), 1
+                        functools.partial(dracut, kver, moddir, out, options, work, base), 1
                     )
                     rows.append((name, seconds, describe(out)))
                     boot_images.append((name, out))

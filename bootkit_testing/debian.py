@@ -195,7 +195,7 @@ def _run(argv: Sequence[str | Path], log: Path | None = None, **kwargs: object) 
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-20:])
         raise RuntimeError(f"{' '.join(map(str, argv))} failed ({proc.returncode}):\n{tail}")
-    return proc.stdout
+    return str(proc.stdout)
 
 
 # Mounts what chroot'ed tools expect, in a mount namespace of its own, so the mounts

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .qemu import BOOT_TIMEOUT, BootFailure, Machine, VirtualMachine, log_tail, strip_terminal_codes
 from .testos import MARKER
@@ -201,8 +202,10 @@ class Disk:
                      "--bootloader", self.bootloader, "--timeout", str(MENU_TIMEOUT),
                      "--force", *kargs)
 
-    def status(self) -> list[dict]:
-        return json.loads(self.bootkit("status", self.image, "--json"))["deployments"]
+    def status(self) -> list[dict[str, Any]]:
+        deployments: list[dict[str, Any]] = json.loads(
+            self.bootkit("status", self.image, "--json"))["deployments"]
+        return deployments
 
     def _name(self) -> str:
         return f"{self.bootloader}-boot{len(self.boots) + 1}"
