@@ -217,6 +217,98 @@ def boot_rows(
     return rows
 
 
+BuildRow = tuple[str, float, tuple[int, int, str]]
+BootRow = tuple[str, int, BootTimes]
+
+
+def bootkit_build_rows(kver: str, modules: Path, runs: int, work: Path) -> list[BuildRow]:
+    """bootkit's image per compression, in-process, and once more through the CLI."""
+    rows: list[BuildRow] = []
+    for method in ("gzip", "zstd", "xz"):
+        out = work / f"bootkit-{method}.img"
+        seconds = timed(
+            functools.partial(build_initramfs, out, kver, modules, compress=method), runs
+        )
+        rows.append((f"bootkit ({method}, default modules)", seconds, describe(out)))
+    # The same, as a user runs it: a fresh Python process and the CLI.
+    out = work / "bootkit-cli.img"
+    cli = [
+        sys.executable,
+        "-c",
+        "from bootkit.cli import main; main()",
+        "initramfs",
+        "build",
+        "--kver",
+        kver,
+        "--modules-dir",
+        str(modules),
+        "-o",
+        str(out),
+    ]
+    seconds = timed(lambda: subprocess.run(cli, check=True, capture_output=True), runs)
+    rows.append(("bootkit initramfs build (CLI, gzip)", seconds, describe(out)))
+    return rows
+
+
+def dracut_build_rows(
+    kver: str, modules: Path, work: Path, boot_images: list[tuple[str, Path | None]] | None
+) -> list[BuildRow]:
+    """dracut's generic and host-only images; with `boot_images`, also the images to boot
+    (DRACUT_BOOT_IMAGES), appended to it."""
+    rows: list[BuildRow] = []
+    moddir = depmod_copy(modules, kver, work)
+    for option in ("--no-hostonly", "--hostonly"):
+        out = work / f"dracut{option}.img"
+        seconds = timed(functools.partial(dracut, kver, moddir, out, [option], work), 1)
+        rows.append((f"dracut {option}", seconds, describe(out)))
+    if boot_images is None:
+        return rows
+    base = dracut_base_with_bootkit(work / "dracut-base")
+    for n, (name, options) in enumerate(DRACUT_BOOT_IMAGES):
+        out = work / f"dracut-boot-{n}.img"
+        seconds = timed(functools.partial(dracut, kver, moddir, out, options, work, base), 1)
+        rows.append((name, seconds, describe(out)))
+        boot_images.append((name, out))
+    return rows
+
+
+def boot_kernel(kernel_root: Path, no_boot: bool) -> tuple[KernelTree | None, str]:
+    """The kernel to boot, or None and why the boot table is skipped."""
+    if no_boot:
+        return None, "--no-boot"
+    if missing := missing_prerequisites():
+        return None, f"missing {', '.join(missing)}"
+    try:
+        return find_kernel_tree(kernel_root), ""
+    except KernelUnavailable as err:
+        return None, str(err)
+
+
+def print_build_table(kver: str, rows: Sequence[BuildRow]) -> None:
+    width = max(len(name) for name, _, _ in rows)
+    print(f"initramfs for kernel {kver} ({os.cpu_count()} CPUs)")
+    print(f"{'image':<{width}} {'build s':>8} {'size MB':>8} {'files':>6}  compression")
+    for name, seconds, (size, files, compression) in rows:
+        print(f"{name:<{width}} {seconds:>8.2f} {size / 1e6:>8.2f} {files:>6}  {compression}")
+    print(flush=True)
+
+
+def print_boot_table(rows: Sequence[BootRow], bootloader: str, runs: int) -> None:
+    width = max(len(name) for name, _, _ in rows)
+    print(
+        f"kernel start to switch_root, from kernel timestamps ({bootloader}, "
+        f"accel {Machine(Path()).accel}, median of {runs} boot(s))"
+    )
+    columns = f"{'size MB':>8} {'kernel s':>9} {'initramfs s':>12} {'total s':>8}"
+    print(f"{'initramfs':<{width}} {columns}")
+    for name, size, t in rows:
+        print(
+            f"{name:<{width}} {size / 1e6:>8.2f} {t.init_run:>9.2f} "
+            f"{t.new_root_init - t.init_run:>12.2f} {t.new_root_init:>8.2f}"
+        )
+    print("kernel: until the initramfs's /init runs; initramfs: /init until the deployment's init")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel-root", type=Path, default=configured_root())
@@ -229,67 +321,14 @@ def main() -> int:
 
     kver, modules = find_kernel(args.kernel_root)
     use_dracut = not args.no_dracut and shutil.which("dracut") is not None
-    kernel: KernelTree | None = None
-    no_boot = None
-    if args.no_boot:
-        no_boot = "--no-boot"
-    elif missing := missing_prerequisites():
-        no_boot = f"missing {', '.join(missing)}"
-    else:
-        try:
-            kernel = find_kernel_tree(args.kernel_root)
-        except KernelUnavailable as err:
-            no_boot = str(err)
-    rows: list[tuple[str, float, tuple[int, int, str]]] = []
+    kernel, no_boot = boot_kernel(args.kernel_root, args.no_boot)
     boot_images: list[tuple[str, Path | None]] = [("bootkit (built at deploy)", None)]
     with tempfile.TemporaryDirectory(prefix="bootkit-bench-") as tmp:
         work = Path(tmp)
-        for method in ("gzip", "zstd", "xz"):
-            out = work / f"bootkit-{method}.img"
-            seconds = timed(
-                functools.partial(build_initramfs, out, kver, modules, compress=method), args.runs
-            )
-            rows.append((f"bootkit ({method}, default modules)", seconds, describe(out)))
-        # The same, as a user runs it: a fresh Python process and the CLI.
-        out = work / "bootkit-cli.img"
-        cli = [
-            sys.executable,
-            "-c",
-            "from bootkit.cli import main; main()",
-            "initramfs",
-            "build",
-            "--kver",
-            kver,
-            "--modules-dir",
-            str(modules),
-            "-o",
-            str(out),
-        ]
-        seconds = timed(lambda: subprocess.run(cli, check=True, capture_output=True), args.runs)
-        rows.append(("bootkit initramfs build (CLI, gzip)", seconds, describe(out)))
+        rows = bootkit_build_rows(kver, modules, args.runs, work)
         if use_dracut:
-            moddir = depmod_copy(modules, kver, work)
-            for option in ("--no-hostonly", "--hostonly"):
-                out = work / f"dracut{option}.img"
-                seconds = timed(functools.partial(dracut, kver, moddir, out, [option], work), 1)
-                rows.append((f"dracut {option}", seconds, describe(out)))
-            if no_boot is None:
-                base = dracut_base_with_bootkit(work / "dracut-base")
-                for n, (name, options) in enumerate(DRACUT_BOOT_IMAGES):
-                    out = work / f"dracut-boot-{n}.img"
-                    seconds = timed(
-                        functools.partial(dracut, kver, moddir, out, options, work, base), 1
-                    )
-                    rows.append((name, seconds, describe(out)))
-                    boot_images.append((name, out))
-
-        width = max(len(name) for name, _, _ in rows)
-        print(f"initramfs for kernel {kver} ({os.cpu_count()} CPUs)")
-        print(f"{'image':<{width}} {'build s':>8} {'size MB':>8} {'files':>6}  compression")
-        for name, seconds, (size, files, compression) in rows:
-            print(f"{name:<{width}} {seconds:>8.2f} {size / 1e6:>8.2f} {files:>6}  {compression}")
-        print(flush=True)
-
+            rows += dracut_build_rows(kver, modules, work, boot_images if kernel else None)
+        print_build_table(kver, rows)
         if kernel is None:
             print(f"boot time table skipped: {no_boot}")
             return 0
@@ -298,20 +337,7 @@ def main() -> int:
         except BootFailure as err:
             print(f"boot failed: {err}", file=sys.stderr)
             return 1
-
-    width = max(len(name) for name, _, _ in booted)
-    print(
-        f"kernel start to switch_root, from kernel timestamps ({args.bootloader}, "
-        f"accel {Machine(Path()).accel}, median of {args.boot_runs} boot(s))"
-    )
-    columns = f"{'size MB':>8} {'kernel s':>9} {'initramfs s':>12} {'total s':>8}"
-    print(f"{'initramfs':<{width}} {columns}")
-    for name, size, t in booted:
-        print(
-            f"{name:<{width}} {size / 1e6:>8.2f} {t.init_run:>9.2f} "
-            f"{t.new_root_init - t.init_run:>12.2f} {t.new_root_init:>8.2f}"
-        )
-    print("kernel: until the initramfs's /init runs; initramfs: /init until the deployment's init")
+    print_boot_table(booted, args.bootloader, args.boot_runs)
     return 0
 
 

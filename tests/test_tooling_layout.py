@@ -143,7 +143,8 @@ def test_python_checks_find_what_they_look_for(source: str, found: str) -> None:
                                     "import bootkit_testing.harness as h\n"])
 def test_the_product_may_not_import_the_tooling(source: str) -> None:
     path = REPO / PRODUCT / "x.py"
-    assert python_problems(source, "x.py", forbidden_for(path)) == ["x.py:1: imports bootkit_testing"]
+    expected = ["x.py:1: imports bootkit_testing"]
+    assert python_problems(source, "x.py", forbidden_for(path)) == expected
     assert python_problems(source, "x.py", forbidden_for(REPO / TOOLING / "x.py")) == []
 
 
