@@ -41,6 +41,7 @@ from bootkit.boot.payloads import Payload
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
 from bootkit.sysroot.transaction import Sysroot
+
 from bootkit_testing.kernel import KernelUnavailable, ensure_kernel
 
 REPO = Path(__file__).resolve().parents[1]

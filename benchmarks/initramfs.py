@@ -49,6 +49,7 @@ from bootkit.diskimage import fatfs
 from bootkit.diskimage.image import DiskLayout
 from bootkit.initramfs import build_initramfs, read_image
 from bootkit.initramfs.reader import members
+
 from bootkit_testing.dracut import dracut_base_with_bootkit
 from bootkit_testing.harness import BootReport, Disk
 from bootkit_testing.kernel import KernelTree, KernelUnavailable, configured_root

@@ -17,6 +17,7 @@ from bootkit.cli import main
 from bootkit.initramfs import read_image
 from bootkit.initramfs.dracut import DRACUT_MODULE_FILES, install_dracut_module
 from bootkit.initramfs.reader import members as final_members
+
 from bootkit_testing.dracut import DRACUT_BASE, dracut_base_with_bootkit
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,6 +16,7 @@ import pytest
 
 from bootkit.diskimage import ext4fs
 from bootkit.diskimage.image import DiskLayout, edit_image
+
 from bootkit_testing.harness import BootReport, Disk, menu_titles
 
 pytestmark = pytest.mark.qemu

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from bootkit.diskimage.image import edit_image
+
 from bootkit_testing.harness import TEST_KARGS, BootReport, Disk
 from bootkit_testing.kernel import KernelTree
 from bootkit_testing.qemu import strip_terminal_codes

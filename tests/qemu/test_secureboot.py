@@ -27,6 +27,7 @@ from bootkit.boot.payloads import UKI_FILE
 from bootkit.diskimage.image import edit_image, read_image
 from bootkit.secureboot import uki
 from bootkit.sysroot.transaction import Sysroot
+
 from bootkit_testing.harness import MENU_TIMEOUT, TEST_KARGS, BootReport, Disk
 from bootkit_testing.qemu import Machine, VirtualMachine
 from bootkit_testing.secureboot import (

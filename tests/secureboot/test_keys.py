@@ -14,6 +14,7 @@ from bootkit.cli import main
 from bootkit.errors import BootkitError
 from bootkit.formats import efivarstore, esl
 from bootkit.secureboot import keys
+
 from bootkit_testing import secureboot as snakeoil
 
 needs_snakeoil = pytest.mark.skipif(

@@ -15,6 +15,7 @@ from bootkit.boot import esp, payloads
 from bootkit.boot.payloads import UKI_FILE
 from bootkit.secureboot import keys, uki
 from bootkit.sysroot.transaction import Sysroot
+
 from bootkit_testing import secureboot as snakeoil
 
 pytestmark = pytest.mark.skipif(not uki.DEFAULT_STUB.is_file(),
