@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/boot.py [--bootloader systemd-boot|grub|both] [--runs N]
 
-Builds a one-deployment image of the test OS (tests/qemu/testos.py) per
+Builds a one-deployment image of the test OS (bootkit_testing/testos.py) per
 bootloader, boots it N times under QEMU (TCG unless BOOTKIT_QEMU_ACCEL=kvm) and
 prints one table: seconds from power-on until each milestone appears on the
 serial console (median of the runs), plus the time to make the image and to
@@ -18,18 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.qemu.harness import (  # noqa: E402
-    MENU_SHOWN,
-    Disk,
-    Machine,
-    VirtualMachine,
-    missing_prerequisites,
-)
-from tests.qemu.kernel import ensure_kernel  # noqa: E402
-from tests.qemu.testos import build_testos  # noqa: E402
+from bootkit_testing.harness import MENU_SHOWN, Disk
+from bootkit_testing.kernel import ensure_kernel
+from bootkit_testing.qemu import Machine, VirtualMachine, missing_prerequisites
+from bootkit_testing.testos import build_testos
 
 MILESTONES = (
     ("firmware starts the bootloader", r"BdsDxe: starting"),

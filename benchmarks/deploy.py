@@ -13,7 +13,9 @@ Prints one table. What it measures:
     through the core API with empty trees; only the update is timed.
 
 Targets: (a) no slower than ostree's commit + deploy; (b) < 1 s and < 1 MB; (c) 100
-entries in < 100 ms. The Debian tree and kernel are cached under .cache/bench/.
+entries in < 100 ms. The Debian tree is cached under .cache/bench/.
+
+The kernel is the test suite's (bootkit_testing.kernel).
 
 (a) and (b) run --repeat times, alternating which tool goes first, and the best run
 of each is reported: on a shared machine the worst runs measure the neighbours.
@@ -30,18 +32,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bootkit.boot import payloads
+from bootkit.boot.payloads import Payload
+from bootkit.records.deployment import Deployment
+from bootkit.records.state import State
+from bootkit.sysroot.transaction import Sysroot
 
-from bootkit import payloads  # noqa: E402
-from bootkit.boot.payloads import Payload  # noqa: E402
-from bootkit.records.deployment import Deployment  # noqa: E402
-from bootkit.records.state import State  # noqa: E402
-from bootkit.sysroot.transaction import Sysroot  # noqa: E402
+from bootkit_testing.kernel import KernelUnavailable, ensure_kernel
+
+REPO = Path(__file__).resolve().parents[1]
 
 CACHE = REPO / ".cache" / "bench"
 ROOTFS = CACHE / "rootfs"
@@ -58,7 +61,8 @@ def log(message: str) -> None:
 
 
 def run(argv: list[str | Path], **kw: object) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    proc: subprocess.CompletedProcess[str] = subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, **kw)  # type: ignore[call-overload]
     if proc.returncode != 0:
         raise SystemExit(f"bench: {' '.join(map(str, argv))} failed:\n{proc.stderr}{proc.stdout}")
     return proc
@@ -80,50 +84,21 @@ def ensure_rootfs() -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     log(f"debootstrap {SUITE} into {tmp} (about a minute)")
-    run(
-        [
-            "debootstrap",
-            "--variant=minbase",
-            "--include=systemd-sysv,udev,kmod",
-            SUITE,
-            tmp,
-            MIRROR,
-        ]
-    )
+    run(["debootstrap", "--variant=minbase", "--include=systemd-sysv,udev,kmod", SUITE, tmp,
+         MIRROR])
     tmp.rename(ROOTFS)
     return ROOTFS
-
-
-def ensure_kernel() -> Path:
-    """A dpkg -x'ed Debian kernel package: the test suite's, or one fetched here."""
-    for candidate in (
-        os.environ.get("BOOTKIT_TEST_KERNEL_DIR"),
-        REPO / ".cache/kernel/root",
-        CACHE / "kernel/root",
-    ):
-        if candidate and list(Path(candidate).glob("boot/vmlinuz-*")):
-            return Path(candidate)
-    dest = CACHE / "kernel"
-    dest.mkdir(parents=True, exist_ok=True)
-    deps = run(["apt-cache", "depends", "--no-recommends", "linux-image-amd64"]).stdout
-    package = next(
-        line.split(":", 1)[1].strip()
-        for line in deps.splitlines()
-        if line.strip().startswith("Depends: linux-image-")
-    )
-    log(f"downloading {package}")
-    run(["apt-get", "download", package], cwd=dest)
-    (deb,) = dest.glob("*.deb")
-    run(["dpkg", "-x", deb, dest / "root"])
-    deb.unlink()
-    return dest / "root"
 
 
 def ensure_tree() -> Path:
     """The Debian tree as both tools want it: /etc defaults in usr/etc, kernel in usr/lib/modules."""
     if TREE.is_dir():
         return TREE
-    rootfs, kernel = ensure_rootfs(), ensure_kernel()
+    rootfs = ensure_rootfs()
+    try:
+        kernel = ensure_kernel()
+    except KernelUnavailable as err:
+        raise SystemExit(f"bench: {err}") from None
     tmp = TREE.with_name("tree.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     log(f"assembling {TREE}")
@@ -134,16 +109,11 @@ def ensure_tree() -> Path:
         else:
             child.unlink()
     (tmp / "etc").rename(tmp / "usr/etc")
-    (vmlinuz,) = kernel.glob("boot/vmlinuz-*")
-    kver = vmlinuz.name.removeprefix("vmlinuz-")
-    modules = next(
-        p for p in (kernel / "usr/lib/modules" / kver, kernel / "lib/modules" / kver) if p.is_dir()
-    )
-    dest = tmp / "usr/lib/modules" / kver
+    dest = tmp / "usr/lib/modules" / kernel.version
     dest.parent.mkdir(parents=True, exist_ok=True)
-    run(["cp", "-a", modules, dest])
-    shutil.copy2(vmlinuz, dest / "vmlinuz")
-    (dest / "initramfs.img").write_bytes(random.Random(kver).randbytes(INITRAMFS_SIZE))
+    run(["cp", "-a", kernel.modules_dir, dest])
+    shutil.copy2(kernel.vmlinuz, dest / "vmlinuz")
+    (dest / "initramfs.img").write_bytes(random.Random(kernel.version).randbytes(INITRAMFS_SIZE))
     (tmp / CHANGED).parent.mkdir(parents=True)
     (tmp / CHANGED).write_text("first\n")
     tmp.rename(TREE)
@@ -247,8 +217,9 @@ def bench_ostree(tree: Path, rep: int, times: Samples, disk: dict[str, int]) -> 
     repo = sysroot / "ostree/repo"
     run(["ostree", "admin", "init-fs", sysroot])
     run(["ostree", "admin", "os-init", "--sysroot", sysroot, "debian"])
-    commit = ["ostree", f"--repo={repo}", "commit", "--branch=debian/bench", tree]
-    deploy = ["ostree", "admin", "deploy", "--sysroot", sysroot, "--os", "debian", "--karg-none"]
+    commit: list[str | Path] = ["ostree", f"--repo={repo}", "commit", "--branch=debian/bench", tree]
+    deploy: list[str | Path] = ["ostree", "admin", "deploy", "--sysroot", sysroot, "--os", "debian",
+                                "--karg-none"]
     run(["sync"])
     times["ostree commit"].append(timed(commit))
     times["ostree deploy"].append(timed([*deploy, "debian/bench"]))
@@ -322,6 +293,88 @@ def stage(name: str) -> Iterator[None]:
     log(f"{name}: {time.perf_counter() - start:.1f} s")
 
 
+def measure_deploys(tree: Path, repeat: int, with_ostree: bool) -> tuple[Samples, dict[str, int]]:
+    """(a) and (b): seconds per step and run, and the disk each deployment added."""
+    times: Samples = collections.defaultdict(list)
+    disk: dict[str, int] = {}
+    contenders: list[Callable[[Path, int, Samples, dict[str, int]], None]] = [bench_bootkit]
+    if with_ostree:
+        contenders.append(bench_ostree)
+    for rep in range(repeat):
+        # Alternate who goes first, so that neither always meets the other's writeback.
+        for fn in contenders if rep % 2 == 0 else contenders[::-1]:
+            clear_run()
+            with stage(f"{fn.__name__}, run {rep + 1} of {repeat}"):
+                fn(tree, rep, times, disk)
+    clear_run()
+    return times, disk
+
+
+def measure_updates(counts: Sequence[int]) -> dict[int, tuple[float, float]]:
+    """(c): per deployment count, seconds in-process and through the CLI."""
+    updates: dict[int, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        for count in counts:
+            with stage(f"bootloader update, {count} deployments"):
+                updates[count] = bench_update(count, Path(tmp))
+    return updates
+
+
+Row = tuple[str, str, str, str]
+
+
+def best(times: Samples, *names: str) -> float:
+    """The best run of a sum of steps (steps of one run are added up)."""
+    return min(map(sum, zip(*(times[n] for n in names), strict=True)))
+
+
+def deploy_rows(times: Samples, disk: dict[str, int], files: int, size: int) -> list[Row]:
+    first, second = best(times, "bootkit first"), best(times, "bootkit second")
+    inproc = best(times, "bootkit second in-process")
+    has_ostree = "ostree commit" in times
+
+    def ostree_cell(commit: str, deploy: str) -> str:
+        if not has_ostree:
+            return "-"
+        total = best(times, commit, deploy)
+        return (f"{fmt_s(total)} (commit {fmt_s(best(times, commit))}"
+                f" + deploy {fmt_s(best(times, deploy))})")
+
+    o_first = best(times, "ostree commit", "ostree deploy") if has_ostree else None
+    ostree_disk = {k: fmt_mb(disk[f"ostree {k}"]) if has_ostree else "-"
+                   for k in ("first", "second")}
+    return [
+        (f"(a) import+deploy, {files} files, {size / 1e6:.0f} MB", fmt_s(first),
+         ostree_cell("ostree commit", "ostree deploy"),
+         f"<= ostree: {verdict(first <= o_first)}" if o_first else ""),
+        ("(a) disk used by the first deployment", fmt_mb(disk["bootkit first"]),
+         ostree_disk["first"], ""),
+        ("(b) second deploy, one file changed: time", fmt_s(second),
+         ostree_cell("ostree second commit", "ostree second deploy"),
+         f"< 1 s: {verdict(second < 1)}"),
+        ("(b) the same, in-process (no interpreter start)", fmt_s(inproc), "-",
+         f"< 1 s: {verdict(inproc < 1)}"),
+        ("(b) second deploy: extra disk", fmt_mb(disk["bootkit second"]), ostree_disk["second"],
+         f"< 1 MB: {verdict(disk['bootkit second'] < 1e6)}"),
+    ]
+
+
+def update_rows(updates: dict[int, tuple[float, float]]) -> list[Row]:
+    return [
+        (f"(c) bootloader update, {count} deployments", f"{fmt_s(in_process)} (CLI {fmt_s(cli)})",
+         "-", f"< 100 ms: {verdict(in_process < 0.1)}" if count == 100 else "")
+        for count, (in_process, cli) in updates.items()
+    ]
+
+
+def print_table(rows: Sequence[Row], repeat: int) -> None:
+    header = ("", "bootkit", "ostree", "target")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    print(f"best of {repeat} runs; load average at the end: {os.getloadavg()[0]:.1f}")
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-ostree", action="store_true", help="Measure bootkit only.")
@@ -335,95 +388,9 @@ def main() -> None:
     files, size = tree_stats(tree)
     with stage("warming the page cache"):
         warm(tree)
-    times: Samples = collections.defaultdict(list)
-    disk: dict[str, int] = {}
-    contenders: list[Callable[[Path, int, Samples, dict[str, int]], None]] = [bench_bootkit]
-    if not args.skip_ostree:
-        contenders.append(bench_ostree)
-    for rep in range(args.repeat):
-        # Alternate who goes first, so that neither always meets the other's writeback.
-        for fn in contenders if rep % 2 == 0 else contenders[::-1]:
-            clear_run()
-            with stage(f"{fn.__name__}, run {rep + 1} of {args.repeat}"):
-                fn(tree, rep, times, disk)
-    clear_run()
-    updates = {}
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        for count in (int(c) for c in args.counts.split(",")):
-            with stage(f"bootloader update, {count} deployments"):
-                updates[count] = bench_update(count, Path(tmp))
-
-    def best(*names: str) -> float:
-        """The best run of a sum of steps (steps of one run are added up)."""
-        return min(map(sum, zip(*(times[n] for n in names), strict=True)))
-
-    rows: list[tuple[str, str, str, str]] = []
-    first = best("bootkit first")
-    second = best("bootkit second")
-    inproc = best("bootkit second in-process")
-    has_ostree = "ostree commit" in times
-    o_first = best("ostree commit", "ostree deploy") if has_ostree else None
-    o_second = best("ostree second commit", "ostree second deploy") if has_ostree else None
-
-    def ostree_cell(total: float | None, commit: str, deploy: str) -> str:
-        if total is None:
-            return "-"
-        return f"{fmt_s(total)} (commit {fmt_s(best(commit))} + deploy {fmt_s(best(deploy))})"
-
-    rows.append(
-        (
-            f"(a) import+deploy, {files} files, {size / 1e6:.0f} MB",
-            fmt_s(first),
-            ostree_cell(o_first, "ostree commit", "ostree deploy"),
-            f"<= ostree: {verdict(first <= o_first)}" if o_first else "",
-        )
-    )
-    rows.append(
-        (
-            "(a) disk used by the first deployment",
-            fmt_mb(disk["bootkit first"]),
-            fmt_mb(disk["ostree first"]) if has_ostree else "-",
-            "",
-        )
-    )
-    rows.append(
-        (
-            "(b) second deploy, one file changed: time",
-            fmt_s(second),
-            ostree_cell(o_second, "ostree second commit", "ostree second deploy"),
-            f"< 1 s: {verdict(second < 1)}",
-        )
-    )
-    rows.append(
-        (
-            "(b) the same, in-process (no interpreter start)",
-            fmt_s(inproc),
-            "-",
-            f"< 1 s: {verdict(inproc < 1)}",
-        )
-    )
-    rows.append(
-        (
-            "(b) second deploy: extra disk",
-            fmt_mb(disk["bootkit second"]),
-            fmt_mb(disk["ostree second"]) if has_ostree else "-",
-            f"< 1 MB: {verdict(disk['bootkit second'] < 1e6)}",
-        )
-    )
-    for count, (in_process, cli) in updates.items():
-        rows.append(
-            (
-                f"(c) bootloader update, {count} deployments",
-                f"{fmt_s(in_process)} (CLI {fmt_s(cli)})",
-                "-",
-                f"< 100 ms: {verdict(in_process < 0.1)}" if count == 100 else "",
-            )
-        )
-    header = ("", "bootkit", "ostree", "target")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
-    print(f"best of {args.repeat} runs; load average at the end: {os.getloadavg()[0]:.1f}")
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    times, disk = measure_deploys(tree, args.repeat, not args.skip_ostree)
+    updates = measure_updates([int(c) for c in args.counts.split(",")])
+    print_table(deploy_rows(times, disk, files, size) + update_rows(updates), args.repeat)
 
 
 if __name__ == "__main__":

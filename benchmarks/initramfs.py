@@ -12,7 +12,7 @@ Prints two tables. The first: build time, size and content of each image; the
 target for bootkit's default image is < 1 s and < 5 MB.
 
 The second: how long a boot takes from kernel start to switch_root with each
-initramfs. The test OS (tests/qemu/testos.py) is deployed on one disk image per
+initramfs. The test OS (bootkit_testing/testos.py) is deployed on one disk image per
 initramfs: as is (bootkit builds the initramfs at deploy time), and with a dracut
 image carrying the bootkit module as the tree's own
 usr/lib/modules/<kver>/initramfs.img: one generic --no-hostonly build, one with
@@ -32,6 +32,7 @@ then finishes its report.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import shutil
@@ -44,25 +45,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bootkit.diskimage import DiskLayout, fatfs
+from bootkit.initramfs import build_initramfs, read_image
+from bootkit.initramfs.reader import members
 
-from bootkit import fatfs  # noqa: E402
-from bootkit.diskimage import DiskLayout  # noqa: E402
-from bootkit.initramfs import build_initramfs, read_image  # noqa: E402
-from bootkit.initramfs.reader import members  # noqa: E402
-from tests.qemu.harness import (  # noqa: E402
-    BootFailure,
-    BootReport,
-    Disk,
-    Machine,
-    missing_prerequisites,
-    strip_terminal_codes,
-)
-from tests.qemu.kernel import KernelTree, KernelUnavailable  # noqa: E402
-from tests.qemu.kernel import find_kernel as find_kernel_tree  # noqa: E402
-from tests.qemu.testos import INIT_STARTED, build_testos  # noqa: E402
-from tests.support.helpers import dracut_base_with_bootkit  # noqa: E402
+from bootkit_testing.dracut import dracut_base_with_bootkit
+from bootkit_testing.harness import BootReport, Disk
+from bootkit_testing.kernel import KernelTree, KernelUnavailable, configured_root
+from bootkit_testing.kernel import find_kernel as find_kernel_tree
+from bootkit_testing.qemu import BootFailure, Machine, missing_prerequisites, strip_terminal_codes
+from bootkit_testing.testos import INIT_STARTED, build_testos
 
 # The dracut images that boot the test OS, and how they are built. The minimal one
 # holds only what mounts root=LABEL=... from a virtio disk: udev for the label and
@@ -87,11 +79,6 @@ INIT_RUN = re.compile(_STAMP + re.escape("Run /init as init process"))
 NEW_ROOT_INIT = re.compile(_STAMP + re.escape(INIT_STARTED))
 
 
-def default_kernel_root() -> Path:
-    env = os.environ.get("BOOTKIT_TEST_KERNEL_DIR")
-    return Path(env) if env else REPO / ".cache/kernel/root"
-
-
 def find_kernel(root: Path) -> tuple[str, Path]:
     for modules in sorted((root / "lib/modules").glob("*")) + sorted(
         (root / "usr/lib/modules").glob("*")
@@ -101,8 +88,8 @@ def find_kernel(root: Path) -> tuple[str, Path]:
     sys.exit(f"no lib/modules/<kver>/kernel under {root}; pass --kernel-root")
 
 
-def timed(build: Callable[[], None], runs: int) -> float:
-    times = []
+def timed(build: Callable[[], object], runs: int) -> float:
+    times: list[float] = []
     for _ in range(runs):
         start = time.perf_counter()
         build()
@@ -230,9 +217,101 @@ def boot_rows(
     return rows
 
 
+BuildRow = tuple[str, float, tuple[int, int, str]]
+BootRow = tuple[str, int, BootTimes]
+
+
+def bootkit_build_rows(kver: str, modules: Path, runs: int, work: Path) -> list[BuildRow]:
+    """bootkit's image per compression, in-process, and once more through the CLI."""
+    rows: list[BuildRow] = []
+    for method in ("gzip", "zstd", "xz"):
+        out = work / f"bootkit-{method}.img"
+        seconds = timed(
+            functools.partial(build_initramfs, out, kver, modules, compress=method), runs
+        )
+        rows.append((f"bootkit ({method}, default modules)", seconds, describe(out)))
+    # The same, as a user runs it: a fresh Python process and the CLI.
+    out = work / "bootkit-cli.img"
+    cli = [
+        sys.executable,
+        "-c",
+        "from bootkit.cli import main; main()",
+        "initramfs",
+        "build",
+        "--kver",
+        kver,
+        "--modules-dir",
+        str(modules),
+        "-o",
+        str(out),
+    ]
+    seconds = timed(lambda: subprocess.run(cli, check=True, capture_output=True), runs)
+    rows.append(("bootkit initramfs build (CLI, gzip)", seconds, describe(out)))
+    return rows
+
+
+def dracut_build_rows(
+    kver: str, modules: Path, work: Path, boot_images: list[tuple[str, Path | None]] | None
+) -> list[BuildRow]:
+    """dracut's generic and host-only images; with `boot_images`, also the images to boot
+    (DRACUT_BOOT_IMAGES), appended to it."""
+    rows: list[BuildRow] = []
+    moddir = depmod_copy(modules, kver, work)
+    for option in ("--no-hostonly", "--hostonly"):
+        out = work / f"dracut{option}.img"
+        seconds = timed(functools.partial(dracut, kver, moddir, out, [option], work), 1)
+        rows.append((f"dracut {option}", seconds, describe(out)))
+    if boot_images is None:
+        return rows
+    base = dracut_base_with_bootkit(work / "dracut-base")
+    for n, (name, options) in enumerate(DRACUT_BOOT_IMAGES):
+        out = work / f"dracut-boot-{n}.img"
+        seconds = timed(functools.partial(dracut, kver, moddir, out, options, work, base), 1)
+        rows.append((name, seconds, describe(out)))
+        boot_images.append((name, out))
+    return rows
+
+
+def boot_kernel(kernel_root: Path, no_boot: bool) -> tuple[KernelTree | None, str]:
+    """The kernel to boot, or None and why the boot table is skipped."""
+    if no_boot:
+        return None, "--no-boot"
+    if missing := missing_prerequisites():
+        return None, f"missing {', '.join(missing)}"
+    try:
+        return find_kernel_tree(kernel_root), ""
+    except KernelUnavailable as err:
+        return None, str(err)
+
+
+def print_build_table(kver: str, rows: Sequence[BuildRow]) -> None:
+    width = max(len(name) for name, _, _ in rows)
+    print(f"initramfs for kernel {kver} ({os.cpu_count()} CPUs)")
+    print(f"{'image':<{width}} {'build s':>8} {'size MB':>8} {'files':>6}  compression")
+    for name, seconds, (size, files, compression) in rows:
+        print(f"{name:<{width}} {seconds:>8.2f} {size / 1e6:>8.2f} {files:>6}  {compression}")
+    print(flush=True)
+
+
+def print_boot_table(rows: Sequence[BootRow], bootloader: str, runs: int) -> None:
+    width = max(len(name) for name, _, _ in rows)
+    print(
+        f"kernel start to switch_root, from kernel timestamps ({bootloader}, "
+        f"accel {Machine(Path()).accel}, median of {runs} boot(s))"
+    )
+    columns = f"{'size MB':>8} {'kernel s':>9} {'initramfs s':>12} {'total s':>8}"
+    print(f"{'initramfs':<{width}} {columns}")
+    for name, size, t in rows:
+        print(
+            f"{name:<{width}} {size / 1e6:>8.2f} {t.init_run:>9.2f} "
+            f"{t.new_root_init - t.init_run:>12.2f} {t.new_root_init:>8.2f}"
+        )
+    print("kernel: until the initramfs's /init runs; initramfs: /init until the deployment's init")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernel-root", type=Path, default=default_kernel_root())
+    parser.add_argument("--kernel-root", type=Path, default=configured_root())
     parser.add_argument("--runs", type=int, default=3, help="bootkit builds per row (median)")
     parser.add_argument("--no-dracut", action="store_true", help="skip the dracut rows (slow)")
     parser.add_argument("--no-boot", action="store_true", help="skip the boot time table (QEMU)")
@@ -242,67 +321,14 @@ def main() -> int:
 
     kver, modules = find_kernel(args.kernel_root)
     use_dracut = not args.no_dracut and shutil.which("dracut") is not None
-    kernel: KernelTree | None = None
-    no_boot = None
-    if args.no_boot:
-        no_boot = "--no-boot"
-    elif missing := missing_prerequisites():
-        no_boot = f"missing {', '.join(missing)}"
-    else:
-        try:
-            kernel = find_kernel_tree(args.kernel_root)
-        except KernelUnavailable as err:
-            no_boot = str(err)
-    rows: list[tuple[str, float, tuple[int, int, str]]] = []
+    kernel, no_boot = boot_kernel(args.kernel_root, args.no_boot)
     boot_images: list[tuple[str, Path | None]] = [("bootkit (built at deploy)", None)]
     with tempfile.TemporaryDirectory(prefix="bootkit-bench-") as tmp:
         work = Path(tmp)
-        for method in ("gzip", "zstd", "xz"):
-            out = work / f"bootkit-{method}.img"
-            seconds = timed(
-                lambda out=out, m=method: build_initramfs(out, kver, modules, compress=m), args.runs
-            )
-            rows.append((f"bootkit ({method}, default modules)", seconds, describe(out)))
-        # The same, as a user runs it: a fresh Python process and the CLI.
-        out = work / "bootkit-cli.img"
-        cli = [
-            sys.executable,
-            "-c",
-            "from bootkit.cli import main; main()",
-            "initramfs",
-            "build",
-            "--kver",
-            kver,
-            "--modules-dir",
-            str(modules),
-            "-o",
-            str(out),
-        ]
-        seconds = timed(lambda: subprocess.run(cli, check=True, capture_output=True), args.runs)
-        rows.append(("bootkit initramfs build (CLI, gzip)", seconds, describe(out)))
+        rows = bootkit_build_rows(kver, modules, args.runs, work)
         if use_dracut:
-            moddir = depmod_copy(modules, kver, work)
-            for options in (["--no-hostonly"], ["--hostonly"]):
-                out = work / f"dracut{options[0]}.img"
-                seconds = timed(lambda o=out, opt=options: dracut(kver, moddir, o, opt, work), 1)
-                rows.append((f"dracut {options[0]}", seconds, describe(out)))
-            if no_boot is None:
-                base = dracut_base_with_bootkit(work / "dracut-base")
-                for n, (name, options) in enumerate(DRACUT_BOOT_IMAGES):
-                    out = work / f"dracut-boot-{n}.img"
-                    seconds = timed(
-                        lambda o=out, opt=options: dracut(kver, moddir, o, opt, work, base), 1
-                    )
-                    rows.append((name, seconds, describe(out)))
-                    boot_images.append((name, out))
-
-        width = max(len(name) for name, _, _ in rows)
-        print(f"initramfs for kernel {kver} ({os.cpu_count()} CPUs)")
-        print(f"{'image':<{width}} {'build s':>8} {'size MB':>8} {'files':>6}  compression")
-        for name, seconds, (size, files, compression) in rows:
-            print(f"{name:<{width}} {seconds:>8.2f} {size / 1e6:>8.2f} {files:>6}  {compression}")
-        print(flush=True)
-
+            rows += dracut_build_rows(kver, modules, work, boot_images if kernel else None)
+        print_build_table(kver, rows)
         if kernel is None:
             print(f"boot time table skipped: {no_boot}")
             return 0
@@ -311,20 +337,7 @@ def main() -> int:
         except BootFailure as err:
             print(f"boot failed: {err}", file=sys.stderr)
             return 1
-
-    width = max(len(name) for name, _, _ in booted)
-    print(
-        f"kernel start to switch_root, from kernel timestamps ({args.bootloader}, "
-        f"accel {Machine(Path()).accel}, median of {args.boot_runs} boot(s))"
-    )
-    columns = f"{'size MB':>8} {'kernel s':>9} {'initramfs s':>12} {'total s':>8}"
-    print(f"{'initramfs':<{width}} {columns}")
-    for name, size, t in booted:
-        print(
-            f"{name:<{width}} {size / 1e6:>8.2f} {t.init_run:>9.2f} "
-            f"{t.new_root_init - t.init_run:>12.2f} {t.new_root_init:>8.2f}"
-        )
-    print("kernel: until the initramfs's /init runs; initramfs: /init until the deployment's init")
+    print_boot_table(booted, args.bootloader, args.boot_runs)
     return 0
 
 

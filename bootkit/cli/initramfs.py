@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import stat
-from importlib import resources
 from pathlib import Path
 
 import click
 
-from bootkit.base.files import atomic_copy
 from bootkit.cli.common import print_json, warn
-from bootkit.errors import BootkitError
 from bootkit.initramfs import DEFAULT_MODULES, build_initramfs, read_image
 from bootkit.initramfs.compression import COMPRESSORS
 from bootkit.initramfs.cpio import Member
-
-DRACUT_MODULE_DIR = Path("/usr/lib/dracut/modules.d/90bootkit")
-# File name -> mode; module-setup.sh is sourced by dracut, the hook is executed.
-DRACUT_MODULE_FILES = {
-    "module-setup.sh": 0o755,
-    "bootkit-prepare-root.sh": 0o755,
-    "bootkit-prepare-root.service": 0o644,
-}
+from bootkit.initramfs.dracut import DRACUT_MODULE_DIR, install_dracut_module
 
 
 @click.group()
@@ -200,14 +190,7 @@ def dracut_install(dest: Path) -> None:
     The hook runs after the physical root is mounted at /sysroot and leaves the
     bootkit= deployment there, before systemd switches root.
     """
-    source = resources.files("bootkit").joinpath("data", "dracut", "90bootkit")
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BootkitError(f"cannot create {dest}: {err.strerror}") from err
-    for name, mode in DRACUT_MODULE_FILES.items():
-        with resources.as_file(source.joinpath(name)) as path:
-            atomic_copy(path, dest / name, mode)
+    install_dracut_module(dest)
     click.echo(f"Installed the bootkit dracut module in {dest}; build with: dracut --add bootkit")
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import click
-from construct import ConstructError
-from cryptography.hazmat.primitives import hashes
 
-from bootkit.errors import BootkitError
-from bootkit.formats import efivarstore
 from bootkit.secureboot import authenticode, keys, uki
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -149,26 +146,16 @@ def keys_enroll(directory: Path, output: Path, template: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def keys_show(vars_file: Path, as_json: bool) -> None:
     """List the certificates enrolled as PK, KEK and db in an OVMF vars file."""
-    found: dict[str, list[dict[str, str]]] = {}
-    for var in efivarstore.read_variables_file(vars_file):
-        if var.name in keys.KEY_ROLES:
-            try:
-                certs = keys.x509_in_signature_database(var.data)
-            except (ConstructError, ValueError) as err:
-                raise BootkitError(f"{vars_file}: malformed {var.name} variable: {err}") from None
-            found[var.name] = [
-                {"subject": c.subject.rfc4514_string(),
-                 "sha256": c.fingerprint(hashes.SHA256()).hex()}
-                for c in certs
-            ]
+    found = keys.enrolled_certificates(vars_file)
     if as_json:
-        click.echo(json.dumps(found, indent=2))
+        click.echo(json.dumps({role: [dataclasses.asdict(c) for c in certs]
+                               for role, certs in found.items()}, indent=2))
         return
     for role in keys.KEY_ROLES:
         certs = found.get(role)
         click.echo(f"{role}: (not set)" if certs is None else f"{role}:")
         for c in certs or []:
-            click.echo(f"  {c['subject']}  sha256:{c['sha256']}")
+            click.echo(f"  {c.subject}  sha256:{c.sha256}")
 
 
 COMMANDS = [uki_group, sign, keys_group]

@@ -1,8 +1,10 @@
-"""Secure Boot keys: loading signing keys, creating a PK/KEK/db set, EFI signature lists.
+"""Secure Boot keys: loading signing keys, creating a PK/KEK/db set, enrolling it.
 
 A key set is what a machine owner enrolls: PK (platform key) signs KEK updates,
 KEK signs db updates, and db holds the certificates whose signatures the
-firmware accepts for boot binaries.
+firmware accepts for boot binaries. The variables store them as EFI signature
+lists (bootkit.formats.esl) in the firmware's variable store (an OVMF vars
+file, bootkit.formats.efivarstore).
 """
 
 from __future__ import annotations
@@ -14,53 +16,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from construct import Bytes, GreedyRange, Int32ul, Struct, this
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from bootkit.base.files import atomic_copy, atomic_write
+from bootkit.base.files import atomic_write
 from bootkit.errors import BootkitError
-from bootkit.formats import efivarstore
+from bootkit.formats import efivarstore, esl
 from bootkit.secureboot.authenticode import SigningKey
 
 PASSPHRASE_ENV = "BOOTKIT_KEY_PASSPHRASE"
 
-# Debian's ovmf package: a vars template with its snakeoil certificate already
-# enrolled as PK, KEK and db, and the matching code image that enforces Secure Boot.
-SNAKEOIL_KEY = Path("/usr/share/ovmf/PkKek-1-snakeoil.key")
-SNAKEOIL_CERT = Path("/usr/share/ovmf/PkKek-1-snakeoil.pem")
-SNAKEOIL_PASSPHRASE = b"snakeoil"
-SNAKEOIL_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd")
-SNAKEOIL_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd")
-# No keys enrolled (Setup Mode); pairs with OVMF_CODE_4M.secboot.fd.
+# Debian's ovmf package. No keys enrolled (Setup Mode): the template keys are
+# enrolled into; pairs with OVMF_CODE_4M.secboot.fd.
 BLANK_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 SECURE_BOOT_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 
 KEY_ROLES = ("PK", "KEK", "db")
 KEY_SIZES = (2048, 3072)
 
-EFI_CERT_X509_GUID = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")
 EFI_GLOBAL_VARIABLE_GUID = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
 EFI_IMAGE_SECURITY_DATABASE_GUID = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")
-
-# UEFI 2.10, 32.4.1: EFI_SIGNATURE_LIST with its EFI_SIGNATURE_DATA entries.
-SignatureData = Struct(
-    "owner" / Bytes(16),
-    "data" / Bytes(this._.signature_size - 16),
-)
-SignatureList = Struct(
-    "signature_type" / Bytes(16),
-    "list_size" / Int32ul,
-    "header_size" / Int32ul,
-    "signature_size" / Int32ul,
-    "header" / Bytes(this.header_size),
-    "signatures" / SignatureData[
-        (this.list_size - 28 - this.header_size) // this.signature_size
-    ],
-)
-SignatureDatabase = GreedyRange(SignatureList)
 
 
 def read_passphrase(passphrase_file: Path | None) -> bytes | None:
@@ -146,29 +123,23 @@ def _self_signed(key: rsa.RSAPrivateKey, common_name: str, years: int) -> x509.C
 
 
 def signature_list(certificates: Sequence[x509.Certificate], owner: uuid.UUID) -> bytes:
-    """EFI_SIGNATURE_LIST(s) holding X.509 certificates, as db/KEK/PK variables store them."""
-    # Each list has one fixed signature size, so certificates of different
-    # lengths go into separate lists (the variable is their concatenation).
-    lists = []
-    for cert in certificates:
-        body = cert.public_bytes(serialization.Encoding.DER)
-        lists.append(SignatureList.build({
-            "signature_type": EFI_CERT_X509_GUID.bytes_le,
-            "list_size": 28 + 16 + len(body),
-            "header_size": 0,
-            "signature_size": 16 + len(body),
-            "header": b"",
-            "signatures": [{"owner": owner.bytes_le, "data": body}],
-        }))
-    return b"".join(lists)
+    """EFI signature lists holding X.509 certificates, as db/KEK/PK variables store them."""
+    return b"".join(
+        esl.x509_list(cert.public_bytes(serialization.Encoding.DER), owner)
+        for cert in certificates
+    )
 
 
 def x509_in_signature_database(data: bytes) -> list[x509.Certificate]:
     """The X.509 certificates in an EFI signature database (PK, KEK or db contents)."""
-    found = []
-    for entry in SignatureDatabase.parse(data):
-        if entry.signature_type == EFI_CERT_X509_GUID.bytes_le:
-            found.extend(x509.load_der_x509_certificate(s.data) for s in entry.signatures)
+    found: list[x509.Certificate] = []
+    for signature in esl.signatures(data):
+        if signature.signature_type != esl.EFI_CERT_X509_GUID:
+            continue
+        try:
+            found.append(x509.load_der_x509_certificate(signature.data))
+        except ValueError as err:
+            raise BootkitError(f"a certificate in the signature list is malformed: {err}") from None
     return found
 
 
@@ -238,15 +209,29 @@ def enroll_keys(output: Path, pk: Path, kek: Sequence[Path], db: Sequence[Path],
     return output
 
 
-def make_secure_boot_vars(output: Path, template: Path = SNAKEOIL_VARS) -> Path:
-    """A private, writable OVMF vars file with Secure Boot keys enrolled.
+@dataclass(frozen=True)
+class EnrolledCertificate:
+    """A certificate in a firmware's PK, KEK or db, as a person compares them."""
 
-    The default template has Debian's snakeoil certificate as PK, KEK and db,
-    so images signed with SNAKEOIL_KEY boot under SNAKEOIL_CODE and nothing
-    else does. Each VM needs its own copy: the firmware writes to it.
+    subject: str  # RFC 4514, e.g. "CN=bootkit db"
+    sha256: str  # hex fingerprint of the DER certificate
+
+
+def enrolled_certificates(vars_file: Path) -> dict[str, list[EnrolledCertificate]]:
+    """The certificates enrolled as PK, KEK and db in an OVMF vars file, by role.
+
+    A role whose variable is not set is absent; roles appear in the order of the store.
     """
-    if not template.is_file():
-        raise BootkitError(f"OVMF vars template {template} not found",
-                           hint="install Debian's ovmf package")
-    atomic_copy(template, output)
-    return output
+    found: dict[str, list[EnrolledCertificate]] = {}
+    for var in efivarstore.read_variables_file(vars_file):
+        if var.name not in KEY_ROLES:
+            continue
+        try:
+            certs = x509_in_signature_database(var.data)
+        except BootkitError as err:
+            raise BootkitError(f"{vars_file}: malformed {var.name} variable: {err}") from None
+        found[var.name] = [
+            EnrolledCertificate(c.subject.rfc4514_string(), c.fingerprint(hashes.SHA256()).hex())
+            for c in certs
+        ]
+    return found

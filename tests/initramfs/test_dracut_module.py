@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support.helpers import DRACUT_BASE, dracut_base_with_bootkit
 
 from bootkit.cli import main
-from bootkit.cli.initramfs import DRACUT_MODULE_FILES
 from bootkit.initramfs import read_image
+from bootkit.initramfs.dracut import DRACUT_MODULE_FILES, install_dracut_module
 from bootkit.initramfs.reader import members as final_members
+
+from bootkit_testing.dracut import DRACUT_BASE, dracut_base_with_bootkit
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "dracut/90bootkit"
@@ -57,6 +58,18 @@ def test_dracut_install_copies_the_module(tmp_path: Path) -> None:
     for name, mode in DRACUT_MODULE_FILES.items():
         assert (dest / name).read_bytes() == (MODULE / name).read_bytes()
         assert stat.S_IMODE((dest / name).stat().st_mode) == mode
+
+
+def test_install_replaces_an_older_module_and_names_its_files(tmp_path: Path) -> None:
+    dest = tmp_path / "90bootkit"
+    dest.mkdir()
+    (dest / "module-setup.sh").write_text("# an older version\n")
+    (dest / "module-setup.sh").chmod(0o600)
+    written = install_dracut_module(dest)
+    assert written == [dest / name for name in DRACUT_MODULE_FILES]
+    assert (dest / "module-setup.sh").read_bytes() == (MODULE / "module-setup.sh").read_bytes()
+    assert stat.S_IMODE((dest / "module-setup.sh").stat().st_mode) == 0o755
+    assert sorted(p.name for p in dest.iterdir()) == sorted(DRACUT_MODULE_FILES)  # no leftovers
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from . import harness
-from .kernel import KernelTree, KernelUnavailable, ensure_kernel
-from .testos import build_testos
+from bootkit_testing import qemu
+from bootkit_testing.kernel import KernelTree, KernelUnavailable, ensure_kernel
+from bootkit_testing.testos import build_testos
 
 TESTOS_VERSIONS = ("1", "2")
 
 
 @pytest.fixture(scope="session")
 def boot_kernel() -> KernelTree:
-    missing = harness.missing_prerequisites()
+    missing = qemu.missing_prerequisites()
     if missing:
         pytest.skip(f"cannot boot images here, missing: {', '.join(missing)}")
     try:
@@ -34,7 +34,7 @@ def testos_trees(boot_kernel: KernelTree, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    item.stash[_FIRST_LOG] = len(harness.CONSOLE_LOGS)
+    item.stash[_FIRST_LOG] = len(qemu.CONSOLE_LOGS)
     yield
 
 
@@ -49,5 +49,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return
     # A boot failure says why in its message; for a failed assertion on what the
     # guest reported, the console of each VM this test ran is the evidence.
-    for log in harness.CONSOLE_LOGS[item.stash.get(_FIRST_LOG, 0):]:
-        report.sections.append((f"console {log.name} (last lines)", harness.log_tail(log)))
+    for log in qemu.CONSOLE_LOGS[item.stash.get(_FIRST_LOG, 0):]:
+        report.sections.append((f"console {log.name} (last lines)", qemu.log_tail(log)))

@@ -16,7 +16,7 @@ import pytest
 
 from bootkit.diskimage import DiskLayout, edit_image, ext4fs
 
-from .harness import BootReport, Disk, menu_titles
+from bootkit_testing.harness import BootReport, Disk, menu_titles
 
 pytestmark = pytest.mark.qemu
 

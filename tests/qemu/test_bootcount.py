@@ -27,9 +27,10 @@ import pytest
 
 from bootkit.diskimage import edit_image
 
-from .harness import TEST_KARGS, BootReport, Disk, strip_terminal_codes
-from .kernel import KernelTree
-from .testos import build_testos
+from bootkit_testing.harness import TEST_KARGS, BootReport, Disk
+from bootkit_testing.kernel import KernelTree
+from bootkit_testing.qemu import strip_terminal_codes
+from bootkit_testing.testos import build_testos
 
 pytestmark = pytest.mark.qemu
 

@@ -1,7 +1,7 @@
 """Debian 12 with systemd, booted through dracut and bootkit's module, updated from inside.
 
 One image per bootloader, three boots, each a step of what an admin does on a
-running machine (see tests/qemu/debian.py for what the guest reports and does):
+running machine (see bootkit_testing/debian.py for what the guest reports and does):
 
 1. deployment A comes up to multi-user.target; inside it, a setting in /etc is
    changed, a file written to /var, and `bootkit deploy` installs tree B from a tar
@@ -32,18 +32,19 @@ from unittest import mock
 
 import pytest
 
-from . import debian, harness
-from .debian import SITE_CONF, SITE_CONF_EDITED, TREE_A, TREE_B, Variant
-from .harness import BootReport, Disk, Machine, Run, menu_titles
-from .kernel import KernelTree
-from .testos import MARKER
+from bootkit_testing import debian, harness, qemu
+from bootkit_testing.debian import SITE_CONF, SITE_CONF_EDITED, TREE_A, TREE_B, Variant
+from bootkit_testing.harness import BootReport, Disk, Run, menu_titles
+from bootkit_testing.kernel import KernelTree
+from bootkit_testing.qemu import Machine
+from bootkit_testing.testos import MARKER
 
 pytestmark = pytest.mark.qemu
 
 OS = "debian"
 VAR = f"/bootkit/deploy/{OS}/var"
 BOOTLOADERS = ("systemd-boot", "grub")
-# What the guest does in each boot, in order (see tests/qemu/debian.py).
+# What the guest does in each boot, in order (see bootkit_testing/debian.py).
 STEPS = ("update", "rollback", "report")
 # A boot with an update inside it, under TCG on a loaded machine.
 BOOT_TIMEOUT = 480.0
@@ -81,7 +82,7 @@ def debian_setup(boot_kernel: KernelTree, tmp_path_factory: pytest.TempPathFacto
 _QEMU_COMMAND_LOCK = threading.Lock()
 
 
-class _GuestVM(harness.VirtualMachine):
+class _GuestVM(qemu.VirtualMachine):
     """The harness's VM with more QEMU arguments after its own."""
 
     def __init__(self, machine: Machine, workdir: Path, name: str, extra: Sequence[str]) -> None:
@@ -91,8 +92,8 @@ class _GuestVM(harness.VirtualMachine):
     def __enter__(self) -> _GuestVM:
         # The harness makes the command line in one function, swapped while QEMU starts.
         with _QEMU_COMMAND_LOCK:
-            command = harness.qemu_command
-            with mock.patch.object(harness, "qemu_command",
+            command = qemu.qemu_command
+            with mock.patch.object(qemu, "qemu_command",
                                    lambda m, v: [*command(m, v), *self.extra]):
                 super().__enter__()
         return self

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from .harness import BootReport, Machine, menu_titles, qemu_command, strip_terminal_codes
-from .testos import INIT
+from bootkit_testing.harness import BootReport, menu_titles
+from bootkit_testing.qemu import Machine, qemu_command, strip_terminal_codes
+from bootkit_testing.testos import INIT
 
 CONSOLE = (
     "\x1b[2J\x1b[01;01H\x1b[=3hBdsDxe: starting Boot0001\r\n"

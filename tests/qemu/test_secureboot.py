@@ -26,18 +26,20 @@ from bootkit.boot.payloads import UKI_FILE
 from bootkit.diskimage import edit_image, read_image
 from bootkit.formats.bls import ENTRIES_DIR
 from bootkit.secureboot import uki
-from bootkit.secureboot.keys import (
+from bootkit.sysroot.transaction import Sysroot
+
+from bootkit_testing.harness import MENU_TIMEOUT, TEST_KARGS, BootReport, Disk
+from bootkit_testing.qemu import Machine, VirtualMachine
+from bootkit_testing.secureboot import (
     SNAKEOIL_CERT,
     SNAKEOIL_CODE,
     SNAKEOIL_KEY,
     SNAKEOIL_PASSPHRASE,
     SNAKEOIL_VARS,
 )
-from bootkit.sysroot.transaction import Sysroot
+from bootkit_testing.testos import MARKER
 
-from .harness import MENU_TIMEOUT, TEST_KARGS, BootReport, Disk, Machine, VirtualMachine
 from .test_boot import assert_deployment_is_root
-from .testos import MARKER
 
 pytestmark = pytest.mark.qemu
 

@@ -12,11 +12,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bootkit.cli import main
 from bootkit.errors import BootkitError
-from bootkit.formats import efivarstore
+from bootkit.formats import efivarstore, esl
 from bootkit.secureboot import keys
 
+from bootkit_testing import secureboot as snakeoil
+
 needs_snakeoil = pytest.mark.skipif(
-    not (keys.SNAKEOIL_VARS.is_file() and keys.SNAKEOIL_CERT.is_file()),
+    not (snakeoil.SNAKEOIL_VARS.is_file() and snakeoil.SNAKEOIL_CERT.is_file()),
     reason="Debian's ovmf package (snakeoil vars and certificate) is not installed",
 )
 
@@ -44,7 +46,7 @@ def test_key_set_files(key_dir: tuple[Path, dict[str, keys.KeyPair]]) -> None:
         cert.verify_directly_issued_by(cert)  # self-signed, and the signature is valid
         assert cert.public_key().public_numbers() == key.public_key().public_numbers()
         public_keys.add(cert.public_key().public_numbers().n)
-        (entry,) = keys.SignatureDatabase.parse(pair.esl.read_bytes())
+        (entry,) = esl.SignatureDatabase.parse(pair.esl.read_bytes())
         assert uuid.UUID(bytes_le=entry.signatures[0].owner) == owner
         assert keys.x509_in_signature_database(pair.esl.read_bytes()) == [cert]
     assert len(public_keys) == 3
@@ -70,7 +72,7 @@ def test_signature_list_holds_several_certificates(
     certs = [keys.load_certificate(p.cert) for p in key_dir[1].values()]
     data = keys.signature_list(certs, uuid.UUID(int=7))
     assert keys.x509_in_signature_database(data) == certs
-    lists = keys.SignatureDatabase.parse(data)
+    lists = esl.SignatureDatabase.parse(data)
     # One list per certificate: a list's entries all have the same size.
     ders = [c.public_bytes(serialization.Encoding.DER) for c in certs]
     assert [e.list_size for e in lists] == [28 + 16 + len(d) for d in ders]
@@ -101,42 +103,40 @@ def test_passphrase_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 @needs_snakeoil
 def test_snakeoil_key_decrypts_and_matches_its_certificate() -> None:
-    key = keys.load_private_key(keys.SNAKEOIL_KEY, keys.SNAKEOIL_PASSPHRASE)
-    cert = keys.load_certificate(keys.SNAKEOIL_CERT)
+    key = keys.load_private_key(snakeoil.SNAKEOIL_KEY, snakeoil.SNAKEOIL_PASSPHRASE)
+    cert = keys.load_certificate(snakeoil.SNAKEOIL_CERT)
     assert key.public_key().public_numbers() == cert.public_key().public_numbers()
     with pytest.raises(BootkitError, match="encrypted"):
-        keys.load_private_key(keys.SNAKEOIL_KEY)
+        keys.load_private_key(snakeoil.SNAKEOIL_KEY)
 
 
 @needs_snakeoil
 def test_snakeoil_certificate_is_enrolled_in_the_snakeoil_vars() -> None:
-    snakeoil = keys.load_certificate(keys.SNAKEOIL_CERT)
-    variables = {v.name: v for v in efivarstore.read_variables_file(keys.SNAKEOIL_VARS)}
+    cert = keys.load_certificate(snakeoil.SNAKEOIL_CERT)
+    variables = {v.name: v for v in efivarstore.read_variables_file(snakeoil.SNAKEOIL_VARS)}
     db = variables["db"]
     assert db.vendor == keys.EFI_IMAGE_SECURITY_DATABASE_GUID
-    assert keys.x509_in_signature_database(db.data) == [snakeoil]
-    assert keys.x509_in_signature_database(variables["KEK"].data) == [snakeoil]
+    assert keys.x509_in_signature_database(db.data) == [cert]
+    assert keys.x509_in_signature_database(variables["KEK"].data) == [cert]
     assert variables["PK"].vendor == keys.EFI_GLOBAL_VARIABLE_GUID
-    assert keys.x509_in_signature_database(variables["PK"].data) == [snakeoil]
+    assert keys.x509_in_signature_database(variables["PK"].data) == [cert]
 
 
-@needs_snakeoil
 def test_blank_vars_have_no_platform_key() -> None:
-    blank = keys.SNAKEOIL_VARS.with_name("OVMF_VARS_4M.fd")
-    if not blank.is_file():
-        pytest.skip(f"{blank} is not installed")
-    names = {v.name for v in efivarstore.read_variables_file(blank)}
+    if not keys.BLANK_VARS.is_file():
+        pytest.skip(f"{keys.BLANK_VARS} is not installed")
+    names = {v.name for v in efivarstore.read_variables_file(keys.BLANK_VARS)}
     assert not names & {"PK", "KEK", "db"}
 
 
 @needs_snakeoil
 def test_make_secure_boot_vars_and_cli_show(tmp_path: Path) -> None:
-    out = keys.make_secure_boot_vars(tmp_path / "vars.fd")
-    assert out.read_bytes() == keys.SNAKEOIL_VARS.read_bytes()
+    out = snakeoil.make_secure_boot_vars(tmp_path / "vars.fd")
+    assert out.read_bytes() == snakeoil.SNAKEOIL_VARS.read_bytes()
     result = CliRunner().invoke(main, ["keys", "show", "--json", str(out)])
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
-    fingerprint = keys.load_certificate(keys.SNAKEOIL_CERT).fingerprint(
+    fingerprint = keys.load_certificate(snakeoil.SNAKEOIL_CERT).fingerprint(
         hashes.SHA256()).hex()
     assert [c["sha256"] for c in shown["db"]] == [fingerprint]
 
@@ -184,7 +184,7 @@ def test_set_variables_round_trip_and_replace(tmp_path: Path) -> None:
 
 
 @needs_snakeoil
-@pytest.mark.parametrize("template", [keys.BLANK_VARS, keys.SNAKEOIL_VARS], ids=["blank", "snakeoil"])
+@pytest.mark.parametrize("template", [keys.BLANK_VARS, snakeoil.SNAKEOIL_VARS], ids=["blank", "snakeoil"])
 def test_enroll_own_keys(tmp_path: Path, key_dir: tuple[Path, dict[str, keys.KeyPair]],
                          template: Path) -> None:
     directory, pairs = key_dir
@@ -202,3 +202,73 @@ def test_enroll_own_keys(tmp_path: Path, key_dir: tuple[Path, dict[str, keys.Key
     assert set(variables) == before | {"PK", "KEK", "db"}
     assert len(efivarstore.read_variables_file(out)) == len(variables)  # no duplicates
     assert out.stat().st_size == template.stat().st_size
+
+
+def _empty_vars_file(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.fd"
+    path.write_bytes(_store_image(tmp_path))
+    return path
+
+
+def test_enrolled_certificates_name_each_role(
+    tmp_path: Path, key_dir: tuple[Path, dict[str, keys.KeyPair]]
+) -> None:
+    empty = _empty_vars_file(tmp_path)
+    assert keys.enrolled_certificates(empty) == {}
+    pairs = key_dir[1]
+    out = keys.enroll_keys(tmp_path / "vars.fd", pairs["PK"].cert, [pairs["KEK"].cert],
+                           [pairs["db"].cert], template=empty)
+    found = keys.enrolled_certificates(out)
+    assert list(found) == ["PK", "KEK", "db"]
+    for role, pair in pairs.items():
+        fingerprint = keys.load_certificate(pair.cert).fingerprint(hashes.SHA256()).hex()
+        assert found[role] == [keys.EnrolledCertificate(f"CN=Example Corp {role}", fingerprint)]
+
+
+def test_cli_keys_show_prints_what_is_enrolled(
+    tmp_path: Path, key_dir: tuple[Path, dict[str, keys.KeyPair]]
+) -> None:
+    empty = _empty_vars_file(tmp_path)
+    result = CliRunner().invoke(main, ["keys", "show", str(empty)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["PK: (not set)", "KEK: (not set)", "db: (not set)"]
+    pairs = key_dir[1]
+    out = keys.enroll_keys(tmp_path / "vars.fd", pairs["PK"].cert, [pairs["KEK"].cert],
+                           [pairs["db"].cert], template=empty)
+    result = CliRunner().invoke(main, ["keys", "show", str(out)])
+    assert result.exit_code == 0, result.output
+    db = keys.load_certificate(pairs["db"].cert).fingerprint(hashes.SHA256()).hex()
+    lines = result.output.splitlines()
+    assert lines[lines.index("db:") + 1] == f"  CN=Example Corp db  sha256:{db}"
+
+
+def test_a_malformed_certificate_is_named_with_its_variable(tmp_path: Path) -> None:
+    junk = esl.x509_list(b"not a certificate", uuid.UUID(int=3))
+    path = tmp_path / "vars.fd"
+    path.write_bytes(efivarstore.set_variables(_store_image(tmp_path), [
+        efivarstore.Variable("db", keys.EFI_IMAGE_SECURITY_DATABASE_GUID,
+                             keys.KEY_VARIABLE_ATTRIBUTES, junk),
+    ]))
+    with pytest.raises(BootkitError, match="malformed db variable"):
+        keys.enrolled_certificates(path)
+    result = CliRunner().invoke(main, ["keys", "show", str(path)])
+    assert result.exit_code == 1 and "malformed db variable" in result.output
+
+
+def test_only_x509_signatures_are_read_as_certificates(
+    key_dir: tuple[Path, dict[str, keys.KeyPair]]
+) -> None:
+    cert = keys.load_certificate(key_dir[1]["db"].cert)
+    sha256_type = uuid.UUID("c1c41626-504c-4092-aca9-41f936934328")  # EFI_CERT_SHA256_GUID
+    hashes_list = esl.SignatureList.build({
+        "signature_type": sha256_type.bytes_le, "list_size": esl.LIST_HEADER_SIZE + 2 * 48,
+        "header_size": 0, "signature_size": 48, "header": b"",
+        "signatures": [{"owner": bytes(16), "data": bytes(32)},
+                       {"owner": bytes(16), "data": b"\x01" * 32}],
+    })
+    data = hashes_list + keys.signature_list([cert], uuid.UUID(int=5))
+    found = esl.signatures(data)
+    assert [s.signature_type for s in found] == [sha256_type, sha256_type, esl.EFI_CERT_X509_GUID]
+    assert [s.data for s in found[:2]] == [bytes(32), b"\x01" * 32]
+    assert found[2].owner == uuid.UUID(int=5)
+    assert keys.x509_in_signature_database(data) == [cert]

@@ -17,12 +17,14 @@ from bootkit.boot.payloads import UKI_FILE
 from bootkit.secureboot import keys, uki
 from bootkit.sysroot.transaction import Sysroot
 
+from bootkit_testing import secureboot as snakeoil
+
 pytestmark = pytest.mark.skipif(not uki.DEFAULT_STUB.is_file(),
                                 reason="systemd's EFI stub (systemd-boot-efi) is not installed")
 
 KVER = "6.1.0-1-amd64"
 SNAKEOIL = pytest.mark.skipif(
-    not (keys.SNAKEOIL_KEY.is_file() and keys.SNAKEOIL_CERT.is_file()),
+    not (snakeoil.SNAKEOIL_KEY.is_file() and snakeoil.SNAKEOIL_CERT.is_file()),
     reason="the snakeoil Secure Boot key (package ovmf) is not installed",
 )
 SBVERIFY = pytest.mark.skipif(shutil.which("sbverify") is None,
@@ -49,12 +51,12 @@ def deploy_two(sysroot: Path, tmp_path: Path, env: dict[str, str] | None = None)
 @pytest.fixture
 def passphrase_file(tmp_path: Path) -> Path:
     path = tmp_path / "passphrase"
-    path.write_bytes(keys.SNAKEOIL_PASSPHRASE + b"\n")
+    path.write_bytes(snakeoil.SNAKEOIL_PASSPHRASE + b"\n")
     return path
 
 
 def signing_args(passphrase_file: Path) -> list[str | Path]:
-    return ["--signing-key", keys.SNAKEOIL_KEY, "--signing-cert", keys.SNAKEOIL_CERT,
+    return ["--signing-key", snakeoil.SNAKEOIL_KEY, "--signing-cert", snakeoil.SNAKEOIL_CERT,
             "--passphrase-file", passphrase_file]
 
 
@@ -192,7 +194,7 @@ def test_deploy_signs_every_uki(tmp_path: Path, passphrase_file: Path) -> None:
     assert len(images) == 2
     for image in images:
         assert uki.inspect_uki(image).signed
-        good = sbverify(keys.SNAKEOIL_CERT, image)
+        good = sbverify(snakeoil.SNAKEOIL_CERT, image)
         assert good.returncode == 0, good.stderr + good.stdout
         assert sbverify(other.cert, image).returncode != 0
     # Content-addressed by what is on $BOOT: the signed image.
@@ -203,11 +205,11 @@ def test_deploy_signs_every_uki(tmp_path: Path, passphrase_file: Path) -> None:
 
 @SNAKEOIL
 def test_key_passphrase_from_the_environment(tmp_path: Path) -> None:
-    env = {keys.PASSPHRASE_ENV: keys.SNAKEOIL_PASSPHRASE.decode()}
+    env = {keys.PASSPHRASE_ENV: snakeoil.SNAKEOIL_PASSPHRASE.decode()}
     sysroot = tmp_path / "sys"
     sysroot.mkdir()
     ok("init", "--sysroot", sysroot, "--os", "test", "--bootloader", "systemd-boot", "--uki",
-       "--signing-key", keys.SNAKEOIL_KEY, "--signing-cert", keys.SNAKEOIL_CERT, env=env)
+       "--signing-key", snakeoil.SNAKEOIL_KEY, "--signing-cert", snakeoil.SNAKEOIL_CERT, env=env)
     # Without the passphrase, deploy stops before it imports anything.
     message = fails("deploy", "--sysroot", sysroot, tree(tmp_path, 1))
     assert "encrypted" in message
@@ -222,14 +224,14 @@ def test_key_passphrase_from_the_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--signing-key", keys.SNAKEOIL_KEY, "--signing-cert", keys.SNAKEOIL_CERT],
+        (["--signing-key", snakeoil.SNAKEOIL_KEY, "--signing-cert", snakeoil.SNAKEOIL_CERT],
          "signing needs --uki"),
-        (["--uki", "--signing-key", keys.SNAKEOIL_KEY], "go together"),
-        (["--uki", "--signing-key", keys.SNAKEOIL_KEY, "--signing-cert", keys.SNAKEOIL_CERT],
+        (["--uki", "--signing-key", snakeoil.SNAKEOIL_KEY], "go together"),
+        (["--uki", "--signing-key", snakeoil.SNAKEOIL_KEY, "--signing-cert", snakeoil.SNAKEOIL_CERT],
          "is encrypted"),
-        (["--uki", "--signing-key", keys.SNAKEOIL_KEY, "--signing-cert", keys.SNAKEOIL_CERT,
+        (["--uki", "--signing-key", snakeoil.SNAKEOIL_KEY, "--signing-cert", snakeoil.SNAKEOIL_CERT,
           "--passphrase-file", "WRONG"], "wrong passphrase"),
-        (["--uki", "--signing-key", keys.SNAKEOIL_KEY, "--signing-cert", "OTHER",
+        (["--uki", "--signing-key", snakeoil.SNAKEOIL_KEY, "--signing-cert", "OTHER",
           "--passphrase-file", "GOOD"], "does not belong"),
     ],
 )
@@ -257,7 +259,7 @@ def test_bootloader_install_signs_systemd_boot(tmp_path: Path, passphrase_file: 
     assert "signed for" in out
     boot = Sysroot(sysroot).boot_path
     for rel in (esp.REMOVABLE_PATH, systemd_boot.VENDOR_PATH):
-        result = sbverify(keys.SNAKEOIL_CERT, boot / rel)
+        result = sbverify(snakeoil.SNAKEOIL_CERT, boot / rel)
         assert result.returncode == 0, result.stderr + result.stdout
     plain = init(tmp_path / "plain")
     ok("bootloader", "install", "--sysroot", plain)

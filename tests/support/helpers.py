@@ -257,22 +257,3 @@ def entry_name(filename: str) -> EntryName:
     name = EntryName.parse(filename)
     assert name is not None, filename
     return name
-
-
-DRACUT_BASE = Path("/usr/lib/dracut")
-
-
-def dracut_base_with_bootkit(base: Path) -> Path:
-    """A copy of dracut's base directory (symlinks) at `base` whose modules.d also holds
-    90bootkit, installed by the CLI: dracut runs with `dracutbasedir=base` and the host's
-    /usr/lib/dracut stays untouched."""
-    (base / "modules.d").mkdir(parents=True)
-    for entry in DRACUT_BASE.iterdir():
-        if entry.name != "modules.d":
-            (base / entry.name).symlink_to(entry)
-    for module in (DRACUT_BASE / "modules.d").iterdir():
-        (base / "modules.d" / module.name).symlink_to(module)
-    result = CliRunner().invoke(main, ["dracut", "install", "--dest", str(base / "modules.d/90bootkit")])
-    if result.exit_code != 0:
-        raise RuntimeError(f"bootkit dracut install failed: {result.output}")
-    return base

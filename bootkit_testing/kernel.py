@@ -1,6 +1,6 @@
 """The distribution kernel the boot tests run: a Debian kernel package, unpacked once and cached.
 
-`python -m tests.qemu.kernel` (or `scripts/fetch-kernel`) downloads it if needed
+`python -m bootkit_testing.kernel` (or `scripts/fetch-kernel`) downloads it if needed
 and prints the directory holding it. The layout is what `dpkg -x` leaves:
 `boot/vmlinuz-<kver>` and `lib/modules/<kver>/` (or `usr/lib/modules/<kver>/`).
 
@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 ENV_VAR = "BOOTKIT_TEST_KERNEL_DIR"
 CACHE = REPO / ".cache" / "kernel"
 META_PACKAGE = "linux-image-amd64"

@@ -18,7 +18,7 @@ The tree is made in two layers:
   so the cached base is never changed.
 
 What the guest reports is one line `BOOTKIT-TEST <key>=<value>` per finding (the
-format of tests/qemu/harness.py's BootReport):
+format of bootkit_testing/harness.py's BootReport):
 
 - `version`, `pretty-name`: from the booted tree's os-release;
 - `bootkit`: the `bootkit=` kernel argument;
@@ -73,7 +73,7 @@ from bootkit.initramfs import kmod
 from .harness import bootkit_command
 from .kernel import KernelTree
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "debian"
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -195,7 +195,7 @@ def _run(argv: Sequence[str | Path], log: Path | None = None, **kwargs: object) 
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-20:])
         raise RuntimeError(f"{' '.join(map(str, argv))} failed ({proc.returncode}):\n{tail}")
-    return proc.stdout
+    return str(proc.stdout)
 
 
 # Mounts what chroot'ed tools expect, in a mount namespace of its own, so the mounts

@@ -1,7 +1,7 @@
 """The bootkit demo: make a disk image with two deployments, boot it, update, roll back.
 
 Run it as `scripts/demo` (after `scripts/setup`). Everything happens in a
-temporary directory (or --workdir) with the test OS from tests/qemu/testos.py;
+temporary directory (or --workdir) with the test OS from bootkit_testing/testos.py;
 each boot runs UEFI firmware and a real bootloader under QEMU, about 20 s each.
 """
 
@@ -15,16 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .harness import (
-    MENU_TIMEOUT,
-    TEST_KARGS,
-    BootReport,
-    Disk,
-    bootkit_command,
-    menu_titles,
-    missing_prerequisites,
-)
+from .harness import MENU_TIMEOUT, TEST_KARGS, BootReport, Disk, bootkit_command, menu_titles
 from .kernel import KernelTree, KernelUnavailable, ensure_kernel
+from .qemu import missing_prerequisites
 from .testos import build_testos
 
 VAR = "/bootkit/deploy/testos/var"
