@@ -38,9 +38,12 @@ from pathlib import Path
 
 from bootkit.boot import payloads
 from bootkit.boot.payloads import Payload
+from bootkit.records.config import Bootloader, SysrootConfig
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
-from bootkit.sysroot.transaction import Sysroot
+from bootkit.sysroot import operations
+from bootkit.sysroot.deploy import DeployRequest, deploy
+from bootkit.sysroot.layout import Sysroot
 
 from bootkit_testing.kernel import KernelUnavailable, ensure_kernel
 
@@ -207,7 +210,7 @@ def bench_bootkit(tree: Path, rep: int, times: Samples, disk: dict[str, int]) ->
     change_one_file(tree)
     run(["sync"])
     start = time.perf_counter()
-    Sysroot(sysroot).deploy(tree)
+    deploy(Sysroot(sysroot), DeployRequest(tree))
     times["bootkit second in-process"].append(time.perf_counter() - start)
 
 
@@ -238,7 +241,7 @@ def bench_update(count: int, base: Path) -> tuple[float, float]:
     """Seconds for `bootloader update` with `count` deployments: in-process (best of 3), CLI."""
     sysroot = base / f"update-{count}"
     sysroot.mkdir(parents=True)
-    sr = Sysroot.init(sysroot, "bench", "systemd-boot")
+    sr = operations.init(Sysroot(sysroot), SysrootConfig(os="bench", bootloader=Bootloader.SYSTEMD_BOOT))
     kernel = sysroot / "kernel"
     kernel.write_bytes(b"kernel\n")
     payload = Payload("bench", payloads.payload_name("6.1.0-bench", [kernel, kernel]))
@@ -260,11 +263,11 @@ def bench_update(count: int, base: Path) -> tuple[float, float]:
         dep.save(sr.metadata_path(dep.os, dep.id))
         refs.append(dep.ref)
     State(generation=0, serial=count, default=refs[-1], deployments=tuple(refs)).save(sr.state_path)
-    sr.bootloader_update()  # the first generation; every run below replaces all entries
+    operations.bootloader_update(sr)  # the first generation; every run below replaces all entries
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
-        Sysroot(sysroot).bootloader_update()
+        operations.bootloader_update(Sysroot(sysroot))
         best = min(best, time.perf_counter() - start)
     cli = timed(bootkit_cli("bootloader", "update", "--sysroot", sysroot), env=bootkit_env())
     return best, cli

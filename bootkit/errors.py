@@ -30,7 +30,7 @@ _OS_HINTS: dict[int, tuple[str, str]] = {
                    f"removes old deployments and kernels), {_AGAIN}"),
     errno.EDQUOT: ("disk quota exceeded", f"raise the quota or free some space, {_AGAIN}"),
     errno.EROFS: ("the filesystem is mounted read-only",
-                  f"remount it read-write (or give --sysroot a writable root), {_AGAIN}"),
+                  f"remount it read-write (or point bootkit at a writable sysroot), {_AGAIN}"),
     errno.ENAMETOOLONG: ("a file name is too long",
                          "names are limited to 255 bytes and paths to 4096; use shorter ones"),
     errno.EACCES: ("permission denied", "run bootkit as root"),

@@ -55,7 +55,7 @@ def install_units(root: Path, boot_dir: str = "/efi") -> Installed:
     if not boot_dir.startswith("/") or boot_dir.rstrip("/") == "":
         raise BootkitError(
             f"boot directory must be an absolute path below /, not {boot_dir!r}",
-            hint="give the --boot-dir the sysroot was made with, such as /efi",
+            hint="give the boot directory the sysroot was made with, such as /efi",
         )
     if not root.is_dir():
         raise BootkitError(f"{root} is not a directory", hint="give the root of the OS tree")

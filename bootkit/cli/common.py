@@ -14,7 +14,8 @@ import click
 
 from bootkit.contract import booted_deployment
 from bootkit.sysroot.booted import BootedSysroot
-from bootkit.sysroot.transaction import Sysroot
+from bootkit.sysroot.layout import Sysroot
+from bootkit.sysroot.status import DeploymentStatus
 
 
 def default_sysroot() -> Path:
@@ -56,3 +57,26 @@ def byte_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
         return
     with click.progressbar(length=max(total, 1), label=label, file=sys.stderr) as bar:
         yield bar.update
+
+
+def status_json(s: DeploymentStatus) -> dict[str, Any]:
+    """One deployment as `status --json` and `deploy --json` print it."""
+    d = s.deployment
+    return {
+        "id": d.id,
+        "os": d.os,
+        "version": d.version,
+        "title": d.title,
+        "kernel_version": d.kernel_version,
+        "default": s.default,
+        "booted": s.booted,
+        "pinned": d.pinned,
+        "entry": s.entry,
+        # Boot assessment: "good", "indeterminate" (tries_left more tries) or "bad".
+        "boot": s.counter.state,
+        "tries_left": s.counter.left,
+        "tries_done": s.counter.done,
+        "path": d.path,
+        "kargs": list(d.kargs),
+        "created": d.created,
+    }

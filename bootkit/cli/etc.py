@@ -8,24 +8,8 @@ from pathlib import Path
 import click
 
 from bootkit.cli.common import open_sysroot, sysroot_option
-from bootkit.errors import BootkitError
 from bootkit.sysroot.etctree import etc_changes
-from bootkit.sysroot.transaction import Sysroot
-
-
-def resolve_deployment(sr: Sysroot, ident: str | None) -> Path:
-    """The tree of deployment `ident`; without one, the booted deployment, else the default."""
-    if ident is None:
-        statuses = sr.status()
-        chosen = next((s for s in statuses if s.booted), None) or next(
-            (s for s in statuses if s.default), None
-        )
-        if chosen is None:
-            raise BootkitError("no deployments yet", hint="deploy a tree first with 'bootkit deploy'")
-        dep = chosen.deployment
-    else:
-        dep = sr.resolve(ident)
-    return sr.deployment_dir(dep.os, dep.id)
+from bootkit.sysroot.status import chosen
 
 
 @click.group("etc")
@@ -50,7 +34,8 @@ def etc_diff(deployment: str | None, as_json: bool, sysroot: Path | None) -> Non
     M (modified), D (deleted); directories end in a slash. These are the
     changes that the next 'bootkit deploy' carries over to the new deployment.
     """
-    path = resolve_deployment(open_sysroot(sysroot), deployment)
+    sr = open_sysroot(sysroot)
+    path = sr.tree(chosen(sr, deployment))
     changes = etc_changes(path / "usr" / "etc", path / "etc")
     if as_json:
         click.echo(json.dumps([change.to_json() for change in changes], indent=2))

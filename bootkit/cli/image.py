@@ -10,11 +10,16 @@ import click
 
 from bootkit import diskimage
 from bootkit.boot.backends import installable
-from bootkit.cli import deployments
 from bootkit.cli.common import byte_progress, print_json
+from bootkit.cli.init import uki_options
+from bootkit.cli.status import show_status
 from bootkit.records.config import DEFAULT_TRIES
 from bootkit.secureboot import signing
-from bootkit.sysroot.deploy import INITRAMFS_MODES
+from bootkit.sysroot import operations
+from bootkit.sysroot.bootfiles import InitramfsMode
+from bootkit.sysroot.deploy import DeployRequest
+
+_INITRAMFS = click.Choice([m.value for m in InitramfsMode])
 
 
 def _import_progress(source: Path, total: int) -> AbstractContextManager[Callable[[int], None]]:
@@ -66,14 +71,14 @@ def image() -> None:
 @click.option("--karg", "kargs", multiple=True,
               help="Kernel argument for every deployment, e.g. console=ttyS0; repeat for more.")
 @click.option("--timeout", default=3, show_default=True, help="Boot menu timeout in seconds.")
-@click.option("--initramfs", type=click.Choice(INITRAMFS_MODES), default="auto",
+@click.option("--initramfs", type=_INITRAMFS, default="auto",
               show_default=True, help="As for 'bootkit deploy'.")
 @click.option("--tries", type=click.IntRange(min=0), default=DEFAULT_TRIES, show_default=True,
               help="Boot counting, as for 'bootkit init': how often a new deployment is "
               "tried before the bootloader falls back; 0 turns counting off.")
 @click.option("--force", is_flag=True, help="Replace IMAGE if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the deployments made as JSON.")
-@deployments.uki_options
+@uki_options
 def create(image: Path, sources: tuple[Path, ...], size: int, bootloader: str,
            os_name: str | None, esp_size: int, kargs: tuple[str, ...], timeout: int,
            initramfs: str, tries: int, force: bool, as_json: bool, uki: bool,
@@ -91,7 +96,8 @@ def create(image: Path, sources: tuple[Path, ...], size: int, bootloader: str,
     """
     spec = diskimage.ImageSpec(
         output=image, size=size, bootloader=bootloader, sources=sources, os_name=os_name,
-        esp_size=esp_size, kargs=kargs, timeout=timeout, initramfs=initramfs, tries=tries,
+        esp_size=esp_size, kargs=kargs, timeout=timeout, initramfs=InitramfsMode(initramfs),
+        tries=tries,
         force=force, settings=signing.boot_settings(uki, signing_key, signing_cert, passphrase_file),
     )
     ids = diskimage.create_image(spec, report=_reporter(as_json), progress=_import_progress)
@@ -105,7 +111,7 @@ def create(image: Path, sources: tuple[Path, ...], size: int, bootloader: str,
 @click.option("--version", help="Version shown in the menu (default: from os-release).")
 @click.option("--karg", "kargs", multiple=True, help="Kernel argument; repeat for more.")
 @click.option("--no-default", is_flag=True, help="Add the deployment without making it the default.")
-@click.option("--initramfs", type=click.Choice(INITRAMFS_MODES), default="auto",
+@click.option("--initramfs", type=_INITRAMFS, default="auto",
               show_default=True, help="As for 'bootkit deploy'.")
 @click.option("--tries", type=click.IntRange(min=0),
               help="How often its entry is tried before the bootloader falls back (default: "
@@ -118,10 +124,11 @@ def deploy(image: Path, source: Path, version: str | None, kargs: tuple[str, ...
     Without --karg the new deployment keeps the kernel arguments of the previous
     deployment of its OS, as 'bootkit deploy' does.
     """
-    dep = diskimage.deploy_to_image(
-        image, source, version=version, kargs=kargs, make_default=not no_default,
-        initramfs=initramfs, tries=tries, report=_reporter(as_json), progress=_import_progress,
+    request = DeployRequest(
+        source, version=version, kargs=kargs or None, make_default=not no_default,
+        initramfs=InitramfsMode(initramfs), tries=tries,
     )
+    dep = diskimage.deploy_to_image(image, request, _reporter(as_json), _import_progress)
     if as_json:
         print_json({"id": dep.id, "os": dep.os, "version": dep.version, "path": dep.path,
                     "default": not no_default})
@@ -134,8 +141,7 @@ def deploy(image: Path, source: Path, version: str | None, kargs: tuple[str, ...
 @_IMAGE
 def rollback(image: Path) -> None:
     """Make the previous deployment (second in the menu) the default of IMAGE."""
-    with diskimage.edit_image(image, report=click.echo) as sr:
-        dep = sr.rollback()
+    dep = diskimage.change_image(image, operations.rollback, click.echo)
     click.echo(f"Default is now {dep.ref} ({dep.title} {dep.version})")
 
 
@@ -144,19 +150,17 @@ def rollback(image: Path) -> None:
 @click.argument("ident", metavar="ID")
 def set_default(image: Path, ident: str) -> None:
     """Make deployment ID (an id, <os>/<id>, or its serial number) the default of IMAGE."""
-    with diskimage.edit_image(image, report=click.echo) as sr:
-        dep = sr.set_default(ident)
+    dep = diskimage.change_image(image, lambda sr: operations.set_default(sr, ident), click.echo)
     click.echo(f"Default is now {dep.ref} ({dep.title} {dep.version})")
 
 
 @image.command()
 @_IMAGE
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_context
-def status(ctx: click.Context, image: Path, as_json: bool) -> None:
+def status(image: Path, as_json: bool) -> None:
     """List the deployments in IMAGE in boot menu order, as 'bootkit status' does."""
     with diskimage.read_image(image) as sr:
-        ctx.invoke(deployments.status, sysroot=sr.path, as_json=as_json)
+        show_status(sr, as_json)
 
 
 COMMANDS = [image]

@@ -6,7 +6,7 @@ filesystems with e2fsprogs and mtools.
 """
 
 from bootkit.diskimage.create import ImageSpec, create_image
-from bootkit.diskimage.edit import deploy_to_image, edit_image, read_image
+from bootkit.diskimage.edit import change_image, deploy_to_image, edit_image, read_image
 from bootkit.diskimage.layout import (
     BOOT_DIR,
     DEFAULT_ESP_SIZE,
@@ -32,6 +32,7 @@ __all__ = [
     "ImageSpec",
     "ImportProgress",
     "Report",
+    "change_image",
     "create_image",
     "default_os_name",
     "deploy_to_image",

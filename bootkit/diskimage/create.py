@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bootkit.boot import backends
 from bootkit.diskimage.edit import replacing
@@ -30,9 +31,12 @@ from bootkit.diskimage.layout import (
 from bootkit.diskimage.reporting import ImportProgress, Report, importing, no_progress, quiet
 from bootkit.errors import BootkitError
 from bootkit.formats import gpt
-from bootkit.records.config import DEFAULT_TRIES
+from bootkit.records.config import DEFAULT_TRIES, SysrootConfig
 from bootkit.secureboot import signing
-from bootkit.sysroot.transaction import Sysroot
+from bootkit.sysroot import operations
+from bootkit.sysroot.bootfiles import InitramfsMode
+from bootkit.sysroot.deploy import DeployRequest, deploy
+from bootkit.sysroot.layout import Sysroot
 
 
 @dataclass(frozen=True)
@@ -47,11 +51,11 @@ class ImageSpec:
     esp_size: int = DEFAULT_ESP_SIZE
     kargs: tuple[str, ...] = ()  # for every deployment
     timeout: int = 3  # boot menu timeout in seconds
-    initramfs: str = "auto"  # one of bootkit.sysroot.deploy.INITRAMFS_MODES
+    initramfs: InitramfsMode = InitramfsMode.AUTO
     tries: int = DEFAULT_TRIES  # boot counting; 0 turns it off
     force: bool = False  # replace an existing output file
     # Further sysroot settings (UKIs, the signing key); with a key the bootloader is signed too.
-    settings: Mapping[str, object] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 def create_image(
@@ -96,15 +100,16 @@ def _check(spec: ImageSpec) -> DiskLayout:
 def _init_sysroot(spec: ImageSpec, root: Path) -> Sysroot:
     root.mkdir()
     os.chmod(root, 0o755)
-    return Sysroot.init(
-        root,
-        spec.os_name or default_os_name(spec.sources[0]),
-        spec.bootloader,
+    config = SysrootConfig(
+        os=spec.os_name or default_os_name(spec.sources[0]),
+        bootloader=spec.bootloader,
         boot_dir=BOOT_DIR,
         root_arg=f"root=LABEL={ROOT_LABEL}",
         timeout=spec.timeout,
-        settings={**spec.settings, "tries": spec.tries},
+        tries=spec.tries,
+        **spec.settings,
     )
+    return operations.init(Sysroot(root), config)
 
 
 def _deploy_sources(
@@ -114,7 +119,8 @@ def _deploy_sources(
     for number, source in enumerate(spec.sources, 1):
         report(f"Deploying {source} ({number}/{len(spec.sources)})")
         with importing(progress, source) as counter:
-            dep = sr.deploy(source, kargs=spec.kargs, initramfs=spec.initramfs, progress=counter)
+            request = DeployRequest(source, kargs=spec.kargs or None, initramfs=spec.initramfs)
+            dep = deploy(sr, request, counter)
         ids.append(dep.id)
     return ids
 

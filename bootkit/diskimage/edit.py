@@ -12,8 +12,9 @@ import contextlib
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from bootkit.base import process
 from bootkit.base.files import fsync_dir, temp_name
@@ -28,7 +29,11 @@ from bootkit.diskimage.layout import (
 from bootkit.diskimage.reporting import ImportProgress, Report, importing, no_progress, quiet
 from bootkit.errors import BootkitError
 from bootkit.records.deployment import Deployment
-from bootkit.sysroot.transaction import Sysroot
+from bootkit.sysroot.deploy import DeployRequest, deploy
+from bootkit.sysroot.importers import open_source
+from bootkit.sysroot.layout import Sysroot
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -64,28 +69,22 @@ def read_image(image: Path) -> Iterator[Sysroot]:
 
 def deploy_to_image(
     image: Path,
-    source: Path,
-    *,
-    version: str | None = None,
-    kargs: Sequence[str] = (),
-    make_default: bool = True,
-    initramfs: str = "auto",
-    tries: int | None = None,
+    request: DeployRequest,
     report: Report = quiet,
     progress: ImportProgress = no_progress,
 ) -> Deployment:
-    """Add a deployment of `source` to `image`, keeping what was written to /etc and /var.
-
-    Without `kargs` it gets those of the previous deployment of its OS, as any deploy does.
-    """
-    if not source.exists():
-        raise BootkitError(f"source {source} does not exist",
-                           hint="give a directory or a tar archive of a root tree")
+    """Add a deployment to `image`, keeping what was written to /etc and /var."""
+    open_source(request.source)  # a missing source fails before the image is read
     with edit_image(image, report=report) as sr:
-        report(f"Deploying {source}")
-        with importing(progress, source) as counter:
-            return sr.deploy(source, version=version, kargs=kargs, make_default=make_default,
-                             initramfs=initramfs, progress=counter, tries=tries)
+        report(f"Deploying {request.source}")
+        with importing(progress, request.source) as counter:
+            return deploy(sr, request, counter)
+
+
+def change_image(image: Path, change: Callable[[Sysroot], T], report: Report = quiet) -> T:
+    """Apply `change` (rollback, set-default, ...) to the sysroot in `image`."""
+    with edit_image(image, report=report) as sr:
+        return change(sr)
 
 
 @contextlib.contextmanager

@@ -76,11 +76,11 @@ class SysrootConfig:
         except FileNotFoundError:
             raise BootkitError(
                 f"{path.parent.parent} is not a bootkit sysroot (no {path.name})",
-                hint="run 'bootkit init' first, or pass --sysroot",
+                hint="run 'bootkit init' first, or name the sysroot that holds /bootkit",
             ) from None
         except (OSError, ValueError) as err:
             raise BootkitError(
-                f"cannot read {path}: {err}", hint="restore it or run 'bootkit init --force'"
+                f"cannot read {path}: {err}", hint="restore it, or run 'bootkit init' again, forced"
             ) from None
         known = {f.name for f in fields(cls)}
         if not isinstance(data, dict) or not {"os", "bootloader"} <= data.keys():

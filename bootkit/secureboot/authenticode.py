@@ -214,7 +214,7 @@ def sign_image(data: bytes, key: SigningKey, certificate: x509.Certificate,
     if layout.signed:
         if not replace:
             raise BootkitError("the image is already signed",
-                               hint="pass --replace to drop the existing signature")
+                               hint="ask for the existing signature to be replaced")
         del image[layout.cert_table_offset :]
         image[layout.security_entry_offset : layout.security_entry_offset + 8] = bytes(8)
     # The padding that puts the certificate table on a quadword boundary is part of

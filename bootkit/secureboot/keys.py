@@ -65,7 +65,7 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> SigningKey:
     except TypeError:
         raise BootkitError(
             f"key {path} is encrypted",
-            hint=f"pass --passphrase-file FILE or set {PASSPHRASE_ENV}",
+            hint=f"give a passphrase file, or set {PASSPHRASE_ENV}",
         ) from None
     except ValueError:
         if passphrase:

@@ -78,16 +78,16 @@ def boot_settings(
     """
     if (key is None) != (cert is None):
         raise BootkitError(
-            "--signing-key and --signing-cert go together",
-            hint="pass both: the key signs, the certificate goes into each signature",
+            "a signing key and its certificate go together",
+            hint="give both: the key signs, the certificate goes into each signature",
         )
     if passphrase_file is not None and key is None:
-        raise BootkitError("--passphrase-file needs --signing-key")
+        raise BootkitError("a passphrase file decrypts a signing key, and none was given")
     if key is not None and not uki:
         raise BootkitError(
-            "signing needs --uki",
+            "signing needs Unified Kernel Images",
             hint="only a Unified Kernel Image covers kernel, initrd and command line with "
-            "one signature; add --uki",
+            "one signature; boot the deployments as UKIs",
         )
     from bootkit.secureboot.uki import DEFAULT_STUB
 

@@ -281,7 +281,7 @@ def build_uki(
         uname = bzimage.kernel_version(kernel)
         if uname is None:
             raise BootkitError(f"cannot read the kernel version from {linux}",
-                               hint="pass --uname")
+                               hint="give the kernel release (uname -r of that kernel)")
     initrd = concatenate_initrds([_read(p, "initrd") for p in initrds])
 
     payload = {

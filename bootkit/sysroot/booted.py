@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bootkit.contract import booted_deployment
 from bootkit.errors import BootkitError
-from bootkit.sysroot.transaction import Sysroot
+from bootkit.sysroot.layout import Sysroot
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY = 0x1

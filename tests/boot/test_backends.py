@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from support.helpers import REPO, init_sysroot, make_tree
+from support.helpers import REPO, deploy_tree, init_sysroot, make_tree
 
 from bootkit.base.files import atomic_write, write_unsynced
 from bootkit.boot import backends, switch
@@ -171,7 +171,7 @@ def test_a_registered_backend_serves_the_sysroot(
 ) -> None:
     monkeypatch.setitem(backends._registry(), Bootloader.NONE, Chalkboard())
     sr = init_sysroot(tmp_path / "sys", bootloader="none")
-    d = sr.deploy(make_tree(tmp_path / "tree"))
+    d = deploy_tree(sr, make_tree(tmp_path / "tree"))
     assert (sr.boot_path / "chalk/gen-1.menu").read_text() == f"{d.ref} 3\n"
     assert (sr.boot_path / "chalk/board.conf").is_file()
     assert sr.boot.is_current(sr.boot.view(), sr.state().generation)
@@ -179,7 +179,7 @@ def test_a_registered_backend_serves_the_sysroot(
 
 def test_none_writes_only_entries_and_installs_nothing(tmp_path: Path) -> None:
     sr = init_sysroot(tmp_path / "sys", bootloader="none")
-    sr.deploy(make_tree(tmp_path / "tree"))
+    deploy_tree(sr, make_tree(tmp_path / "tree"))
     boot = sr.boot_path
     written = sorted(str(p.relative_to(boot)) for p in boot.rglob("*") if p.is_file())
     assert [p for p in written if not p.startswith("bootkit/test/")] == [
@@ -194,7 +194,7 @@ def test_none_writes_only_entries_and_installs_nothing(tmp_path: Path) -> None:
 
 def test_grub_switches_its_menu_in_one_rename(tmp_path: Path) -> None:
     sr = init_sysroot(tmp_path / "sys", bootloader="grub")
-    d = sr.deploy(make_tree(tmp_path / "tree"))
+    d = deploy_tree(sr, make_tree(tmp_path / "tree"))
     grub = backend_for(Bootloader.GRUB)
     before = grub.read_menu(sr.boot_path)
     new = Generation(sr.config, [d], sr.state().generation + 1, {})

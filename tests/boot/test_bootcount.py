@@ -22,7 +22,7 @@ from bootkit.errors import BootkitError
 from bootkit.formats import grubenv, grubscript
 from bootkit.formats.bls import ENTRIES_DIR, EntryName
 from bootkit.records.config import SysrootConfig
-from bootkit.sysroot.transaction import Sysroot
+from bootkit.sysroot.layout import Sysroot
 
 VENDOR = counting.LOADER_VENDOR
 SCRIPT = REPO / "bootkit/data/bootkit-mark-good"

@@ -14,9 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support.helpers import make_tree, python_cli
-
-from bootkit.sysroot.transaction import Sysroot
+from support.helpers import init_sysroot, make_tree, python_cli
 
 KIB = 1 << 10
 
@@ -108,7 +106,7 @@ def test_deploy_that_does_not_fit_fails_cleanly(tmp_path: Path) -> None:
         pytest.skip(reason)
     sysroot = tmp_path / "sys"
     sysroot.mkdir()
-    Sysroot.init(sysroot, "test", "systemd-boot")
+    init_sysroot(sysroot, "systemd-boot", "test")
     trees = {
         "small1": _tree(tmp_path / "small1", 150, 50, 1),
         "small2": _tree(tmp_path / "small2", 150, 50, 2),

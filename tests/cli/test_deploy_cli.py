@@ -15,6 +15,7 @@ from support.helpers import (
     cli,
     fails,
     grub_menu,
+    init_sysroot,
     make_tree,
     ok,
     python_cli,
@@ -24,7 +25,7 @@ from support.helpers import (
 )
 
 from bootkit.cli import main
-from bootkit.sysroot.transaction import Sysroot
+from bootkit.sysroot.layout import Sysroot
 
 
 @pytest.fixture(params=["systemd-boot", "grub"])
@@ -71,7 +72,7 @@ def test_smoke_in_a_fresh_interpreter(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
-    Sysroot.init(sysroot, "smoke", "systemd-boot")
+    init_sysroot(sysroot, "systemd-boot", "smoke")
     assert "Deployed smoke/1-" in run("deploy", "--sysroot", sysroot, tree)
     assert "smoke/1-" in run("status", "--sysroot", sysroot)
     assert (sysroot / "efi/loader/loader.conf").read_text().startswith("timeout 3\n")

@@ -115,10 +115,10 @@ def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     probe = (
         "import sys\n"
         "from bootkit.cli import main\n"
-        "from bootkit.cli import deployments\n"
+        "from bootkit.cli import status\n"
         "def broken(*a, **k):\n"
         "    raise ZeroDivisionError('a bug')\n"
-        "deployments.open_sysroot = broken\n"
+        "status.open_sysroot = broken\n"
         "main(['status'])\n"
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)

@@ -26,7 +26,9 @@ from bootkit.diskimage import (
 )
 from bootkit.errors import BootkitError
 from bootkit.formats import gpt
+from bootkit.sysroot.deploy import DeployRequest
 from bootkit.sysroot.importers import open_source
+from bootkit.sysroot.status import status as read_status
 
 MIB = 1 << 20
 TOOLS = ("mformat", "mcopy", "mke2fs", "debugfs", "e2fsck")
@@ -223,7 +225,7 @@ def test_deploy_rollback_and_set_default_keep_var_etc_and_ids(tmp_path: Path, tr
 
     ok("image", "deploy", image, trees["2"])
     with read_image(image) as sr:
-        status = sr.status()
+        status = read_status(sr).rows
         assert [s.deployment.version for s in status] == ["2", "1"] and status[0].default
         second = status[0].deployment.id
         assert (sr.stateroot("test") / "var/written-by-guest").read_text() == "keep me\n"
@@ -235,10 +237,10 @@ def test_deploy_rollback_and_set_default_keep_var_etc_and_ids(tmp_path: Path, tr
 
     ok("image", "rollback", image)
     with read_image(image) as sr:
-        assert sr.status()[0].deployment.id == first
+        assert read_status(sr).rows[0].deployment.id == first
     ok("image", "set-default", image, second)
     with read_image(image) as sr:
-        assert sr.status()[0].deployment.id == second
+        assert read_status(sr).rows[0].deployment.id == second
 
     # The boot chain finds the filesystems by these; they survive every rewrite.
     assert fatfs.read_volume_id(image, layout.esp.offset) == esp_id
@@ -258,12 +260,13 @@ def test_deploy_to_image_counts_the_import_and_keeps_kargs(tmp_path: Path, trees
         yield counted.append
         imports.append((source, total, sum(counted)))
 
-    deploy_to_image(image, trees["2"], kargs=("console=ttyS0", "quiet"), progress=progress)
+    deploy_to_image(image, DeployRequest(trees["2"], kargs=("console=ttyS0", "quiet")),
+                    progress=progress)
     # No kargs: those of the previous deployment of the OS, the one just made.
-    deploy_to_image(image, trees["3"], make_default=False)
+    deploy_to_image(image, DeployRequest(trees["3"], make_default=False))
     with read_image(image) as sr:
         kargs = {d.version: d.kargs for d in sr.deployments()}
-        assert sr.status()[0].deployment.version == "2"
+        assert read_status(sr).rows[0].deployment.version == "2"
     assert kargs == {"1": ("console=ttyS0",), "2": ("console=ttyS0", "quiet"),
                      "3": ("console=ttyS0", "quiet")}
     # What the bar is sized by, and what the import counted against it.
@@ -274,7 +277,7 @@ def test_deploy_to_image_counts_the_import_and_keeps_kargs(tmp_path: Path, trees
 
 def test_deploy_to_image_refuses_a_missing_source_first(tmp_path: Path) -> None:
     with pytest.raises(BootkitError, match=r"source .*nope does not exist"):
-        deploy_to_image(tmp_path / "no-image.img", tmp_path / "nope")
+        deploy_to_image(tmp_path / "no-image.img", DeployRequest(tmp_path / "nope"))
 
 
 @needs_systemd_boot
@@ -296,11 +299,11 @@ def test_tries_are_set_at_create_and_per_deploy(tmp_path: Path, trees: dict[str,
     ok("image", "create", image, trees["1"], "--size", "110M", "--esp-size", "40M",
        "--bootloader", "systemd-boot", "--os", "test", "--tries", "0")
     with read_image(image) as sr:
-        assert [(s.counter.state, s.counter.left) for s in sr.status()] == [("good", None)]
+        assert [(s.counter.state, s.counter.left) for s in read_status(sr).rows] == [("good", None)]
 
     ok("image", "deploy", image, trees["2"], "--tries", "5")
     with read_image(image) as sr:
-        counters = [(s.deployment.version, s.counter.left) for s in sr.status()]
+        counters = [(s.deployment.version, s.counter.left) for s in read_status(sr).rows]
         assert counters == [("2", 5), ("1", None)]
         assert any(p.name.endswith("+5.conf") for p in (sr.boot_path / "loader/entries").iterdir())
 
@@ -310,7 +313,7 @@ def test_images_count_boots_by_default(tmp_path: Path, trees: dict[str, Path]) -
     image = tmp_path / "disk.img"
     small_image(image, "systemd-boot", [trees["1"]])
     with read_image(image) as sr:
-        assert [s.counter.left for s in sr.status()] == [3]
+        assert [s.counter.left for s in read_status(sr).rows] == [3]
 
 
 def test_image_commands_refuse_a_file_without_gpt(tmp_path: Path) -> None:

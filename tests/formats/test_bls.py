@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from support.helpers import (
     bls_entries,
+    deploy_tree,
     deployment_path,
     entry_name,
     grub_menu,
+    init_sysroot,
     make_tree,
     ref_of_path,
     refs_of_entries,
@@ -31,7 +33,8 @@ from bootkit.formats.bls import (
     parse_entry,
     systemd_boot_order,
 )
-from bootkit.sysroot.transaction import Sysroot
+from bootkit.sysroot import operations
+from bootkit.sysroot.layout import Sysroot
 
 
 def test_entry_round_trip() -> None:
@@ -177,12 +180,12 @@ def _assert_one_order(sr: Sysroot) -> list[str]:
 @pytest.fixture
 def sysroot(tmp_path: Path) -> Sysroot:
     (tmp_path / "sys").mkdir()
-    return Sysroot.init(tmp_path / "sys", "test", "grub")
+    return init_sysroot(tmp_path / "sys", "grub", "test")
 
 
 def _deploy(sr: Sysroot, tmp_path: Path, i: int) -> None:
     tree = make_tree(tmp_path / f"tree{i}", version=VERSIONS[i], kernel=f"kernel {i % 3}".encode())
-    sr.deploy(tree)
+    deploy_tree(sr, tree)
 
 
 @pytest.mark.parametrize("count", [1, 2, 5, 12])
@@ -195,12 +198,12 @@ def test_menu_order_is_the_same_everywhere(sysroot: Sysroot, tmp_path: Path, cou
         return
     # A default that is neither the newest nor the oldest.
     middle = sysroot.load(order[count // 2])
-    sysroot.set_default(str(middle.serial))
+    operations.set_default(sysroot, str(middle.serial))
     before = _assert_one_order(sysroot)
     assert before[0] == middle.ref
-    sysroot.rollback()
+    operations.rollback(sysroot)
     assert _assert_one_order(sysroot)[0] == before[1]
-    sysroot.set_default(order[-1])
+    operations.set_default(sysroot, order[-1])
     assert _assert_one_order(sysroot)[0] == order[-1]
 
 
@@ -226,7 +229,7 @@ def test_bootctl_lists_the_same_order(sysroot: Sysroot, tmp_path: Path) -> None:
         pytest.skip("bootctl (Debian package systemd-boot) is not installed")
     for i in range(5):
         _deploy(sysroot, tmp_path, i)
-    sysroot.set_default("2")
+    operations.set_default(sysroot, "2")
     boot = sysroot.boot_path
     for name, text in FOREIGN.items():
         (boot / "loader/entries" / name).write_text(text)
@@ -275,7 +278,7 @@ def test_interrupted_switch_puts_the_new_generation_first(
 
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(_Crash):
-        sysroot.set_default(old[-1])
+        operations.set_default(sysroot, old[-1])
     monkeypatch.undo()
 
     boot = sysroot.boot_path
@@ -292,6 +295,6 @@ def test_interrupted_switch_puts_the_new_generation_first(
         assert [entry_name(f).rank for f in order[:renamed]] == list(range(renamed))
         assert refs_of_entries([(f, dict(entries)[f]) for f in order])[0] == old[-1]
     # The next command finishes the job.
-    sysroot.bootloader_update()
+    operations.bootloader_update(sysroot)
     assert _assert_one_order(sysroot)[0] == old[-1]
     assert sysroot.boot.is_current(sysroot.boot.view(), sysroot.state().generation)

@@ -19,13 +19,17 @@ skipped when an earlier one failed.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.helpers import deploy_tree
 
 from bootkit.diskimage import edit_image
+from bootkit.sysroot import operations
+from bootkit.sysroot.status import status as read_status
 
 from bootkit_testing.harness import TEST_KARGS, BootReport, Disk
 from bootkit_testing.kernel import KernelTree
@@ -76,8 +80,8 @@ def chain(request: pytest.FixtureRequest, assess_trees: dict[str, Path],
     disk = Disk(workdir / "disk.img", bootloader, workdir)
     disk.create([assess_trees["good"]])
     with edit_image(disk.image) as sr:
-        sr.deploy(assess_trees["bad"], kargs=TEST_KARGS, tries=TRIES)
-        status = sr.status()
+        deploy_tree(sr, assess_trees["bad"], kargs=TEST_KARGS, tries=TRIES)
+        status = read_status(sr).rows
     chain = Chain(disk, bootloader)
     chain.tails = {s.deployment.version: f"{s.deployment.os}-{s.deployment.id}" for s in status}
     assert [s.deployment.version for s in status] == ["bad", "good"]
@@ -124,13 +128,14 @@ def test_previous_deployment_boots_by_itself(chain: Chain) -> None:
     chain.done.add("fallback")
 
 
-def test_next_transaction_makes_the_good_deployment_default(chain: Chain) -> None:
+def test_next_transaction_makes_the_good_deployment_default(
+    chain: Chain, caplog: pytest.LogCaptureFixture
+) -> None:
     chain.require("fallback")
-    notes: list[str] = []
-    with edit_image(chain.disk.image) as sr:
-        sr.notify = notes.append
-        sr.bootloader_update()
-        status = {s.deployment.version: s for s in sr.status()}
+    with caplog.at_level(logging.INFO, logger="bootkit"), edit_image(chain.disk.image) as sr:
+        operations.bootloader_update(sr)
+        status = {s.deployment.version: s for s in read_status(sr).rows}
+    notes = [r.getMessage() for r in caplog.records if r.name == "bootkit"]
     assert len(notes) == 1 and "failed to boot" in notes[0], notes
     assert list(status) == ["good", "bad"]
     assert status["good"].default and status["good"].counter.state == "good"

@@ -26,7 +26,7 @@ from bootkit.boot.payloads import UKI_FILE
 from bootkit.diskimage import edit_image, read_image
 from bootkit.formats.bls import ENTRIES_DIR
 from bootkit.secureboot import uki
-from bootkit.sysroot.transaction import Sysroot
+from bootkit.sysroot.layout import Sysroot
 
 from bootkit_testing.harness import MENU_TIMEOUT, TEST_KARGS, BootReport, Disk
 from bootkit_testing.qemu import Machine, VirtualMachine

@@ -15,7 +15,7 @@ from bootkit.boot import esp, payloads
 from bootkit.boot.backends import systemd_boot
 from bootkit.boot.payloads import UKI_FILE
 from bootkit.secureboot import keys, uki
-from bootkit.sysroot.transaction import Sysroot
+from bootkit.sysroot.layout import Sysroot
 
 from bootkit_testing import secureboot as snakeoil
 
@@ -225,7 +225,7 @@ def test_key_passphrase_from_the_environment(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--signing-key", snakeoil.SNAKEOIL_KEY, "--signing-cert", snakeoil.SNAKEOIL_CERT],
-         "signing needs --uki"),
+         "signing needs Unified Kernel Images"),
         (["--uki", "--signing-key", snakeoil.SNAKEOIL_KEY], "go together"),
         (["--uki", "--signing-key", snakeoil.SNAKEOIL_KEY, "--signing-cert", snakeoil.SNAKEOIL_CERT],
          "is encrypted"),

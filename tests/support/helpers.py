@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 from click.testing import CliRunner, Result
@@ -29,7 +30,12 @@ from bootkit.formats.bls import (
     parse_entry,
     systemd_boot_order,
 )
-from bootkit.sysroot.transaction import Sysroot
+from bootkit.records.config import Bootloader, SysrootConfig
+from bootkit.records.deployment import Deployment
+from bootkit.sysroot import operations
+from bootkit.sysroot.deploy import DeployRequest, deploy
+from bootkit.sysroot.layout import Sysroot
+from bootkit.sysroot.status import status
 
 KVER = "6.1.0-1-amd64"
 REPO = Path(__file__).resolve().parents[2]
@@ -104,9 +110,20 @@ def python_cli() -> list[str]:
     return [sys.executable, "-c", "import sys; from bootkit.cli import main; sys.exit(main())"]
 
 
-def init_sysroot(path: Path, bootloader: str = "systemd-boot", os_name: str = "test") -> Sysroot:
+def init_sysroot(
+    path: Path, bootloader: str = "systemd-boot", os_name: str = "test", **config: Any
+) -> Sysroot:
+    """A new sysroot at `path` (made if missing), as `bootkit init` makes one."""
     path.mkdir(parents=True, exist_ok=True)
-    return Sysroot.init(path, os_name, bootloader)
+    settings = SysrootConfig(os=os_name, bootloader=Bootloader(bootloader), **config)
+    return operations.init(Sysroot(path), settings)
+
+
+def deploy_tree(sr: Sysroot, source: Path, **request: Any) -> Deployment:
+    """Deploy `source` into `sr` through the library, as `bootkit deploy` does."""
+    if "kargs" in request:
+        request["kargs"] = tuple(request["kargs"])
+    return deploy(sr, DeployRequest(Path(source), **request))
 
 
 # --- what the bootloaders read -------------------------------------------------------
@@ -179,7 +196,7 @@ def ref_of_path(path: str) -> str:
 
 
 def status_refs(sr: Sysroot) -> list[str]:
-    return [s.deployment.ref for s in sr.status()]
+    return [s.deployment.ref for s in status(sr).rows]
 
 
 # --- whole-sysroot checks ------------------------------------------------------------

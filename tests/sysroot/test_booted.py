@@ -15,8 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from bootkit.sysroot.transaction import Sysroot
+from support.helpers import init_sysroot
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,7 +63,7 @@ def in_namespace(sysroot: Path, code: str, cmdline: Path | None) -> str:
 def sysroot(tmp_path: Path) -> Path:
     root = tmp_path / "sysroot"
     root.mkdir()
-    Sysroot.init(root, "testos", "systemd-boot")
+    init_sysroot(root, "systemd-boot", "testos")
     (root / "efi" / "loader").mkdir()  # as if the ESP were mounted there
     return root
 
@@ -98,8 +97,9 @@ def test_reading_leaves_sysroot_read_only(sysroot: Path, booted: Path) -> None:
         import sys
         from pathlib import Path
         from bootkit.sysroot.booted import BootedSysroot, is_read_only
+        from bootkit.sysroot.status import status
         root = Path(sys.argv[1])
-        BootedSysroot(root).status()
+        status(BootedSysroot(root)).rows
         print("child: read-only" if is_read_only(root) else "child: writable")
     """, booted)
     assert "child: read-only" in out, out

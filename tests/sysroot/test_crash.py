@@ -30,11 +30,13 @@ from typing import Any
 import pytest
 from support.helpers import (
     bls_entries,
+    deploy_tree,
     deployment_path,
     entry_name,
     grub_initrds,
     grub_menu,
     grub_slot_text,
+    init_sysroot,
     make_tree,
     ok,
     refs_of_entries,
@@ -45,7 +47,7 @@ from support.helpers import (
 from bootkit.boot.bootdir import BootDir
 from bootkit.cli import main
 from bootkit.formats import grubscript
-from bootkit.sysroot.transaction import Sysroot
+from bootkit.sysroot.layout import Sysroot
 
 BOOTLOADERS = ["systemd-boot", "grub"]
 
@@ -220,9 +222,9 @@ def templates(scratch: Path) -> dict[str, Path]:
     for bootloader in BOOTLOADERS:
         sysroot = base / bootloader / "sys"
         sysroot.mkdir(parents=True)
-        Sysroot.init(sysroot, "test", bootloader)
+        init_sysroot(sysroot, bootloader)
         for tree in trees:
-            Sysroot(sysroot).deploy(tree)
+            deploy_tree(Sysroot(sysroot), tree)
         assert not untidy(Sysroot(sysroot))
         out[bootloader] = sysroot
     return out

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from support.etcspec import BASE, GONE, Dir, File, Link, Spec, build, edit
+from support.helpers import deploy_tree, init_sysroot
 
 from bootkit.errors import BootkitError
 from bootkit.sysroot.etctree import EtcChange, etc_changes
@@ -88,7 +89,6 @@ def test_special_files_are_named_for_what_they_are(tmp_path: Path) -> None:
 
 def make_sysroot(tmp_path: Path, count: int) -> tuple[Path, list[Path]]:
     """A sysroot with `count` real deployments of a tree whose defaults are BASE."""
-    from bootkit.sysroot.transaction import Sysroot
 
     tree = tmp_path / "tree"
     build(tree / "usr/etc", BASE)
@@ -97,8 +97,8 @@ def make_sysroot(tmp_path: Path, count: int) -> tuple[Path, list[Path]]:
     (kdir / "vmlinuz").write_bytes(b"kernel")
     (kdir / "initramfs.img").write_bytes(b"initrd")
     (tmp_path / "root").mkdir()
-    sr = Sysroot.init(tmp_path / "root", "debian", "systemd-boot")
-    deps = [sr.deploy(tree) for _ in range(count)]
+    sr = init_sysroot(tmp_path / "root", "systemd-boot", "debian")
+    deps = [deploy_tree(sr, tree) for _ in range(count)]
     return sr.path, [sr.deployment_dir(d.os, d.id) for d in deps]
 
 
@@ -161,9 +161,8 @@ def test_cli_diff_refuses_unknown_deployments(
 
 
 def test_cli_diff_without_deployments(tmp_path: Path) -> None:
-    from bootkit.sysroot.transaction import Sysroot
 
-    Sysroot.init(tmp_path, "debian", "none")
+    init_sysroot(tmp_path, "none", "debian")
     code, out = run_diff("--sysroot", str(tmp_path))
     assert code == 1
     assert "bootkit: no deployments yet" in out

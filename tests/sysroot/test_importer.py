@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.helpers import cli, fails, init_sysroot, make_tree, ok, snapshot, untidy
+from support.helpers import cli, deploy_tree, fails, init_sysroot, make_tree, ok, snapshot, untidy
 from support.trees import (
     IS_ROOT,
     deployed_sysroot,
@@ -20,6 +20,7 @@ from support.trees import (
 )
 
 from bootkit.errors import BootkitError
+from bootkit.sysroot import cleanup
 from bootkit.sysroot.store import ObjectStore
 
 
@@ -73,8 +74,8 @@ def test_second_deploy_of_the_same_tree_costs_almost_no_disk(tmp_path: Path) -> 
         tmp_path / "tree", files={f"usr/share/f{i}": os.urandom(64 << 10) for i in range(16)}
     )
     sr = init_sysroot(tmp_path / "sys")
-    first = sr.deploy(tree)
-    second = sr.deploy(tree)
+    first = deploy_tree(sr, tree)
+    second = deploy_tree(sr, tree)
     d1, d2 = sr.deployment_dir("test", first.id), sr.deployment_dir("test", second.id)
 
     def inodes(root: Path) -> dict[int, os.stat_result]:
@@ -98,7 +99,7 @@ def test_second_deploy_of_the_same_tree_costs_almost_no_disk(tmp_path: Path) -> 
         assert (d2 / rel).stat().st_nlink == 3  # object store + two deployments
     assert (d1 / "etc/hostname").stat().st_ino != (d2 / "etc/hostname").stat().st_ino
     # Undeploying the first leaves the shared files alone.
-    sr.undeploy(first.id)
+    cleanup.undeploy(sr, first.id)
     assert (d2 / "usr/share/f0").stat().st_nlink == 2
     assert not untidy(sr)
 
@@ -175,7 +176,7 @@ def test_redeploy_reads_only_changed_files(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(HashCache, "RACY_NS", 0)
     tree = make_tree(tmp_path / "tree", files={f"usr/share/f{i}": f"file {i}\n" for i in range(20)})
     sr = init_sysroot(tmp_path / "sys")
-    sr.deploy(tree)
+    deploy_tree(sr, tree)
     hashed: list[str] = []
     real_hash = directory._hash_file
 
@@ -191,7 +192,7 @@ def test_redeploy_reads_only_changed_files(tmp_path: Path, monkeypatch: pytest.M
     target.write_text("FILE 3\n")
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
     (tree / "usr/share/new").write_text("new\n")
-    second = sr.deploy(tree)
+    second = deploy_tree(sr, tree)
     assert sorted(Path(p).name for p in hashed) == ["f3", "new"]
     dest = sr.deployment_dir("test", second.id)
     assert (dest / "usr/share/f3").read_text() == "FILE 3\n"
@@ -200,14 +201,14 @@ def test_redeploy_reads_only_changed_files(tmp_path: Path, monkeypatch: pytest.M
     # A different source starts from nothing; a damaged cache is ignored.
     hashed.clear()
     other = make_tree(tmp_path / "other", version="2")
-    sr.deploy(other)
+    deploy_tree(sr, other)
     # Every file but /var's: the shared /var is filled already, so the tree's is not read.
     files = [p for p in other.rglob("*") if p.is_file() and not p.is_symlink()]
     assert sorted(hashed) == sorted(str(p) for p in files if p.parts[len(other.parts)] != "var")
     (sr.meta / "import-cache.json").write_text("{garbage")
     hashed.clear()
     time.sleep(0.05)
-    third = sr.deploy(tree)
+    third = deploy_tree(sr, tree)
     assert "f3" in {Path(p).name for p in hashed}
     assert (sr.deployment_dir("test", third.id) / "usr/share/f3").read_text() == "FILE 3\n"
     assert not untidy(sr)

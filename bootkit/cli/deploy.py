@@ -1,0 +1,85 @@
+"""`bootkit deploy`: a root tree becomes a deployment, and the default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bootkit.cli.common import byte_progress, open_sysroot, print_json, status_json, sysroot_option
+from bootkit.sysroot.bootfiles import InitramfsMode
+from bootkit.sysroot.deploy import DeployRequest
+from bootkit.sysroot.deploy import deploy as deploy_request
+from bootkit.sysroot.importers import open_source
+from bootkit.sysroot.status import status
+
+
+@click.command()
+@sysroot_option
+@click.argument("source", type=click.Path(exists=False, path_type=Path))
+@click.option("--os", "os_name", help="Stateroot to deploy into (default: the one from init).")
+@click.option("--version", help="Version shown in the menu (default: VERSION_ID from os-release).")
+@click.option(
+    "--karg",
+    "kargs",
+    multiple=True,
+    help="Extra kernel argument; repeat for more. Default: those of the current "
+    "deployment of the same OS.",
+)
+@click.option(
+    "--no-default", is_flag=True, help="Add the deployment without making it the default."
+)
+@click.option(
+    "--initramfs",
+    type=click.Choice([m.value for m in InitramfsMode]),
+    default=InitramfsMode.AUTO.value,
+    show_default=True,
+    help="Use the tree's own initramfs (tree), build one with bootkit (build), or the "
+    "tree's when it has one (auto).",
+)
+@click.option(
+    "--tries",
+    type=click.IntRange(min=0),
+    help="How often its entry is tried before the bootloader falls back to the previous "
+    "deployment (default: the sysroot's setting from 'bootkit init --tries'); 0: not counted.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the new deployment as JSON.")
+def deploy(
+    sysroot: Path | None,
+    source: Path,
+    os_name: str | None,
+    version: str | None,
+    kargs: tuple[str, ...],
+    no_default: bool,
+    initramfs: str,
+    tries: int | None,
+    as_json: bool,
+) -> None:
+    """Deploy SOURCE, a root tree (directory, or tar archive: plain, gzip, xz, zstd).
+
+    The kernel is taken from usr/lib/modules/<kver>/vmlinuz (initramfs.img beside
+    it) or boot/vmlinuz-<kver> (with boot/initrd.img-<kver>). Files identical to ones
+    already deployed are stored once. The new /etc is the tree's defaults (usr/etc,
+    or its /etc) plus the changes made in the current deployment's /etc.
+
+    /var is shared by all deployments of an OS: it is filled from the tree's /var
+    only while it is empty; later deploys never touch it.
+    """
+    request = DeployRequest(
+        source=source, os_name=os_name, version=version, kargs=kargs or None,
+        make_default=not no_default, initramfs=InitramfsMode(initramfs), tries=tries,
+    )
+    sr = open_sysroot(sysroot)
+    with byte_progress(f"Importing {source.name}", open_source(source).size()) as bar:
+        dep = deploy_request(sr, request, bar)
+    if as_json:
+        row = status(sr).find(dep.ref)
+        print_json(status_json(row) if row else {})
+    else:
+        role = "default" if not no_default else "not default"
+        click.echo(
+            f"Deployed {dep.ref} ({dep.title} {dep.version}, kernel {dep.kernel_version}); {role}"
+        )
+
+
+COMMANDS = [deploy]

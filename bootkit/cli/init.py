@@ -1,0 +1,125 @@
+"""`bootkit init`: lay out a sysroot and record how it boots."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bootkit.cli.common import sysroot_option
+from bootkit.records.config import DEFAULT_TRIES, Bootloader, SysrootConfig
+from bootkit.secureboot import signing
+from bootkit.sysroot import operations
+from bootkit.sysroot.layout import Sysroot
+
+_key_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def uki_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--uki and the signing key, passed on as `uki`, `signing_key`, `signing_cert` and
+    `passphrase_file`: the arguments of `signing.boot_settings`."""
+    for option in reversed(
+        [
+            click.option(
+                "--uki",
+                is_flag=True,
+                help="Boot each deployment as a Unified Kernel Image: kernel, initramfs, "
+                "os-release and the command line naming the deployment in one EFI binary.",
+            ),
+            click.option(
+                "--signing-key",
+                type=_key_file,
+                help="Sign every UKI (and systemd-boot when bootkit installs it) for "
+                "Secure Boot with this private key (PEM or DER); needs --uki.",
+            ),
+            click.option(
+                "--signing-cert",
+                type=_key_file,
+                help="The certificate of the signing key; the firmware's db must trust it.",
+            ),
+            click.option(
+                "--passphrase-file",
+                type=_key_file,
+                help="File whose first line decrypts the signing key; its path is "
+                "recorded (else $BOOTKIT_KEY_PASSPHRASE is read at each deploy).",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+@click.command()
+@sysroot_option
+@click.option("--os", "os_name", required=True, help="Name of the OS (the stateroot), e.g. fedora.")
+@click.option(
+    "--bootloader",
+    type=click.Choice([b.value for b in Bootloader]),
+    required=True,
+    help="Which boot configuration to write: BLS entries + loader.conf (systemd-boot), "
+    "BLS entries + grub.cfg (grub), or BLS entries only (none).",
+)
+@click.option(
+    "--boot-dir",
+    default="/efi",
+    show_default=True,
+    help="Where $BOOT (the ESP, or an ext4 /boot partition) is mounted, under the sysroot.",
+)
+@click.option(
+    "--root-arg",
+    default="root=LABEL=bootkit-root",
+    show_default=True,
+    help="The kernel argument that finds the physical root at boot.",
+)
+@click.option("--timeout", default=3, show_default=True, help="Boot menu timeout in seconds.")
+@click.option("--force", is_flag=True, help="Change the configuration of an existing sysroot.")
+@click.option(
+    "--tries",
+    type=click.IntRange(min=0),
+    default=DEFAULT_TRIES,
+    show_default=True,
+    help="Boot counting: how often a new deployment's entry is tried without being marked "
+    "good before the bootloader falls back to the previous one; 0 turns counting off.",
+)
+@uki_options
+def init(
+    sysroot: Path | None,
+    os_name: str,
+    bootloader: str,
+    boot_dir: str,
+    root_arg: str,
+    timeout: int,
+    force: bool,
+    tries: int,
+    uki: bool,
+    signing_key: Path | None,
+    signing_cert: Path | None,
+    passphrase_file: Path | None,
+) -> None:
+    """Lay out a sysroot for deployments and record its boot configuration.
+
+    Boot counting (--tries) follows the UAPI Automatic Boot Assessment scheme: a new
+    entry is tried that often; once the system is up, systemd-bless-boot,
+    bootkit-mark-good or 'bootkit mark-good' marks it good; if that never happens,
+    systemd-boot or GRUB boots the previous deployment by itself.
+
+    With --uki, each deployment made from then on boots as a Unified Kernel Image
+    whose embedded command line names it; with a signing key, deploy signs each
+    UKI, so under Secure Boot kernel, initramfs and command line are all verified.
+    """
+    config = SysrootConfig(
+        os=os_name, bootloader=Bootloader(bootloader), boot_dir=boot_dir, root_arg=root_arg,
+        timeout=timeout, tries=tries,
+        **signing.boot_settings(uki, signing_key, signing_cert, passphrase_file),
+    )
+    sr = operations.init(Sysroot(sysroot or Path("/")), config, force)
+    extra = "; UKIs" if uki else ""
+    extra += ", signed" if signing_key else ""
+    click.echo(
+        f"Initialized {sr.path} for {os_name}; bootloader {bootloader}; $BOOT at {boot_dir}{extra}"
+    )
+
+
+COMMANDS = [init]

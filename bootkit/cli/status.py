@@ -1,0 +1,55 @@
+"""`bootkit status`: the deployments in the order the boot menu shows them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bootkit.cli.common import open_sysroot, print_json, status_json, sysroot_option, warn
+from bootkit.sysroot.layout import Sysroot
+from bootkit.sysroot.status import DeploymentStatus, status
+
+
+@click.command("status")
+@sysroot_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_command(sysroot: Path | None, as_json: bool) -> None:
+    """List deployments in boot menu order: the default first, then newest first.
+
+    Deployments found bad (tried until no boot tries were left, never marked good)
+    come last, as the bootloader lists them. For each, 'boot' says whether it is
+    known good, how many tries it has left, or that it is bad.
+    """
+    show_status(open_sysroot(sysroot), as_json)
+
+
+def show_status(sr: Sysroot, as_json: bool) -> None:
+    """Print the status of `sr`, as text or JSON (for `image status` too)."""
+    found = status(sr)
+    if as_json:
+        print_json({
+            "deployments": [status_json(s) for s in found.rows],
+            "bad_entries": [{"file": f, "error": e} for f, e in found.unreadable_entries],
+        })
+        return
+    if not found.rows:
+        click.echo("No deployments yet; add one with 'bootkit deploy SOURCE'.")
+    for row in found.rows:
+        _print_row(row)
+    for message in found.warnings():
+        warn(message)
+    if found.rows:
+        click.echo("(* default, b booted, p pinned, ! failed to boot)")
+
+
+def _print_row(s: DeploymentStatus) -> None:
+    d = s.deployment
+    flags = (("*", s.default), ("b", s.booted), ("p", d.pinned), ("!", s.counter.bad))
+    marks = "".join(m for m, on in flags if on)
+    click.echo(f"{marks:<3} {d.ref}  {d.title} {d.version}  kernel {d.kernel_version}")
+    click.echo(f"      entry: {s.entry or '(missing: run bootkit bootloader update)'}")
+    click.echo(f"      boot: {s.counter.describe()}")
+
+
+COMMANDS = [status_command]

@@ -1,0 +1,71 @@
+"""Removing deployments: one by name (`undeploy`), or all that are old (`cleanup`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bootkit.boot import payloads
+from bootkit.boot.payloads import Payload
+from bootkit.contract import booted_deployment
+from bootkit.errors import BootkitError
+from bootkit.records.deployment import Deployment
+from bootkit.records.state import State
+from bootkit.sysroot import transaction
+from bootkit.sysroot.layout import Sysroot
+
+# How many of the newest deployments `cleanup` keeps besides the default, the booted
+# and the pinned ones, unless told otherwise.
+DEFAULT_KEEP = 2
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    deployments: list[Deployment]
+    payloads: list[Payload]  # kernels and initramfs images removed from $BOOT
+
+
+def undeploy(sr: Sysroot, ident: str) -> Deployment:
+    """Remove one deployment, its entry and the payloads nothing else uses; never the booted one."""
+    with sr.locked():
+        transaction.repair(sr)
+        state = sr.state()
+        dep = sr.resolve(ident, state)
+        if dep.path == booted_deployment():
+            raise BootkitError(
+                f"{dep.ref} is the booted deployment", hint="boot another one first, then undeploy it"
+            )
+        transaction.drop(sr, state, [dep])
+        return dep
+
+
+def candidates(sr: Sysroot, keep: int, state: State | None = None) -> list[Deployment]:
+    """What `cleanup` removes: all but the `keep` newest, the default, the booted and the pinned."""
+    state = state or sr.state()
+    deps = sr.deployments(state)
+    booted = booted_deployment()
+    newest = sorted(deps, key=lambda d: -d.serial)[:keep]
+    kept = {d.ref for d in newest} | {state.default}
+    return [d for d in deps if d.ref not in kept and not d.pinned and d.path != booted]
+
+
+def cleanup(sr: Sysroot, keep: int = DEFAULT_KEEP) -> Cleaned:
+    """Remove old deployments and the payloads no entry references any more."""
+    with sr.locked():
+        transaction.repair(sr)
+        state = sr.state()
+        doomed = candidates(sr, keep, state)
+        before = set(payloads.present(sr.boot_path))
+        if doomed:
+            transaction.drop(sr, state, doomed)
+        else:
+            transaction.commit(sr, state)
+        after = set(payloads.present(sr.boot_path))
+        return Cleaned(doomed, sorted(before - after, key=lambda p: p.name))
+
+
+def reclaimable_bytes(sr: Sysroot, state: State) -> int:
+    """What `cleanup` would free on $BOOT, for the hint of a deploy that does not fit."""
+    doomed = candidates(sr, DEFAULT_KEEP, state)
+    present = payloads.present(sr.boot_path)
+    still = {Payload(d.os, d.payload) for d in sr.deployments(state) if d not in doomed}
+    return sum(size for p, size in present.items() if p not in still)

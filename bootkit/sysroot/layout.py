@@ -1,0 +1,146 @@
+"""A bootkit sysroot: where things are on the physical root, and reading what is recorded there.
+
+    /bootkit/config.json                    what `bootkit init` decided
+    /bootkit/state.json                     the deployments and the default
+    /bootkit/objects/                       files stored once (see `store`)
+    /bootkit/deploy/<os>/var/               the /var every deployment of <os> shares
+    /bootkit/deploy/<os>/deploy/<id>/       one deployment's tree
+    /bootkit/deploy/<os>/deploy/<id>.json   its metadata
+
+Changing any of it goes through `bootkit.sysroot.transaction`, under `locked()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from bootkit.boot import counting
+from bootkit.boot.bootdir import BootDir
+from bootkit.boot.counting import Counter
+from bootkit.contract import check_name
+from bootkit.errors import BootkitError
+from bootkit.records.config import SysrootConfig
+from bootkit.records.deployment import Deployment
+from bootkit.records.state import State
+from bootkit.sysroot.store import ObjectStore
+
+
+class Sysroot:
+    """The physical root filesystem that holds /bootkit, and $BOOT below it."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.meta = self.path / "bootkit"
+
+    # --- where things are -------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.meta / "config.json"
+
+    @property
+    def state_path(self) -> Path:
+        return self.meta / "state.json"
+
+    @property
+    def tmp(self) -> Path:
+        """Scratch space on the sysroot's filesystem, for files built during a command."""
+        return self.meta / "tmp"
+
+    def stateroot(self, os_name: str) -> Path:
+        return self.meta / "deploy" / check_name(os_name, "os")
+
+    def deployment_dir(self, os_name: str, dep_id: str) -> Path:
+        return self.stateroot(os_name) / "deploy" / check_name(dep_id, "deployment")
+
+    def metadata_path(self, os_name: str, dep_id: str) -> Path:
+        return self.stateroot(os_name) / "deploy" / f"{check_name(dep_id, 'deployment')}.json"
+
+    def tree(self, dep: Deployment) -> Path:
+        return self.deployment_dir(dep.os, dep.id)
+
+    @property
+    def objects(self) -> ObjectStore:
+        return ObjectStore(self.meta / "objects")
+
+    # --- what is recorded -------------------------------------------------------
+
+    @property
+    def config(self) -> SysrootConfig:
+        return SysrootConfig.load(self.config_path)
+
+    @property
+    def boot_path(self) -> Path:
+        return self.path / self.config.boot_dir.lstrip("/")
+
+    @property
+    def boot(self) -> BootDir:
+        cfg = self.config
+        return BootDir(self.path / cfg.boot_dir.lstrip("/"), cfg)
+
+    def state(self) -> State:
+        return State.load(self.state_path)
+
+    def load(self, ref: str) -> Deployment:
+        os_name, _, dep_id = ref.partition("/")
+        return Deployment.load(self.metadata_path(os_name, dep_id))
+
+    def deployments(self, state: State | None = None) -> list[Deployment]:
+        state = state or self.state()
+        return [self.load(ref) for ref in state.deployments]
+
+    def boot_counters(self, deps: Sequence[Deployment]) -> dict[str, Counter]:
+        """Each deployment's boot counter (by ref) as $BOOT holds it now."""
+        found = self.boot.counters()
+        return {d.ref: found[d.path] for d in deps if d.path in found}
+
+    def ordered(
+        self, state: State | None = None, counters: Mapping[str, Counter] | None = None
+    ) -> list[Deployment]:
+        """Menu order: the default first, then the others newest first, those found bad last."""
+        state = state or self.state()
+        deps = self.deployments(state)
+        if counters is None:
+            counters = self.boot_counters(deps)
+        return counting.menu_order(deps, state.default, counters)
+
+    def resolve(self, ident: str, state: State | None = None) -> Deployment:
+        """Find a deployment by `<os>/<id>`, `<id>`, or the serial number `<id>` starts with."""
+        deps = self.deployments(state or self.state())
+        exact = [d for d in deps if ident in (d.ref, d.id)]
+        if not exact and ident.isdigit():
+            exact = [d for d in deps if d.serial == int(ident)]
+        if len(exact) == 1:
+            return exact[0]
+        if not exact:
+            known = ", ".join(d.id for d in deps) or "none"
+            raise BootkitError(
+                f"no deployment {ident!r}", hint=f"deployments: {known}; see 'bootkit status'"
+            )
+        raise BootkitError(f"{ident!r} names several deployments", hint="use <os>/<id>")
+
+    # --- one change at a time ---------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the sysroot's lock; every change to it happens inside."""
+        if not self.meta.is_dir():
+            raise BootkitError(
+                f"{self.path} is not a bootkit sysroot", hint="run 'bootkit init' first"
+            )
+        fd = os.open(self.meta / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BootkitError(
+                    "another bootkit command is running on this sysroot",
+                    hint="wait for it to finish",
+                ) from None
+            yield
+        finally:
+            os.close(fd)

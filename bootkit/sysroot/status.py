@@ -1,0 +1,97 @@
+"""What `bootkit status` shows: the deployments in menu order, as $BOOT has them now.
+
+Reading only: nothing here changes the sysroot, so it works on a read-only one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+from bootkit.boot.counting import Counter
+from bootkit.contract import booted_deployment
+from bootkit.errors import BootkitError
+from bootkit.records.deployment import Deployment
+from bootkit.sysroot.layout import Sysroot
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    deployment: Deployment
+    default: bool
+    booted: bool
+    entry: str | None  # the entry file's name on $BOOT, if it has one
+    counter: Counter = field(default_factory=Counter)  # good, tries left, or bad
+
+
+@dataclass(frozen=True)
+class SysrootStatus:
+    rows: list[DeploymentStatus]  # menu order
+    unreadable_entries: list[tuple[str, str]]  # entry file name, why it could not be read
+
+    def find(self, ref: str) -> DeploymentStatus | None:
+        return next((s for s in self.rows if s.deployment.ref == ref), None)
+
+    @property
+    def bad_default(self) -> DeploymentStatus | None:
+        """The default, when it used up its boot tries without being marked good."""
+        return next((s for s in self.rows if s.default and s.counter.bad), None)
+
+    @property
+    def fallback(self) -> DeploymentStatus | None:
+        """What the bootloader boots when the default is bad: the first good one in the menu."""
+        return next((s for s in self.rows if not s.counter.bad), None)
+
+    def warnings(self) -> list[str]:
+        """What needs the admin's attention, one sentence each."""
+        found = [f"unreadable boot entry {name}: {why}" for name, why in self.unreadable_entries]
+        bad = self.bad_default
+        if bad is not None:
+            instead = f"; the bootloader boots {self.fallback.deployment.ref} instead" if (
+                self.fallback
+            ) else ""
+            found.append(
+                f"the default deployment {bad.deployment.ref} failed to boot{instead}; the "
+                "next bootkit command makes that the default, "
+                f"'bootkit set-default {bad.deployment.id}' tries it again"
+            )
+        return found
+
+
+def status(sr: Sysroot) -> SysrootStatus:
+    """Every deployment with its entry and boot counter, in the order the menu lists them.
+
+    An unreadable $BOOT (not mounted, say) still lists the deployments, without entries.
+    """
+    state = sr.state()
+    deps = sr.deployments(state)
+    booted = booted_deployment()
+    names: dict[str, str] = {}
+    counters: dict[str, Counter] = {}
+    unreadable: list[tuple[str, str]] = []
+    boot = sr.boot
+    with contextlib.suppress(BootkitError):
+        view = boot.view()
+        names = boot.entry_names(view)
+        found = boot.counters(view)
+        counters = {d.ref: found[d.path] for d in deps if d.path in found}
+        unreadable = list(view.bad_entries)
+    rows = [
+        DeploymentStatus(
+            d, d.ref == state.default, d.path == booted, names.get(d.path),
+            counters.get(d.ref, Counter()),
+        )
+        for d in sr.ordered(state, counters)
+    ]
+    return SysrootStatus(rows, unreadable)
+
+
+def chosen(sr: Sysroot, ident: str | None = None) -> Deployment:
+    """Deployment `ident`; without one, the booted deployment, else the default."""
+    if ident is not None:
+        return sr.resolve(ident)
+    rows = status(sr).rows
+    row = next((s for s in rows if s.booted), None) or next((s for s in rows if s.default), None)
+    if row is None:
+        raise BootkitError("no deployments yet", hint="deploy a tree first with 'bootkit deploy'")
+    return row.deployment
