@@ -6,9 +6,7 @@ import gzip
 import hashlib
 import lzma
 import os
-import shutil
 import stat
-import subprocess
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -16,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from bootkit.base import process
 from bootkit.base.filetypes import FileType
 from bootkit.base.xattrs import Xattrs
 from bootkit.errors import BootkitError
@@ -70,41 +69,17 @@ def _open_tar_stream(src: Path, progress: Progress) -> Iterator[tarfile.TarFile]
     with open(src, "rb") as raw:
         magic = raw.read(4)
         raw.seek(0)
-        if magic == _ZSTD_MAGIC:
-            if shutil.which("zstd") is None:
-                raise BootkitError(
-                    f"{src} is zstd-compressed and the 'zstd' program is missing",
-                    hint="install zstd",
-                )
-            proc = subprocess.Popen(["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            assert proc.stdin and proc.stdout
-            import threading
-
-            def pump() -> None:
-                try:
-                    shutil.copyfileobj(_CountingReader(raw, progress), proc.stdin)  # type: ignore[arg-type]
-                except BrokenPipeError:
-                    pass
-                finally:
-                    proc.stdin.close()  # type: ignore[union-attr]
-
-            t = threading.Thread(target=pump, daemon=True)
-            t.start()
-            try:
-                with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
-                    yield tf
-            finally:
-                proc.stdout.close()
-                t.join()
-                rc = proc.wait()
-            if rc != 0:
-                raise BootkitError(
-                    f"{src}: zstd could not decompress it (exit {rc})",
-                    hint="the archive is corrupt",
-                )
-        else:
-            with tarfile.open(fileobj=_CountingReader(raw, progress), mode="r|*") as tf:  # type: ignore[call-overload]
+        counted = _CountingReader(raw, progress)
+        if magic != _ZSTD_MAGIC:
+            with tarfile.open(fileobj=counted, mode="r|*") as tf:  # type: ignore[call-overload]
                 yield tf
+            return
+        # Python's tarfile cannot read zstd; the zstd program decompresses it on the way.
+        with process.filtered(
+            ["zstd", "-dcq"], f"decompressing {src}", counted,
+            hint="the archive may be truncated or corrupt",
+        ) as out, tarfile.open(fileobj=out, mode="r|") as tf:
+            yield tf
 
 
 # Tar members up to this size are read into memory rather than spooled to a file.
