@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,7 +14,7 @@ from bootkit.boot.backends import installable
 from bootkit.cli.common import byte_progress, print_json
 from bootkit.cli.init import uki_options
 from bootkit.cli.status import show_status
-from bootkit.records.config import DEFAULT_TRIES
+from bootkit.records.config import DEFAULT_TRIES, Bootloader
 from bootkit.secureboot import signing
 from bootkit.sysroot import operations
 from bootkit.sysroot.bootfiles import InitramfsMode
@@ -33,7 +34,14 @@ def _reporter(as_json: bool) -> diskimage.Report:
     return click.echo
 
 
-class _Size(click.ParamType):
+if TYPE_CHECKING:
+    # Generic since click 8.2; Debian 12 has 8.1, where subscripting fails at run time.
+    _ParamType = click.ParamType[int]
+else:
+    _ParamType = click.ParamType
+
+
+class _Size(_ParamType):
     name = "size"
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
@@ -95,7 +103,7 @@ def create(image: Path, sources: tuple[Path, ...], size: int, bootloader: str,
     boots under Secure Boot on firmware whose db trusts the certificate.
     """
     spec = diskimage.ImageSpec(
-        output=image, size=size, bootloader=bootloader, sources=sources, os_name=os_name,
+        output=image, size=size, bootloader=Bootloader(bootloader), sources=sources, os_name=os_name,
         esp_size=esp_size, kargs=kargs, timeout=timeout, initramfs=InitramfsMode(initramfs),
         tries=tries,
         force=force, settings=signing.boot_settings(uki, signing_key, signing_cert, passphrase_file),

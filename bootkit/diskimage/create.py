@@ -31,7 +31,7 @@ from bootkit.diskimage.layout import (
 from bootkit.diskimage.reporting import ImportProgress, Report, importing, no_progress, quiet
 from bootkit.errors import BootkitError
 from bootkit.formats import gpt
-from bootkit.records.config import DEFAULT_TRIES, SysrootConfig
+from bootkit.records.config import DEFAULT_TRIES, Bootloader, SysrootConfig
 from bootkit.secureboot import signing
 from bootkit.sysroot import operations
 from bootkit.sysroot.bootfiles import InitramfsMode
@@ -45,7 +45,7 @@ class ImageSpec:
 
     output: Path
     size: int  # bytes, a whole number of MiB
-    bootloader: str  # one that backends.installable() lists
+    bootloader: Bootloader  # one that backends.installable() lists
     sources: tuple[Path, ...]  # root trees: directories or tar archives
     os_name: str | None = None  # default: the os-release ID of the first source
     esp_size: int = DEFAULT_ESP_SIZE

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from construct import Const, ConstructError, Int8ul, Int16ul, Int32ul, Struct
+from construct import Const, ConstructError, Container, Int8ul, Int16ul, Int32ul, Struct
 
 SETUP_HEADER_OFFSET = 0x1F1
 # kernel_version is a pointer relative to the start of the real-mode setup code.
@@ -25,7 +25,7 @@ SetupHeader = Struct(
 )
 
 
-def parse_setup_header(image: bytes):
+def parse_setup_header(image: bytes) -> Container | None:
     """The setup header, or None when `image` is not an x86 bzImage."""
     try:
         return SetupHeader.parse(image[SETUP_HEADER_OFFSET:])

@@ -154,17 +154,17 @@ def read_variables(image: bytes) -> list[Variable]:
     return [
         Variable(slot.name, uuid.UUID(bytes_le=slot.header.vendor_guid),
                  slot.header.attributes, slot.data)
-        for slot in _slots(image) if _live(slot)
+        for slot in _slots(image) if slot.header is not None and _live(slot)
     ]
 
 
 def _efi_time(moment: datetime.datetime) -> bytes:
     moment = moment.astimezone(datetime.UTC)
-    return EfiTime.build({
+    return bytes(EfiTime.build({
         "year": moment.year, "month": moment.month, "day": moment.day, "hour": moment.hour,
         "minute": moment.minute, "second": moment.second, "pad1": 0, "nanosecond": 0,
         "time_zone": 0, "daylight": 0, "pad2": 0,
-    })
+    }))
 
 
 def set_variables(image: bytes, variables: Sequence[Variable],
@@ -181,7 +181,9 @@ def set_variables(image: bytes, variables: Sequence[Variable],
     free, end = slots[-1].offset, _store_bounds(image)[1]
     wanted = {(v.name, v.vendor) for v in variables}
     for slot in slots[:-1]:
-        if _live(slot) and (slot.name, uuid.UUID(bytes_le=slot.header.vendor_guid)) in wanted:
+        if slot.header is None or not _live(slot):
+            continue
+        if (slot.name, uuid.UUID(bytes_le=slot.header.vendor_guid)) in wanted:
             out[slot.offset + 2] = slot.header.state & VAR_DELETED
     stamp = _efi_time(timestamp or datetime.datetime.now(datetime.UTC))
     for var in variables:

@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from construct import (
     Adapter,
@@ -43,7 +44,7 @@ LINUX_ROOT_X86_64_TYPE = uuid.UUID("4f68bce3-e8cd-4db1-96e7-fbcaf984b709")
 LINUX_FILESYSTEM_TYPE = uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4")
 
 
-class _GuidAdapter(Adapter):
+class _GuidAdapter(Adapter):  # type: ignore[misc]  # construct is untyped
     """GUIDs are stored mixed-endian: the first three fields little-endian."""
 
     def _decode(self, obj: bytes, context: object, path: object) -> uuid.UUID:
@@ -214,7 +215,7 @@ def _entry_array(table: PartitionTable) -> bytes:
         name="",
     )
     entries += [empty] * (ENTRY_COUNT - len(entries))
-    return GptEntryArray.build(entries)
+    return bytes(GptEntryArray.build(entries))
 
 
 def _header(table: PartitionTable, primary: bool, entries_crc: int) -> bytes:
@@ -233,7 +234,7 @@ def _header(table: PartitionTable, primary: bool, entries_crc: int) -> bytes:
     )
     # The header CRC covers the header with its own CRC field zeroed.
     fields["header_crc32"] = zlib.crc32(GptHeader.build(fields))
-    return GptHeader.build(fields).ljust(SECTOR_SIZE, b"\0")
+    return bytes(GptHeader.build(fields)).ljust(SECTOR_SIZE, b"\0")
 
 
 def _protective_mbr(disk_sectors: int) -> bytes:
@@ -254,9 +255,9 @@ def _protective_mbr(disk_sectors: int) -> bytes:
         starting_lba=0,
         size_in_lba=0,
     )
-    return ProtectiveMbr.build(
+    return bytes(ProtectiveMbr.build(
         dict(boot_code=b"\0" * 440, disk_signature=0, unknown=0, partitions=[record] + [unused] * 3)
-    )
+    ))
 
 
 def write_partition_table(image: Path, table: PartitionTable) -> None:
@@ -282,9 +283,9 @@ def write_partition_table(image: Path, table: PartitionTable) -> None:
         os.fsync(disk.fileno())
 
 
-def _read_copy(disk: object, header_lba: int, disk_sectors: int) -> PartitionTable:
-    disk.seek(header_lba * SECTOR_SIZE)  # type: ignore[attr-defined]
-    raw = disk.read(SECTOR_SIZE)  # type: ignore[attr-defined]
+def _read_copy(disk: BinaryIO, header_lba: int, disk_sectors: int) -> PartitionTable:
+    disk.seek(header_lba * SECTOR_SIZE)
+    raw = disk.read(SECTOR_SIZE)
     try:
         header = GptHeader.parse(raw)
     except Exception as err:
@@ -296,8 +297,8 @@ def _read_copy(disk: object, header_lba: int, disk_sectors: int) -> PartitionTab
         raise ValueError(f"GPT header at LBA {header_lba} claims to be at {header.my_lba}")
     if header.size_of_partition_entry != ENTRY_SIZE:
         raise ValueError(f"unsupported GPT entry size {header.size_of_partition_entry}")
-    disk.seek(header.partition_entry_lba * SECTOR_SIZE)  # type: ignore[attr-defined]
-    array = disk.read(header.number_of_partition_entries * ENTRY_SIZE)  # type: ignore[attr-defined]
+    disk.seek(header.partition_entry_lba * SECTOR_SIZE)
+    array = disk.read(header.number_of_partition_entries * ENTRY_SIZE)
     if zlib.crc32(array) != header.partition_entry_array_crc32:
         raise ValueError(f"GPT entry array of the header at LBA {header_lba} fails its CRC32")
     entries = Array(header.number_of_partition_entries, GptEntry).parse(array)

@@ -6,7 +6,12 @@ so that `bootkit status` can predict systemd-boot's menu exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cmp_to_key
+from typing import TypeVar
+
+# Both sides of a comparison are of one kind: flags, lengths, or segments of text.
+_Ordered = TypeVar("_Ordered", bool, int, str)
 
 _SPECIAL = "~-^."
 
@@ -15,11 +20,11 @@ def _is_version_char(c: str) -> bool:
     return (c.isascii() and c.isalnum()) or c in _SPECIAL
 
 
-def _cmp(x: bool | int, y: bool | int) -> int:
+def _cmp(x: _Ordered, y: _Ordered) -> int:
     return (x > y) - (x < y)
 
 
-def _take(s: str, i: int, pred) -> int:  # type: ignore[no-untyped-def]
+def _take(s: str, i: int, pred: Callable[[str], bool]) -> int:
     while i < len(s) and pred(s[i]):
         i += 1
     return i

@@ -20,6 +20,7 @@ from construct import (
     Adapter,
     Bytes,
     ConstructError,
+    Container,
     Default,
     OneOf,
     Padding,
@@ -41,7 +42,7 @@ _NOT_NUL = re.compile(rb"[^\0]")
 HEADER_SIZE = 110
 
 
-class _Hex8(Adapter):
+class _Hex8(Adapter):  # type: ignore[misc]  # construct is untyped
     """An unsigned number stored as 8 ASCII hex digits."""
 
     def _decode(self, obj: bytes, context: object, path: str) -> int:
@@ -56,7 +57,7 @@ class _Hex8(Adapter):
         return b"%08X" % obj
 
 
-class _Name(Adapter):
+class _Name(Adapter):  # type: ignore[misc]  # construct is untyped
     """A member name: bytes with a trailing NUL, exposed as str (undecodable bytes kept)."""
 
     def _decode(self, obj: bytes, context: object, path: str) -> str:
@@ -66,8 +67,9 @@ class _Name(Adapter):
         return obj.encode("utf-8", "surrogateescape") + b"\0"
 
 
-def _encoded_name_size(ctx: object) -> int:
-    return len(ctx.name.encode("utf-8", "surrogateescape")) + 1  # type: ignore[attr-defined]
+def _encoded_name_size(ctx: Container) -> int:
+    name: str = ctx.name
+    return len(name.encode("utf-8", "surrogateescape")) + 1
 
 
 Hex8 = _Hex8(Bytes(8))

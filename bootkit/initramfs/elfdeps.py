@@ -14,6 +14,7 @@ import glob
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
@@ -80,6 +81,8 @@ def read_elf(path: Path) -> ElfObject | None:
             for section in elf.iter_sections():
                 if not isinstance(section, DynamicSection):
                     continue
+                # pyelftools sets a tag's value as an attribute named for its kind.
+                tag: Any
                 for tag in section.iter_tags():
                     if tag.entry.d_tag == "DT_NEEDED":
                         needed.append(tag.needed)

@@ -167,10 +167,16 @@ def _attribute(type_oid: str, value: bytes) -> bytes:
 SigningKey = rsa.RSAPrivateKey
 
 
+def key_matches(key: SigningKey, certificate: x509.Certificate) -> bool:
+    """Whether `certificate` is the certificate of `key`'s key pair."""
+    der = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return bool(certificate.public_key().public_bytes(*der) == key.public_key().public_bytes(*der))
+
+
 def signed_data(digest: bytes, key: SigningKey, certificate: x509.Certificate,
                 chain: Sequence[x509.Certificate] = ()) -> bytes:
     """PKCS#7 ContentInfo(SignedData) over an SpcIndirectDataContent for `digest`."""
-    if certificate.public_key().public_numbers() != key.public_key().public_numbers():
+    if not key_matches(key, certificate):
         raise BootkitError("the signing key does not belong to the certificate",
                            hint="pass the key and certificate of one key pair")
     content = spc_indirect_data_content(digest)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from bootkit.errors import BootkitError
 from bootkit.records.config import SysrootConfig
@@ -29,7 +29,9 @@ class Signer:
     certificate: x509.Certificate
 
     def __post_init__(self) -> None:
-        if self.certificate.public_key().public_numbers() != self.key.public_key().public_numbers():
+        from bootkit.secureboot import authenticode
+
+        if not authenticode.key_matches(self.key, self.certificate):
             raise BootkitError(
                 "the signing key does not belong to the signing certificate",
                 hint="pass the key and certificate of one key pair",
@@ -69,9 +71,18 @@ def configured_signer(cfg: SysrootConfig) -> Signer | None:
     return load_signer(Path(cfg.signing_key), Path(cfg.signing_cert), passphrase_file)
 
 
+class SigningSettings(TypedDict):
+    """The settings of a sysroot (`SysrootConfig` fields) for UKIs and signing."""
+
+    uki: bool
+    signing_key: str | None
+    signing_cert: str | None
+    signing_passphrase_file: str | None
+
+
 def boot_settings(
     uki: bool, key: Path | None, cert: Path | None, passphrase_file: Path | None
-) -> dict[str, object]:
+) -> SigningSettings:
     """The sysroot settings for UKIs and signing, checked: the key must load and match.
 
     Paths are stored absolute: later commands may run from any directory.
@@ -98,9 +109,9 @@ def boot_settings(
         )
     if key is not None and cert is not None:
         load_signer(key, cert, passphrase_file)
-    return {
-        "uki": uki,
-        "signing_key": str(key.resolve()) if key else None,
-        "signing_cert": str(cert.resolve()) if cert else None,
-        "signing_passphrase_file": str(passphrase_file.resolve()) if passphrase_file else None,
-    }
+    return SigningSettings(
+        uki=uki,
+        signing_key=str(key.resolve()) if key else None,
+        signing_cert=str(cert.resolve()) if cert else None,
+        signing_passphrase_file=str(passphrase_file.resolve()) if passphrase_file else None,
+    )

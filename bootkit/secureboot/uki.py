@@ -61,7 +61,8 @@ class Section:
 
 
 def _section_name(header: pefile.SectionStructure) -> str:
-    return header.Name.rstrip(b"\0").decode("ascii", "replace")
+    name: bytes = header.Name
+    return name.rstrip(b"\0").decode("ascii", "replace")
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -135,7 +136,8 @@ class _Stub:
         header = self.section(name)
         if header is None:
             return ""
-        return header.get_data()[: header.Misc_VirtualSize].decode("utf-8", "replace")
+        data: bytes = header.get_data()[: header.Misc_VirtualSize]
+        return data.decode("utf-8", "replace")
 
 
 def _new_header(pe: pefile.PE, section: Section, offset: int, vma: int,
@@ -149,7 +151,8 @@ def _new_header(pe: pefile.PE, section: Section, offset: int, vma: int,
     header.SizeOfRawData = raw_size
     header.PointerToRawData = offset
     header.Characteristics = DATA_CHARACTERISTICS
-    return header.__pack__()
+    packed: bytes = header.__pack__()
+    return packed
 
 
 def _replace_in_place(image: bytearray, stub: _Stub, section: Section) -> bool:

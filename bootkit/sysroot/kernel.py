@@ -25,15 +25,15 @@ def find_kernel(tree: Path) -> TreeKernel:
         for d in modules_root.iterdir():
             vmlinuz = d / "vmlinuz"
             if vmlinuz.is_file() and not vmlinuz.is_symlink():
-                initrd = d / "initramfs.img"
-                found[d.name] = TreeKernel(d.name, vmlinuz, initrd if initrd.is_file() else None, d)
+                image = d / "initramfs.img"
+                found[d.name] = TreeKernel(d.name, vmlinuz, image if image.is_file() else None, d)
     boot = tree / "boot"
     if not found and boot.is_dir() and not boot.is_symlink():
         for vmlinuz in boot.glob("vmlinuz-*"):
             if not vmlinuz.is_file():
                 continue
             kver = vmlinuz.name.removeprefix("vmlinuz-")
-            initrd = next(
+            initrd: Path | None = next(
                 (
                     p
                     for p in (boot / f"initrd.img-{kver}", boot / f"initramfs-{kver}.img")
