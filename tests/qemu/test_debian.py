@@ -1,7 +1,7 @@
 """Debian 12 with systemd, booted through dracut and bootkit's module, updated from inside.
 
 One image per bootloader, three boots, each a step of what an admin does on a
-running machine (see bootkit_testing/debian.py for what the guest reports and does):
+running machine (see bootkit_testing/debian/guest_report.py for what the guest reports and does):
 
 1. deployment A comes up to multi-user.target; inside it, a setting in /etc is
    changed, a file written to /var, and `bootkit deploy` installs tree B from a tar
@@ -44,7 +44,7 @@ pytestmark = pytest.mark.qemu
 OS = "debian"
 VAR = f"/bootkit/deploy/{OS}/var"
 BOOTLOADERS = ("systemd-boot", "grub")
-# What the guest does in each boot, in order (see bootkit_testing/debian.py).
+# What the guest does in each boot, in order (see bootkit_testing/debian/guest_report.py).
 STEPS = ("update", "rollback", "report")
 # A boot with an update inside it, under TCG on a loaded machine.
 BOOT_TIMEOUT = 480.0
