@@ -18,6 +18,8 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 NAME_MAX = 64
 _NAME_RE = re.compile(rf"\A{NAME_PATTERN}\Z")
 
+# Where the initramfs hook leaves the physical root, read-only, inside a deployment.
+PHYSICAL_ROOT = "/sysroot"
 # Where deployments live on the physical root, as `bootkit=` names them.
 DEPLOY_ROOT = "/bootkit/deploy"
 # The kernel argument that names the deployment to boot.

@@ -39,6 +39,10 @@ def test_scripts_know_where_deployments_live(script: Path) -> None:
         assert found in (contract.DEPLOY_ROOT, "/bootkit/grub"), found
 
 
+def test_hook_leaves_the_physical_root_where_bootkit_looks_for_it() -> None:
+    assert f"sysroot=${{BOOTKIT_SYSROOT:-{contract.PHYSICAL_ROOT}}}" in text(HOOK)
+
+
 def test_hook_checks_the_contract_name_rule() -> None:
     body = text(HOOK)
     # The rule is spelled out as a comment beside the case pattern that implements it;

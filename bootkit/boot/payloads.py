@@ -8,14 +8,14 @@ instead; its command line names the deployment, so such a payload is never share
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from bootkit.base.files import atomic_copy_into, fsync_dir
+from bootkit.base.files import atomic_copy_into, fsync_dir, remove_path, remove_tree
 from bootkit.errors import BootkitError
 from bootkit.formats import grubscript
 
@@ -100,13 +100,14 @@ def remove_unreferenced(boot: Path, referenced: set[Payload]) -> list[Payload]:
     removed: list[Payload] = []
     for p in present(boot):
         if p not in referenced:
-            shutil.rmtree(p.dir(boot))
+            remove_tree(p.dir(boot))
             removed.append(p)
     root = boot / PAYLOAD_ROOT
     if root.is_dir():
         for osdir in root.iterdir():
             for stray in osdir.glob(".*.bootkit-tmp"):
-                shutil.rmtree(stray, ignore_errors=True)
+                with contextlib.suppress(OSError):  # tidying only; the next command retries
+                    remove_path(stray)
     if removed:
         fsync_dir(root)
     return removed

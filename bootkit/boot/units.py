@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from bootkit.base.files import atomic_copy, atomic_symlink, atomic_write
+from bootkit.contract import PHYSICAL_ROOT
 from bootkit.errors import BootkitError
 
 MARK_GOOD_UNIT = "bootkit-mark-good.service"
@@ -24,8 +25,6 @@ MARK_GOOD_UNIT = "bootkit-mark-good.service"
 UNIT_DIR = Path("usr/lib/systemd/system")
 WANTED_BY = "basic.target.wants"
 BLESS_BOOT_DROPIN = Path("systemd-bless-boot.service.d/50-bootkit.conf")
-# Where the hook leaves the physical root: $BOOT is mounted below it.
-PHYSICAL_ROOT = "/sysroot"
 
 
 def bless_boot_dropin(boot_dir: str) -> str:
@@ -35,7 +34,7 @@ def bless_boot_dropin(boot_dir: str) -> str:
         "# Installed by bootkit: inside a deployment the ESP is mounted below the\n"
         "# physical root, where systemd-bless-boot does not look by itself.\n"
         "[Service]\n"
-        f"Environment=SYSTEMD_ESP_PATH={PHYSICAL_ROOT}{boot_dir}\n"
+        f"Environment=SYSTEMD_ESP_PATH={PHYSICAL_ROOT}{boot_dir}\n"  # $BOOT is below it
     )
 
 

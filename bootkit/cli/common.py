@@ -12,17 +12,9 @@ from typing import Any
 
 import click
 
-from bootkit.contract import booted_deployment
-from bootkit.sysroot.booted import BootedSysroot
+from bootkit.sysroot.booted import BootedSysroot, default_sysroot
 from bootkit.sysroot.layout import Sysroot
 from bootkit.sysroot.status import DeploymentStatus
-
-
-def default_sysroot() -> Path:
-    """`/`, except inside a booted deployment, where the physical root is at /sysroot."""
-    if booted_deployment() and Path("/sysroot/bootkit/config.json").is_file():
-        return Path("/sysroot")
-    return Path("/")
 
 
 def sysroot_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -42,9 +42,8 @@ def uki_build(linux: Path, initrds: tuple[Path, ...], cmdline: str, os_release: 
     with `bootkit sign` for Secure Boot: the signature then covers kernel,
     initrd and command line together.
     """
-    uki.build_uki(
-        output, linux, list(initrds), cmdline, os_release.read_bytes(), uname=uname,
-        stub=stub, sbat=sbat_file.read_text() if sbat_file else None,
+    uki.build_uki_from_files(
+        output, linux, list(initrds), cmdline, os_release, uname=uname, stub=stub, sbat=sbat_file
     )
     click.echo(f"Wrote {output}")
 

@@ -255,6 +255,22 @@ def assemble(stub_data: bytes, sections: Sequence[Section],
     return bytes(image)
 
 
+def build_uki_from_files(
+    output: Path,
+    linux: Path,
+    initrds: Sequence[Path],
+    cmdline: str,
+    os_release: Path,
+    uname: str | None = None,
+    stub: Path = DEFAULT_STUB,
+    sbat: Path | None = None,
+) -> None:
+    """`build_uki` with the os-release and extra SBAT lines read from files."""
+    sbat_text = _read(sbat, "SBAT file").decode("utf-8", "replace") if sbat else None
+    build_uki(output, linux, initrds, cmdline, _read(os_release, "os-release file"),
+              uname=uname, stub=stub, sbat=sbat_text)
+
+
 def build_uki(
     output: Path,
     linux: Path,

@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from bootkit.contract import booted_deployment
+from bootkit.contract import PHYSICAL_ROOT, booted_deployment
 from bootkit.errors import BootkitError
 from bootkit.sysroot.layout import Sysroot
 
@@ -110,6 +110,14 @@ def make_writable(path: Path) -> bool:
             "or remount it read-write",
         )
     return True
+
+
+def default_sysroot() -> Path:
+    """`/`, except inside a booted deployment, where the physical root is at /sysroot."""
+    physical = Path(PHYSICAL_ROOT)
+    if booted_deployment() and (physical / "bootkit/config.json").is_file():
+        return physical
+    return Path("/")
 
 
 def check_boot_mounted(sysroot: Sysroot) -> None:
