@@ -52,7 +52,8 @@ def temp_name(path: Path) -> Path:
 
 def _write_temp(path: Path, data: bytes, mode: int, sync: bool) -> Path:
     tmp = temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # Never through a symlink left at the temp name, as in a tree someone else made.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
         view = memoryview(data)
         while view:
@@ -83,7 +84,8 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
 
 def copy_synced(src: Path, dest: Path, mode: int = 0o644, chunk: int = 1 << 20) -> None:
     """Copy `src` to `dest`, a name no reader knows yet, and fsync it; the caller publishes it."""
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    with open(src, "rb") as fin, open(os.open(dest, flags, 0o600), "wb") as fout:
         while block := fin.read(chunk):
             fout.write(block)
         fout.flush()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from bootkit.base.confined import Tree
 from bootkit.base.files import atomic_copy, atomic_symlink, atomic_write
 from bootkit.contract import PHYSICAL_ROOT
 from bootkit.errors import BootkitError
@@ -59,14 +60,17 @@ def install_units(root: Path, boot_dir: str = "/efi") -> Installed:
     if not root.is_dir():
         raise BootkitError(f"{root} is not a directory", hint="give the root of the OS tree")
     unit_dir = root / UNIT_DIR
+    # The tree's own symlinks lead inside it, as they will once it is booted.
+    tree = Tree(root)
     try:
-        (unit_dir / WANTED_BY).mkdir(parents=True, exist_ok=True)
-        (unit_dir / BLESS_BOOT_DROPIN).parent.mkdir(parents=True, exist_ok=True)
+        unit_dir = tree.make_dirs(UNIT_DIR)
+        wants = tree.make_dirs(UNIT_DIR / WANTED_BY)
+        dropins = tree.make_dirs(UNIT_DIR / BLESS_BOOT_DROPIN.parent)
         with resources.as_file(resources.files("bootkit").joinpath("data", MARK_GOOD_UNIT)) as src:
             atomic_copy(src, unit_dir / MARK_GOOD_UNIT)
-        enabled = unit_dir / WANTED_BY / MARK_GOOD_UNIT
+        enabled = wants / MARK_GOOD_UNIT
         atomic_symlink(f"../{MARK_GOOD_UNIT}", enabled)
-        dropin = unit_dir / BLESS_BOOT_DROPIN
+        dropin = dropins / BLESS_BOOT_DROPIN.name
         atomic_write(dropin, bless_boot_dropin(boot_dir.rstrip("/")))
     except OSError as err:
         raise BootkitError(

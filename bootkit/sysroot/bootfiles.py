@@ -3,22 +3,31 @@
 The initramfs is the tree's own when it ships one, or one bootkit builds from the
 tree's kernel modules. A UKI bundles kernel, initramfs, the tree's os-release and the
 command line that names the deployment; it is signed when the sysroot has a key.
-Everything built here lives in the sysroot's tmp directory and is gone once the
-payload has been copied to $BOOT.
+
+Nothing is read from the tree by path: the kernel and the tree's initramfs are taken
+out of it (see `bootkit.base.confined`) into the sysroot's tmp directory, and the
+initramfs builder is given a mirror of the modules directory there, so no symlink in
+the tree leads to a host file. Everything here is gone once the payload is on $BOOT.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 
+from bootkit.base.confined import Tree
+from bootkit.base.files import remove_path
 from bootkit.boot import payloads
 from bootkit.errors import BootkitError
 from bootkit.secureboot.signing import Signer
-from bootkit.sysroot.kernel import TreeKernel, os_release_path
+from bootkit.sysroot.kernel import TreeKernel, os_release_data
+
+# The scratch directory of one call, in the sysroot's tmp directory.
+_WORK = "boot-files-"
 
 
 class InitramfsMode(StrEnum):
@@ -39,31 +48,41 @@ def boot_files(
     signer: Signer | None,
 ) -> Iterator[dict[str, Path]]:
     """The payload's files by name on $BOOT: `linux` and `initrd`, or with a command
-    line, one UKI (`uki.efi`) whose .osrel section is the tree's os-release."""
-    with _initramfs(tmp, kernel, mode) as initrd:
+    line, one UKI (`uki.efi`) whose .osrel section is the tree's os-release.
+
+    Called under the sysroot's lock: what an earlier, interrupted call left in `tmp`
+    (links that keep stored objects alive among it) is removed first.
+    """
+    for leftover in tmp.glob(f"{_WORK}*"):
+        remove_path(leftover)
+    confined = Tree(tree)
+    work = tmp / f"{_WORK}{os.getpid()}-{secrets.token_hex(4)}"
+    os.mkdir(work, 0o700)
+    try:
+        linux = work / "vmlinuz"
+        confined.copy_out(kernel.linux.relative_to(tree), linux)
+        initrd = _initramfs(work, confined, kernel, mode)
         if uki_cmdline is None:
-            yield {"linux": kernel.linux, "initrd": initrd}
+            yield {"linux": linux, "initrd": initrd}
             return
         # pefile and the signer are loaded only when UKIs are made.
         from bootkit.secureboot.uki import build_uki
 
-        image = tmp / f"uki-{os.getpid()}.efi"
-        try:
-            osrel = os_release_path(tree)
-            build_uki(image, kernel.linux, [initrd], uki_cmdline,
-                      osrel.read_bytes() if osrel else b"")
-            if signer is not None:
-                signer.sign(image)
-            yield {payloads.UKI_FILE: image}
-        finally:
-            image.unlink(missing_ok=True)
+        image = work / payloads.UKI_FILE
+        build_uki(image, linux, [initrd], uki_cmdline, os_release_data(tree) or b"")
+        if signer is not None:
+            signer.sign(image)
+        yield {payloads.UKI_FILE: image}
+    finally:
+        remove_path(work)
 
 
-@contextlib.contextmanager
-def _initramfs(tmp: Path, kernel: TreeKernel, mode: InitramfsMode) -> Iterator[Path]:
+def _initramfs(work: Path, tree: Tree, kernel: TreeKernel, mode: InitramfsMode) -> Path:
+    """The initramfs, in `work`: the tree's own, or one built from its modules."""
+    initrd = work / "initrd.img"
     if mode != InitramfsMode.BUILD and kernel.initramfs is not None:
-        yield kernel.initramfs
-        return
+        tree.copy_out(kernel.initramfs.relative_to(tree.root), initrd)
+        return initrd
     if mode == InitramfsMode.TREE:
         raise BootkitError(
             f"the tree has no initramfs for kernel {kernel.version}",
@@ -76,9 +95,9 @@ def _initramfs(tmp: Path, kernel: TreeKernel, mode: InitramfsMode) -> Iterator[P
         )
     from bootkit.initramfs import build_initramfs
 
-    built = tmp / f"initrd-{os.getpid()}"
-    try:
-        build_initramfs(built, kernel.version, kernel.modules_dir)
-        yield built
-    finally:
-        built.unlink(missing_ok=True)
+    # The builder reads what it is given by path: a mirror, holding only the tree's own files.
+    modules = work / "modules"
+    os.mkdir(modules, 0o700)
+    tree.mirror(kernel.modules_dir.relative_to(tree.root), modules / kernel.version)
+    build_initramfs(initrd, kernel.version, modules)
+    return initrd

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bootkit.base.confined import Tree
 from bootkit.base.files import fsync_dir, remove_path, syncfs
 from bootkit.boot import payloads
 from bootkit.boot.entries import options_for
@@ -34,7 +35,7 @@ from bootkit.secureboot import signing
 from bootkit.sysroot import etcmerge, transaction
 from bootkit.sysroot.bootfiles import InitramfsMode, boot_files
 from bootkit.sysroot.cleanup import reclaimable_bytes
-from bootkit.sysroot.importers import ImportReport, Source, open_source
+from bootkit.sysroot.importers import ImportReport, Source, check_outside, open_source
 from bootkit.sysroot.kernel import TreeKernel, find_kernel, read_os_release
 from bootkit.sysroot.layout import Sysroot
 
@@ -126,6 +127,7 @@ def _start(sysroot: Sysroot, request: DeployRequest) -> Job:
     signer = signing.configured_signer(config) if config.uki else None
     source = open_source(request.source, sysroot.meta / HASH_CACHE)
     stateroot = sysroot.stateroot(os_name)
+    check_outside(request.source, stateroot / "deploy")
     (stateroot / "deploy").mkdir(parents=True, exist_ok=True)
     (stateroot / "var").mkdir(exist_ok=True)
     staging = stateroot / "deploy" / f".staging-{os.getpid()}-{secrets.token_hex(4)}"
@@ -165,12 +167,14 @@ def _import(job: Job, progress: Progress) -> None:
 
 def _lay_out_etc(job: Job) -> None:
     """usr/etc holds the OS's /etc defaults; the live etc is made by the merge."""
-    tree = job.staging
-    if (tree / "usr/etc").is_dir():
-        if (tree / "etc").is_symlink() or (tree / "etc").exists():
-            remove_path(tree / "etc")
-    else:
-        etcmerge.etc_from_tree(tree)
+    etcmerge.etc_from_tree(job.staging)
+
+
+def _has_live_etc(tree: Path) -> bool:
+    """Whether the deployment at `tree` has a live etc; it and usr/etc must be directories."""
+    confined = Tree(tree)
+    confined.real_dir("usr/etc")
+    return confined.real_dir("etc")
 
 
 def _merge_etc(job: Job) -> None:
@@ -178,23 +182,25 @@ def _merge_etc(job: Job) -> None:
     tree = job.staging
     previous = job.previous
     old = job.sysroot.tree(previous) if previous else None
-    if old is not None and (old / "etc").is_dir():
+    if old is not None and _has_live_etc(old):
         etcmerge.merge_etc(old / "usr/etc", old / "etc", tree / "usr/etc", tree / "etc")
     else:
         etcmerge.copy_etc(tree / "usr/etc", tree / "etc")
 
 
 def _hand_over_var(job: Job) -> None:
-    """The tree's /var seeds the shared /var once, while it is empty; later trees' is dropped."""
+    """The tree's /var seeds the shared /var once, while it is empty; later trees' is dropped.
+
+    Its entries are moved, never followed: a symlink among them stays a symlink.
+    """
     var = job.staging / "var"
     shared = job.stateroot / "var"
-    if var.is_dir() and not var.is_symlink():
+    hint = "ship /var as a directory, or not at all: it seeds the /var all deployments share"
+    if Tree(job.staging).real_dir("var", hint):
         if not any(shared.iterdir()):
             for child in var.iterdir():
                 os.rename(child, shared / child.name)
             os.chmod(shared, var.stat().st_mode & 0o7777)
-        remove_path(var)
-    elif var.is_symlink() or var.exists():
         remove_path(var)
     var.mkdir(mode=0o755)
 

@@ -25,6 +25,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from bootkit.base.confined import Tree
 from bootkit.base.files import remove_path
 from bootkit.base.filetypes import FileType
 from bootkit.base.xattrs import write_xattrs
@@ -226,25 +227,45 @@ def etc_from_tree(tree: Path) -> None:
 
     A tree that ships `etc` but no `usr/etc` has it moved there (one rename, within a
     fresh import directory); the live `etc` is made by the deploy. A tree with both
-    is ambiguous unless `etc` is empty; a tree with neither gets empty defaults.
+    is refused unless `etc` is empty: which of two sets of defaults the OS meant cannot
+    be told. A tree with neither gets empty defaults. `usr`, `etc` and `usr/etc` must
+    be real directories (or absent): a symlink there would lead the rename out of the tree.
     """
+    confined = Tree(tree)
+    hint = "in a root tree, usr, etc and usr/etc are directories (or absent), never symlinks"
+    has_usr = confined.real_dir("usr", hint)
+    has_etc = confined.real_dir("etc", hint)
     etc, usr_etc = tree / "etc", tree / "usr" / "etc"
-    for path in (etc, usr_etc):
-        if path.is_symlink() or (path.exists() and not path.is_dir()):
-            raise BootkitError(
-                f"{path} is not a directory", hint="a root tree needs a real etc directory"
-            )
-    if usr_etc.is_dir():
-        if etc.is_dir():
-            if any(etc.iterdir()):
+    if has_usr and confined.real_dir("usr/etc", hint):
+        if has_etc:
+            in_the_way = _files_in(etc)
+            if in_the_way:
                 raise BootkitError(
-                    f"{tree} has both etc and usr/etc",
-                    hint="ship the /etc defaults in one of them only",
+                    f"the tree has both etc and usr/etc, and etc is not empty: {in_the_way}",
+                    hint="usr/etc holds the /etc defaults of such a tree: move those files "
+                    "into usr/etc (or drop them from etc) and build the tree again",
                 )
             etc.rmdir()
         return
-    usr_etc.parent.mkdir(mode=0o755, exist_ok=True)
-    if etc.is_dir():
+    if not has_usr:
+        os.mkdir(tree / "usr", 0o755)
+    if has_etc:
         os.rename(etc, usr_etc)
     else:
-        usr_etc.mkdir(mode=0o755)
+        os.mkdir(usr_etc, 0o755)
+
+
+def _files_in(directory: Path, shown: int = 5) -> str:
+    """The first few files below `directory` (else its directories), for a message."""
+    files: list[str] = []
+    subdirs: list[str] = []
+    for parent, dirs, names in os.walk(directory):
+        dirs.sort()
+        at = Path(parent).relative_to(directory.parent)
+        for name in dirs:
+            # A symlink to a directory is listed with the directories but never walked.
+            (files if os.path.islink(Path(parent, name)) else subdirs).append(f"{at}/{name}")
+        files.extend(f"{at}/{name}" for name in sorted(names))
+    found = files or subdirs
+    more = f" and {len(found) - shown} more" if len(found) > shown else ""
+    return ", ".join(found[:shown]) + more

@@ -1,55 +1,76 @@
-"""Finding a tree's kernel and initramfs, in the places distributions put them."""
+"""Finding a tree's kernel and initramfs, in the places distributions put them.
+
+Every path is looked up in the tree as if it were the root (see `bootkit.base.confined`):
+a symlinked kernel, initramfs or modules directory is followed inside the tree, never
+out of it, and what is found is named by its path with every symlink resolved.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from bootkit.base.confined import Tree
+from bootkit.base.filetypes import FileType
 from bootkit.errors import BootkitError
 from bootkit.formats.versioncmp import version_key
+
+MODULES = "usr/lib/modules"
+# Where os-release may be, in the order it is read.
+OS_RELEASE = ("usr/lib/os-release", "etc/os-release", "usr/etc/os-release")
+# os-release is a few hundred bytes everywhere; a larger one is not read into memory.
+OS_RELEASE_LIMIT = 64 << 10
 
 
 @dataclass(frozen=True)
 class TreeKernel:
+    """A kernel found in `tree`; each path is below `tree` with every symlink resolved
+    inside it, and is opened through `bootkit.base.confined.Tree` all the same."""
+
     version: str
     linux: Path
     initramfs: Path | None
     modules_dir: Path | None
 
 
-def find_kernel(tree: Path) -> TreeKernel:
-    """The newest kernel in `tree`, preferring `usr/lib/modules/<kver>/vmlinuz`."""
+def _file(tree: Tree, *candidates: str) -> Path | None:
+    return next((tree.path(c) for c in candidates if tree.kind(c) is FileType.FILE), None)
+
+
+def _dir(tree: Tree, *candidates: str) -> Path | None:
+    return next((tree.path(c) for c in candidates if tree.kind(c) is FileType.DIR), None)
+
+
+def _kernels(tree: Tree) -> dict[str, TreeKernel]:
+    """`usr/lib/modules/<kver>/vmlinuz`, with `initramfs.img` beside it (Fedora, Arch)."""
     found: dict[str, TreeKernel] = {}
-    modules_root = tree / "usr/lib/modules"
-    if modules_root.is_dir():
-        for d in modules_root.iterdir():
-            vmlinuz = d / "vmlinuz"
-            if vmlinuz.is_file() and not vmlinuz.is_symlink():
-                image = d / "initramfs.img"
-                found[d.name] = TreeKernel(d.name, vmlinuz, image if image.is_file() else None, d)
-    boot = tree / "boot"
-    if not found and boot.is_dir() and not boot.is_symlink():
-        for vmlinuz in boot.glob("vmlinuz-*"):
-            if not vmlinuz.is_file():
-                continue
-            kver = vmlinuz.name.removeprefix("vmlinuz-")
-            initrd: Path | None = next(
-                (
-                    p
-                    for p in (boot / f"initrd.img-{kver}", boot / f"initramfs-{kver}.img")
-                    if p.is_file()
-                ),
-                None,
-            )
-            mods = next(
-                (
-                    p
-                    for p in (tree / "usr/lib/modules" / kver, tree / "lib/modules" / kver)
-                    if p.is_dir()
-                ),
-                None,
-            )
-            found[kver] = TreeKernel(kver, vmlinuz, initrd, mods)
+    for kver in tree.listdir(MODULES):
+        mods = f"{MODULES}/{kver}"
+        linux = _file(tree, f"{mods}/vmlinuz")
+        if linux is not None:
+            found[kver] = TreeKernel(kver, linux, _file(tree, f"{mods}/initramfs.img"),
+                                     _dir(tree, mods))
+    return found
+
+
+def _boot_kernels(tree: Tree) -> dict[str, TreeKernel]:
+    """`boot/vmlinuz-<kver>`, with `boot/initrd.img-<kver>` (Debian) or
+    `boot/initramfs-<kver>.img`, and the modules in `usr/lib` or `lib`."""
+    found: dict[str, TreeKernel] = {}
+    for name in tree.listdir("boot"):
+        kver = name.removeprefix("vmlinuz-")
+        linux = _file(tree, f"boot/{name}") if name.startswith("vmlinuz-") and kver else None
+        if linux is not None:
+            initrd = _file(tree, f"boot/initrd.img-{kver}", f"boot/initramfs-{kver}.img")
+            found[kver] = TreeKernel(kver, linux, initrd,
+                                     _dir(tree, f"{MODULES}/{kver}", f"lib/modules/{kver}"))
+    return found
+
+
+def find_kernel(root: Path) -> TreeKernel:
+    """The newest kernel in the tree at `root`, preferring `usr/lib/modules/<kver>/vmlinuz`."""
+    tree = Tree(root)
+    found = _kernels(tree) or _boot_kernels(tree)
     if not found:
         raise BootkitError(
             "the source tree has no kernel",
@@ -59,25 +80,22 @@ def find_kernel(tree: Path) -> TreeKernel:
     return found[max(found, key=version_key)]
 
 
-def os_release_path(tree: Path) -> Path | None:
-    """The tree's os-release file; symlinks are skipped, as they may point out of the tree."""
-    for rel in ("usr/lib/os-release", "etc/os-release", "usr/etc/os-release"):
-        p = tree / rel
-        if not p.is_symlink() and p.is_file():
-            return p
-    return None
+def os_release_data(root: Path) -> bytes | None:
+    """The content of the tree's os-release file, if it has one."""
+    tree = Tree(root)
+    rel = next((rel for rel in OS_RELEASE if tree.kind(rel) is FileType.FILE), None)
+    return tree.read(rel, OS_RELEASE_LIMIT) if rel is not None else None
 
 
-def read_os_release(tree: Path) -> dict[str, str]:
-    p = os_release_path(tree)
-    if p is not None:
-        out: dict[str, str] = {}
-        for line in p.read_text(errors="replace").splitlines():
-            key, sep, value = line.partition("=")
-            if sep and key.strip() and not key.startswith("#"):
-                value = value.strip()
-                if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                    value = value[1:-1]
-                out[key.strip()] = value
-        return out
-    return {}
+def read_os_release(root: Path) -> dict[str, str]:
+    """The tree's os-release as keys and values; empty if it has none."""
+    data = os_release_data(root)
+    out: dict[str, str] = {}
+    for line in (data or b"").decode(errors="replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            out[key.strip()] = value
+    return out

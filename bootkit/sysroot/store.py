@@ -26,6 +26,10 @@ from bootkit.base.files import fsync_dir, remove_tree
 from bootkit.base.xattrs import Xattrs, write_xattrs
 
 IS_ROOT = os.geteuid() == 0
+# The largest user or group id; (uid_t)-1 means "no change" to chown.
+MAX_ID = (1 << 32) - 2
+# Seconds either side of 1970 that every 64-bit time_t holds (filesystems clamp far sooner).
+TIME_LIMIT = float(1 << 62)
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,13 @@ class FileMeta:
     gid: int
     xattrs: Xattrs
     mtime: float
+
+    def __post_init__(self) -> None:
+        # Values an archive may declare but no filesystem can take: refused, not truncated.
+        if not (0 <= self.uid <= MAX_ID and 0 <= self.gid <= MAX_ID):
+            raise ValueError(f"owner {self.uid}:{self.gid} is not a valid user and group id")
+        if not -TIME_LIMIT < self.mtime < TIME_LIMIT:
+            raise ValueError(f"modification time {self.mtime} is out of range")
 
 
 def object_key(content_hash: str, meta: FileMeta) -> str:

@@ -61,6 +61,32 @@ def test_installing_again_replaces_what_is_there(tmp_path: Path) -> None:
     assert "SYSTEMD_ESP_PATH=/sysroot/efi\n" in done.dropin.read_text()
 
 
+def test_the_trees_symlinks_lead_inside_the_tree(tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    host.mkdir()
+    tree = tmp_path / "tree"
+    (tree / "usr/lib/systemd").mkdir(parents=True)
+    (tree / UNITS).symlink_to(host)  # to the tree's own directory of that name, once booted
+    own = tree / str(host).lstrip("/")
+    own.mkdir(parents=True)
+    done = install_units(tree)
+
+    assert done.unit == own / "bootkit-mark-good.service" and done.unit.is_file()
+    assert done.enabled.parent == own / "basic.target.wants"
+    assert list(host.iterdir()) == []
+
+
+def test_a_symlink_at_a_temp_name_is_not_written_through(tmp_path: Path) -> None:
+    host_file = tmp_path / "host-file"
+    host_file.write_text("the host's\n")
+    tree = tmp_path / "tree"
+    (tree / UNITS).mkdir(parents=True)
+    (tree / UNITS / ".bootkit-mark-good.service.bootkit-tmp").symlink_to(host_file)
+    with pytest.raises(BootkitError, match="cannot install the units"):
+        install_units(tree)
+    assert host_file.read_text() == "the host's\n"
+
+
 @pytest.mark.parametrize("boot_dir", ["efi", "", "/"])
 def test_refuses_a_boot_dir_that_is_not_below_root(tmp_path: Path, boot_dir: str) -> None:
     with pytest.raises(BootkitError, match="boot directory"):

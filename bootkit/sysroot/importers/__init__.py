@@ -18,7 +18,15 @@ from bootkit.sysroot.importers.tar import TarSource
 from bootkit.sysroot.importers.tree import ImportReport, Progress
 from bootkit.sysroot.store import ObjectStore
 
-__all__ = ["DirectorySource", "ImportReport", "Progress", "Source", "TarSource", "open_source"]
+__all__ = [
+    "DirectorySource",
+    "ImportReport",
+    "Progress",
+    "Source",
+    "TarSource",
+    "check_outside",
+    "open_source",
+]
 
 
 class Source(Protocol):
@@ -62,3 +70,29 @@ def open_source(location: Path, cache_file: Path | None = None) -> Source:
         "not a directory or a tar archive",
         hint="give a directory or a tar archive of a root tree",
     )
+
+
+def check_outside(location: Path, written: Path) -> None:
+    """Refuse a source directory that holds `written`, where the import writes: its walk
+    would read the tree being built, and never end.
+
+    Directories are compared by identity, so a bind mount or a symlink is seen through.
+    """
+    try:
+        source = location.stat()
+    except OSError:
+        return  # open_source says what is wrong with it
+    if not stat.S_ISDIR(source.st_mode):
+        return
+    resolved = written.resolve()
+    for parent in (resolved, *resolved.parents):
+        try:
+            st = parent.stat()
+        except FileNotFoundError:
+            continue  # not made yet
+        if (st.st_dev, st.st_ino) == (source.st_dev, source.st_ino):
+            raise BootkitError(
+                f"source {location} contains {written}, where bootkit builds the new deployment",
+                hint="deploy a directory that holds only the OS tree; copy a running "
+                "system's tree elsewhere first",
+            )

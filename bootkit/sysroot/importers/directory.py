@@ -15,7 +15,13 @@ from pathlib import Path
 from bootkit.base.filetypes import FileType
 from bootkit.base.xattrs import read_xattrs
 from bootkit.sysroot.hashcache import HashCache
-from bootkit.sysroot.importers.tree import ImportReport, Progress, TreeBuilder
+from bootkit.sysroot.importers.tree import (
+    IMPORT_ERRORS,
+    ImportReport,
+    Progress,
+    TreeBuilder,
+    import_error,
+)
 from bootkit.sysroot.store import FileMeta, ObjectStore, dedup_eligible
 
 
@@ -26,13 +32,6 @@ def _meta_of(path: str, st: os.stat_result) -> FileMeta:
 def _hash_file(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _copier(src: str) -> Callable[[str], None]:
-    def fill(dst: str) -> None:
-        shutil.copyfile(src, dst, follow_symlinks=False)
-
-    return fill
 
 
 def _walk(src: str, rel: str, prune: frozenset[str]) -> Iterator[tuple[str, os.DirEntry[str]]]:
@@ -132,18 +131,24 @@ class _DirectoryImport:
         self.tree.add_dir(".", _meta_of(self.root, os.stat(self.root)))
         files: list[_File] = []
         for rel, entry in _walk(self.root, "", dropped):
-            path = entry.path
-            st = entry.stat(follow_symlinks=False)
-            kind = FileType.of_mode(st.st_mode)
-            if kind is FileType.DIR:
-                self.tree.add_dir(rel, _meta_of(path, st))
-            elif kind is FileType.SYMLINK:
-                self.tree.add_symlink(rel, os.readlink(path), _meta_of(path, st))
-            elif kind is FileType.FILE:
-                files.append(_File(self.tree.reserve_note(), rel, path, st))
-            else:
-                self.tree.skip(rel, kind.description)
+            try:
+                self.add(rel, entry, files)
+            except IMPORT_ERRORS as err:
+                raise import_error(f"{rel} from {self.root}", err) from None
         return files
+
+    def add(self, rel: str, entry: os.DirEntry[str], files: list[_File]) -> None:
+        path = entry.path
+        st = entry.stat(follow_symlinks=False)
+        kind = FileType.of_mode(st.st_mode)
+        if kind is FileType.DIR:
+            self.tree.add_dir(rel, _meta_of(path, st))
+        elif kind is FileType.SYMLINK:
+            self.tree.add_symlink(rel, os.readlink(path), _meta_of(path, st))
+        elif kind is FileType.FILE:
+            files.append(_File(self.tree.reserve_note(), rel, path, st))
+        else:
+            self.tree.skip(rel, kind.description)
 
     def place_all(self, files: list[_File]) -> None:
         # A file under usr/ whose hash the cache knows costs one link to the stored
@@ -170,13 +175,31 @@ class _DirectoryImport:
 
     def place(self, file: _File, digest: str | None = None) -> _Placed:
         """Hash (unless known) and put one file in place. Thread-safe."""
-        if digest is None:
-            digest = _hash_file(file.path)
-            if self.cache:
-                self.cache.put(file.rel, file.st, digest)
-        meta = _meta_of(file.path, file.st)
-        linked = self.tree.store_file(file.rel, meta, digest, _copier(file.path))
+        try:
+            # A copy takes room only if the content is new, but a sparse file claims it
+            # before it is read: one that declares terabytes is refused at once.
+            claimed = digest is None and file.st.st_blocks * 512 < file.st.st_size
+            if claimed:
+                self.tree.space.claim(file.rel, file.st.st_size)
+            if digest is None:
+                digest = _hash_file(file.path)
+                if self.cache:
+                    self.cache.put(file.rel, file.st, digest)
+            meta = _meta_of(file.path, file.st)
+            linked = self.tree.store_file(file.rel, meta, digest, self.copier(file, claimed))
+        except IMPORT_ERRORS as err:
+            raise import_error(f"{file.rel} from {self.root}", err) from None
         return _Placed(file, meta, digest, linked)
+
+    def copier(self, file: _File, claimed: bool) -> Callable[[str], None]:
+        """What copies `file` when its content is new, claiming its room unless `claimed`."""
+
+        def fill(dst: str) -> None:
+            if not claimed:
+                self.tree.space.claim(file.rel, file.st.st_size)
+            shutil.copyfile(file.path, dst, follow_symlinks=False)
+
+        return fill
 
     def record(self, placed: _Placed) -> None:
         size = placed.file.st.st_size

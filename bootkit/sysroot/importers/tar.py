@@ -18,7 +18,13 @@ from bootkit.base import process
 from bootkit.base.filetypes import FileType
 from bootkit.base.xattrs import Xattrs
 from bootkit.errors import BootkitError
-from bootkit.sysroot.importers.tree import ImportReport, Progress, TreeBuilder
+from bootkit.sysroot.importers.tree import (
+    IMPORT_ERRORS,
+    ImportReport,
+    Progress,
+    TreeBuilder,
+    import_error,
+)
 from bootkit.sysroot.store import FileMeta, ObjectStore
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -147,7 +153,8 @@ class _TarImport:
         self.archive = archive
         self.dest = dest
         self.tree = TreeBuilder(dest, store, progress)
-        self.seen_files: set[PurePosixPath] = set()  # regular files, for hardlinks to name
+        # Regular files so far, for hardlinks to name: their metadata and size.
+        self.seen_files: dict[PurePosixPath, tuple[FileMeta, int]] = {}
         self.known_dirs: set[str] = set()
         self.spool = os.path.join(store.tmp, f"member.{os.getpid()}")
         self.root_meta: FileMeta | None = None
@@ -156,7 +163,7 @@ class _TarImport:
         try:
             with _open_tar_stream(self.archive, self.tree.progress) as tf:
                 for member in tf:
-                    self.add(member, tf)
+                    self.add_checked(member, tf)
         except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as err:
             raise BootkitError(
                 f"{self.archive} is not a readable tar archive: {err}",
@@ -165,6 +172,15 @@ class _TarImport:
         if self.root_meta is not None:
             self.tree.dir_meta.insert(0, (str(self.dest), self.root_meta))
         return self.tree.finish()
+
+    def add_checked(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+        """Add one member; what the filesystem refuses about it is refused by name."""
+        try:
+            self.add(m, tf)
+        except gzip.BadGzipFile:
+            raise  # the archive's fault, not this member's
+        except IMPORT_ERRORS as err:
+            raise import_error(f"tar member {m.name!r}", err) from None
 
     def add(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
         rel = _member_path(m.name)
@@ -202,12 +218,15 @@ class _TarImport:
                 f"tar member {m.name!r} is a hardlink to {m.linkname!r}, which is not an earlier file in the archive",
                 hint="the archive may be malicious or truncated",
             )
-        self.tree.add_hardlink(str(rel), str(target))
-        self.seen_files.add(rel)
+        meta, size = self.seen_files[target]
+        self.tree.add_hardlink(str(rel), str(target), meta, size)
+        self.seen_files[rel] = (meta, size)
 
     def add_file(
         self, rel: PurePosixPath, m: tarfile.TarInfo, meta: FileMeta, tf: tarfile.TarFile
     ) -> None:
+        # Checked before a byte is written: a sparse member may declare far more than it holds.
+        self.tree.space.claim(f"tar member {m.name!r}", m.size)
         f = tf.extractfile(m)
         assert f is not None
         if m.size <= _IN_MEMORY:
@@ -218,7 +237,7 @@ class _TarImport:
                                m.size)
         else:
             _add_spooled(self.tree, str(rel), meta, f, m.size, self.spool)
-        self.seen_files.add(rel)
+        self.seen_files[rel] = (meta, m.size)
 
 
 # What each tar member type is; a hardlink (LNKTYPE) names another member instead.

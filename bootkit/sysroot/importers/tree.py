@@ -4,13 +4,68 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bootkit.errors import BootkitError, from_os_error
 from bootkit.sysroot.store import FileMeta, ObjectStore, apply_meta, dedup_eligible, object_key
 
 Progress = Callable[[int], None]
+# What a file's import may fail with because of what the source holds.
+IMPORT_ERRORS = (OSError, ValueError, OverflowError)
+
+
+def import_error(what: str, err: Exception) -> BootkitError:
+    """One line for a file of the source that could not be imported, naming it."""
+    if isinstance(err, OSError):
+        return BootkitError(f"cannot import {what}: {err.strerror or err}",
+                            hint=from_os_error(err).hint)
+    return BootkitError(f"cannot import {what}: {err}",
+                        hint="the source may be malicious or corrupt; check how it was made")
+
+
+def same_area(rel: str, target: str) -> bool:
+    """Whether two names of a tree may be one inode (a hardlink).
+
+    Files under usr/ may be objects of the store, shared by every deployment; var/
+    becomes the /var all deployments share; etc/ becomes usr/etc. A link across two
+    such places would let a write to one reach the other (the shared /var into the
+    store), so only names below the same top-level directory share an inode.
+    """
+    return "/" in rel and rel.split("/", 1)[0] == target.split("/", 1)[0]
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+
+
+class FreeSpace:
+    """Refuses a file the filesystem has no room for, before it is written. Thread-safe.
+
+    Free space is read again only once the files claimed since the last reading would
+    use it up, so a tree of many small files costs few statvfs calls.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.left = 0
+        self.lock = threading.Lock()
+
+    def claim(self, what: str, size: int) -> None:
+        with self.lock:
+            if size > self.left:
+                st = os.statvfs(self.path)
+                self.left = st.f_bavail * st.f_frsize
+                if size > self.left:
+                    raise BootkitError(
+                        f"{what} is {_size(size)}, but the sysroot has {_size(self.left)} free",
+                        hint="free some space on it ('bootkit cleanup' removes old deployments); "
+                        "a small archive that declares a huge file may be malicious",
+                    )
+            self.left -= size
 
 
 @dataclass
@@ -31,6 +86,7 @@ class TreeBuilder:
         self.progress = progress
         self.report = ImportReport()
         store.prepare()
+        self.space = FreeSpace(dest)
         self.notes: list[str] = []  # what identifies the tree, one line per entry, in walk order
         self.dir_meta: list[tuple[str, FileMeta]] = []
 
@@ -101,8 +157,16 @@ class TreeBuilder:
         linked = self.store_file(rel, meta, content_hash, fill)
         self.count_file(rel, meta, content_hash, size, linked)
 
-    def add_hardlink(self, rel: str, target: str) -> None:
-        os.link(os.path.join(self.dest, target), os.path.join(self.dest, rel))
+    def add_hardlink(self, rel: str, target: str, meta: FileMeta, size: int) -> None:
+        """`rel` is the earlier file `target` (with `meta`, `size` bytes) once more: a
+        hardlink to it, or a copy where the two are not in the same area (see same_area)."""
+        src, dst = os.path.join(self.dest, target), os.path.join(self.dest, rel)
+        if same_area(rel, target):
+            os.link(src, dst)
+        else:
+            self.space.claim(rel, size)
+            shutil.copyfile(src, dst, follow_symlinks=False)
+            apply_meta(dst, meta)
         self._note(rel, f"h{target}")
 
     def finish(self) -> ImportReport:
