@@ -150,6 +150,8 @@ def _argument_problem(value: object) -> str | None:
             return f"{ch!r}: {_ARGUMENT_REFUSALS[ch]}"
     if value.startswith("#"):
         return "GRUB reads an argument that starts with '#' as a comment"
+    if value in ("[[", "]]"):
+        return "GRUB script reads it as a keyword"
     if '"' in value and not _QUOTED_ARGUMENT.fullmatch(value):
         return 'a double quote may only enclose the whole argument or its value (name="value")'
     if len(value) > MAX_COMMAND_LINE // 2:

@@ -55,6 +55,8 @@ class Deployment:
             data = json.loads(path.read_text())
             known = {f.name for f in fields(cls)}
             data = {k: v for k, v in data.items() if k in known}
+            if not isinstance(data.get("kargs", []), list):
+                raise TypeError(f"kargs must be a list, not {data['kargs']!r}")
             data["kargs"] = tuple(data.get("kargs", ()))
             dep = cls(**data)
         except (OSError, ValueError, TypeError, AttributeError) as err:

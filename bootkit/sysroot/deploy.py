@@ -216,8 +216,8 @@ def _describe(job: Job) -> None:
     linux = kernel.linux
     where = linux.relative_to(job.staging) if linux.is_relative_to(job.staging) else linux
     kver = bootvalues.check_kernel_version(
-        kernel.version, f"kernel version (of {where})",
-        hint="the tree's kernel must be named like a kernel release, e.g. 6.1.0-18-amd64",
+        kernel.version, "kernel version",
+        hint=f"name the tree's kernel ({str(where)!r}) like a release, e.g. 6.1.0-18-amd64",
     )
     request_version = (job.request.version, "version") if job.request.version else None
     version, origin = request_version or _from_os_release(
