@@ -28,7 +28,8 @@ from support.helpers import (
     untidy,
 )
 
-from bootkit.boot.backends import systemd_boot
+from bootkit.boot.backends import grub, systemd_boot
+from bootkit.formats import grubenv, grubscript
 from bootkit.formats.bls import ENTRIES_DIR
 from bootkit.formats.bootvalues import MAX_TIMEOUT, MAX_TRIES
 from bootkit.sysroot.layout import Sysroot
@@ -193,15 +194,20 @@ def test_the_most_tries_make_a_small_grub_menu_grub_reads(tmp_path: Path) -> Non
 
 
 @needs_grub_check
-def test_a_counter_renamed_on_boot_cannot_blow_up_the_grub_menu(tmp_path: Path) -> None:
+def test_a_counter_on_boot_cannot_blow_up_the_grub_menu(tmp_path: Path) -> None:
+    # $BOOT is a FAT partition anyone with the disk can edit: its entry names and
+    # grubenv may claim any number of tries left.
     sysroot = tmp_path / "sys"
     init_sysroot(sysroot, "grub")
     ok("deploy", "--sysroot", sysroot, make_tree(tmp_path / "tree"))
-    entries = sysroot / "efi" / ENTRIES_DIR
-    (entry,) = entries.iterdir()
+    boot = sysroot / "efi"
+    (entry,) = (boot / ENTRIES_DIR).iterdir()
     entry.rename(entry.with_name(re.sub(r"\+\d+", "+500000", entry.name)))
+    env = grubenv.read(grub.env_path(boot))
+    grubenv.write(grub.env_path(boot), {**env, grubscript.TRIES_VAR: "500000"})
     ok("bootloader", "update", "--sysroot", sysroot)
     _check_grub_menu(sysroot, tmp_path, deployments=1)
+    assert grubenv.read(grub.env_path(boot))[grubscript.TRIES_VAR] == str(MAX_TRIES)
     assert not untidy(Sysroot(sysroot))
 
 
