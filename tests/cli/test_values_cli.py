@@ -289,6 +289,8 @@ def _check_every_reader(sysroot: Path) -> None:
         ("root_arg", "root=LABEL=r\nreboot", "root argument"),
         ("root_arg", 5, "root argument"),
         ("boot_dir", "/../../outside", "inside the sysroot"),
+        # /etc/grub.d/15_bootkit echoes it into grub.cfg: a line break would add commands.
+        ("boot_dir", "/efi\nreboot", "boot directory"),
         ("uki", "yes", "true or false"),
         ("os", ["x"], "os name"),
     ],

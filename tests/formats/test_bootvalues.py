@@ -265,5 +265,8 @@ def test_counts_are_bounded() -> None:
 
 
 def test_the_limits_are_those_documented() -> None:
-    # The CLI's help and the README state them; a change here must change those too.
-    assert (MAX_TRIES, MAX_TIMEOUT, bootvalues.MAX_COMMAND_LINE) == (100, 3600, 2048)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"at most {MAX_TRIES}, and 0 turns counting off" in readme
+    assert f"The menu timeout is 0 to {MAX_TIMEOUT} seconds" in readme
+    assert "`' \\ $ ; | & < > { } * ?`" in readme
+    assert set("'\\$;|&<>{}*?") == set(bootvalues._ARGUMENT_REFUSALS)
