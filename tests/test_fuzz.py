@@ -1,8 +1,8 @@
 """Fuzzing the deploy with what a hostile image or a careless admin brings, as the trusted
 tools do it: hypothesis generates kernel versions (the directory names of a tree),
-os-release values (NAME, PRETTY_NAME, VERSION_ID, VERSION), requested versions and
-kernel arguments, and each case is deployed into a fresh copy of a sysroot, once per
-bootloader. Whatever the input, bootkit either refuses it with a BootkitError, leaving
+os-release values (NAME, PRETTY_NAME, VERSION_ID, VERSION), requested versions,
+kernel arguments and small tar archives with odd file names, and each case is
+deployed into a fresh copy of a sysroot, once per bootloader. Whatever the input, bootkit either refuses it with a BootkitError, leaving
 the sysroot exactly as it was, or deploys it, and then:
 
 - nothing was written outside the sysroot (the example's other files are unchanged);
@@ -21,10 +21,13 @@ as the test's properties.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -77,8 +80,11 @@ def _odd_text(max_size: int) -> st.SearchStrategy[str]:
 
 
 def _is_file_name(name: str) -> bool:
-    return (name not in ("", ".", "..") and "/" not in name and "\x00" not in name
-            and len(os.fsencode(name)) <= 255)
+    return _is_file_name_or_too_long(name) and len(os.fsencode(name)) <= 255
+
+
+def _is_file_name_or_too_long(name: str) -> bool:
+    return name not in ("", ".", "..") and "/" not in name and "\x00" not in name
 
 
 # Half the inputs of each kind look like what a real image brings, so that the
@@ -101,12 +107,23 @@ KERNEL_ARGUMENT = st.one_of(
 )
 
 
+MEMBER_NAME = st.builds(
+    lambda top, leaf: f"{top}/{leaf}",
+    st.sampled_from(["etc", "usr/share/doc", "var/lib", "opt", "usr/lib/modules"]),
+    st.one_of(_odd_text(12), st.sampled_from(["x" * 256, "\u00e9" * 128, "a\udcffb"]))
+    .filter(_is_file_name_or_too_long),
+)
+
+
 @dataclass(frozen=True)
 class Case:
     kver: str
     os_release: dict[str, str]
     version: str | None
     kargs: tuple[str, ...] | None
+    # None: the tree is deployed as a directory; else as a tar archive that also holds
+    # these odd file names.
+    archived: tuple[str, ...] | None = None
 
 
 CASES = st.builds(
@@ -118,48 +135,66 @@ CASES = st.builds(
     ),
     version=st.one_of(st.none(), st.none(), st.sampled_from(["1", "2 (two)"]), _odd_text(12)),
     kargs=st.one_of(st.none(), st.just(()), st.lists(KERNEL_ARGUMENT, max_size=4).map(tuple)),
+    archived=st.one_of(st.none(), st.lists(MEMBER_NAME, max_size=3, unique=True).map(tuple)),
 )
 
 
 # --- one example -----------------------------------------------------------------------
 
 
-def _tree(root: Path, case: Case) -> Path:
+def _source(root: Path, case: Case) -> Path:
+    """The case's tree, as a directory or as a tar archive beside it."""
     tree = make_tree(root, kver=case.kver, kernel=f"kernel {case.kver!r}\n".encode())
     lines = [f'{key}="{value}"' for key, value in case.os_release.items()]
     (tree / "usr/lib/os-release").write_bytes(
         ("\n".join(lines) + "\n").encode(errors="surrogateescape")
     )
-    return tree
+    if case.archived is None:
+        return tree
+    archive = root.with_suffix(".tar")
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(tree, arcname=".")
+        for name in case.archived:
+            member = tarfile.TarInfo(name)
+            member.size = len(name.encode(errors="surrogateescape"))
+            tar.addfile(member, io.BytesIO(name.encode(errors="surrogateescape")))
+    return archive
 
 
 def _try(template: Path, work: Path, case: Case, stats: Counter[str]) -> None:
     sysroot = work / "sys"
     subprocess.run(["cp", "-a", str(template), str(sysroot)], check=True)
-    tree = _tree(work / "tree", case)
-    before, around = snapshot(sysroot), _outside(work, tree)
+    source = _source(work / "tree", case)
+    before, around = snapshot(sysroot), _outside(work, source)
     stats["tried"] += 1
     try:
-        deploy(Sysroot(sysroot), DeployRequest(tree, version=case.version, kargs=case.kargs))
-    except BootkitError as err:
+        deploy(Sysroot(sysroot), DeployRequest(source, version=case.version, kargs=case.kargs))
+    except (BootkitError, OSError) as err:
+        # An OSError is what the command line reports as one line too: here only a name
+        # longer than the filesystem takes may cause one.
+        assert not isinstance(err, OSError) or err.errno == errno.ENAMETOOLONG, err
         stats["refused"] += 1
         stats[f"refused: {_reason(err)}"] += 1
         assert snapshot(sysroot) == before, f"a refused deploy changed the sysroot: {err}"
     else:
         stats["deployed"] += 1
         _check_deployed(Sysroot(sysroot), work)
-    assert _outside(work, tree) == around, "a deploy wrote outside the sysroot"
+    assert _outside(work, source) == around, "a deploy wrote outside the sysroot"
 
 
-def _outside(work: Path, tree: Path) -> tuple[object, ...]:
-    """What lies beside the sysroot: the source tree, and the names in the directories
-    above it up to the fuzzer's scratch directory (the template is checked at the end)."""
-    return (snapshot(tree), *(sorted(os.listdir(d)) for d in (work, work.parent,
-                                                             work.parent.parent)))
+def _outside(work: Path, source: Path) -> tuple[object, ...]:
+    """What lies beside the sysroot: the source tree and archive, and the names in the
+    directories above it up to the fuzzer's scratch directory (the template is checked
+    at the end)."""
+    archive = source.read_bytes() if source.is_file() else None
+    return (snapshot(work / "tree"), archive,
+            *(sorted(os.listdir(d)) for d in (work, work.parent, work.parent.parent)))
 
 
-def _reason(err: BootkitError) -> str:
+def _reason(err: BootkitError | OSError) -> str:
     """The kind of value refused: 'invalid kernel version', 'invalid title', ..."""
+    if isinstance(err, OSError):
+        return f"{err.strerror} (OSError)"
     return re.split(r" ['\"(]|:", err.message, maxsplit=1)[0]
 
 
