@@ -103,7 +103,6 @@ class BootEntry:
         ]
         return "\n".join(lines) + "\n"
 
-
     def _check(self) -> None:
         bootvalues.check_title(self.title, "boot entry title")
         bootvalues.check_version(self.version, "boot entry version")

@@ -241,7 +241,10 @@ def _describe(job: Job) -> None:
     options_for(job.config, job.deployment)  # the whole command line, checked before any copy
 
 
-_OS_RELEASE_HINT = "each os-release value shown in the boot menu must be one line of plain text"
+_OS_RELEASE_HINT = (
+    "an os-release value shown in the boot menu must be one line of printable text, "
+    f"at most {bootvalues.MAX_TITLE} characters for a name, {bootvalues.MAX_VERSION} for a version"
+)
 
 
 def _from_os_release(

@@ -169,8 +169,8 @@ def _counting(new: Generation) -> Counting | None:
 
 
 def _bounded(counter: Counter) -> Counter:
-    """A counter GRUB can count down: an entry name on $BOOT may say any number of tries,
-    but the slot file has a branch for each try, so at most MAX_TRIES of them."""
+    """A counter GRUB can count down: $BOOT (an entry's name, the grubenv) may claim any
+    number of tries, but the slot file has a branch for each try, so at most MAX_TRIES."""
     if counter.left is None or counter.left <= MAX_TRIES:
         return counter
     return Counter(MAX_TRIES, counter.done)
