@@ -50,6 +50,15 @@ def test_kernel_arguments_are_quoted_one_by_one() -> None:
     assert shlex.split(kernel_words('quiet a="b c" x=$y')) == ["quiet", "a=b c", "x=$y"]
 
 
+def test_quoting_alone_keeps_refused_arguments_literal() -> None:
+    # The second line of defence: should a refused argument ever reach the slot file,
+    # GRUB would still pass it on as one word, run nothing and expand nothing.
+    hostile = "a;reboot $prefix x}{ y|z 'q' #c"
+    assert grub_command(f"linux /k {kernel_words(hostile)}") == [
+        "linux", "/k", "a;reboot", "$prefix", "x}{", "y|z", "'q'", "#c"
+    ]
+
+
 def _entries(title: str, ident: str, path: str, options: str) -> list[MenuEntry]:
     return [
         MenuEntry(ident, title, f"{path}/linux", (f"{path}/initrd",), options),
