@@ -9,23 +9,26 @@ from __future__ import annotations
 
 from bootkit.boot.counting import Counter
 from bootkit.boot.payloads import UKI_FILE, Payload
+from bootkit.formats import bootvalues
 from bootkit.formats.bls import BootEntry, EntryName
 from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment
 
 
 def options_for(cfg: SysrootConfig, dep: Deployment) -> str:
-    """The kernel command line that boots `dep`."""
-    return " ".join([cfg.root_arg, "rw", f"bootkit={dep.path}", *dep.kargs])
+    """The kernel command line that boots `dep`; refused when a reader would take it
+    for something else, or the kernel would cut it."""
+    return bootvalues.check_command_line(
+        " ".join([cfg.root_arg, "rw", f"bootkit={dep.path}", *dep.kargs])
+    )
 
 
 def entry_name(
     dep: Deployment, generation: int, rank: int, counter: Counter | None = None
 ) -> EntryName:
     counter = counter or Counter()
-    return EntryName(
-        generation, rank, f"{dep.os}-{dep.id}", tries_left=counter.left, tries_done=counter.done
-    )
+    tail = bootvalues.check_word(f"{dep.os}-{dep.id}", "boot entry name")
+    return EntryName(generation, rank, tail, tries_left=counter.left, tries_done=counter.done)
 
 
 def render_entry(cfg: SysrootConfig, dep: Deployment, name: EntryName) -> BootEntry:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from bootkit.cli.common import byte_progress, open_sysroot, print_json, status_json, sysroot_option
+from bootkit.cli.options import kargs_options, requested_kargs, tries_option
 from bootkit.sysroot.bootfiles import InitramfsMode
 from bootkit.sysroot.deploy import DeployRequest
 from bootkit.sysroot.deploy import deploy as deploy_request
@@ -19,12 +20,9 @@ from bootkit.sysroot.status import status
 @click.argument("source", type=click.Path(exists=False, path_type=Path))
 @click.option("--os", "os_name", help="Stateroot to deploy into (default: the one from init).")
 @click.option("--version", help="Version shown in the menu (default: VERSION_ID from os-release).")
-@click.option(
-    "--karg",
-    "kargs",
-    multiple=True,
-    help="Extra kernel argument; repeat for more. Default: those of the current "
-    "deployment of the same OS.",
+@kargs_options(
+    "Extra kernel argument; repeat for more. Default: those of the current deployment "
+    "of the same OS."
 )
 @click.option(
     "--no-default", is_flag=True, help="Add the deployment without making it the default."
@@ -37,11 +35,9 @@ from bootkit.sysroot.status import status
     help="Use the tree's own initramfs (tree), build one with bootkit (build), or the "
     "tree's when it has one (auto).",
 )
-@click.option(
-    "--tries",
-    type=click.IntRange(min=0),
-    help="How often its entry is tried before the bootloader falls back to the previous "
-    "deployment (default: the sysroot's setting from 'bootkit init --tries'); 0: not counted.",
+@tries_option(
+    "How often its entry is tried before the bootloader falls back to the previous "
+    "deployment (default: the sysroot's setting from 'bootkit init --tries'); 0: not counted."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the new deployment as JSON.")
 def deploy(
@@ -50,6 +46,7 @@ def deploy(
     os_name: str | None,
     version: str | None,
     kargs: tuple[str, ...],
+    karg_none: bool,
     no_default: bool,
     initramfs: str,
     tries: int | None,
@@ -66,7 +63,7 @@ def deploy(
     only while it is empty; later deploys never touch it.
     """
     request = DeployRequest(
-        source=source, os_name=os_name, version=version, kargs=kargs or None,
+        source=source, os_name=os_name, version=version, kargs=requested_kargs(kargs, karg_none),
         make_default=not no_default, initramfs=InitramfsMode(initramfs), tries=tries,
     )
     sr = open_sysroot(sysroot)

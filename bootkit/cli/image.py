@@ -13,6 +13,7 @@ from bootkit import diskimage
 from bootkit.boot.backends import installable
 from bootkit.cli.common import byte_progress, print_json
 from bootkit.cli.init import uki_options
+from bootkit.cli.options import kargs_options, requested_kargs, timeout_option, tries_option
 from bootkit.cli.status import show_status
 from bootkit.records.config import DEFAULT_TRIES, Bootloader
 from bootkit.secureboot import signing
@@ -78,12 +79,12 @@ def image() -> None:
               help="Size of the ESP, which holds every deployment's kernel and initramfs.")
 @click.option("--karg", "kargs", multiple=True,
               help="Kernel argument for every deployment, e.g. console=ttyS0; repeat for more.")
-@click.option("--timeout", default=3, show_default=True, help="Boot menu timeout in seconds.")
+@timeout_option
 @click.option("--initramfs", type=_INITRAMFS, default="auto",
               show_default=True, help="As for 'bootkit deploy'.")
-@click.option("--tries", type=click.IntRange(min=0), default=DEFAULT_TRIES, show_default=True,
-              help="Boot counting, as for 'bootkit init': how often a new deployment is "
-              "tried before the bootloader falls back; 0 turns counting off.")
+@tries_option("Boot counting, as for 'bootkit init': how often a new deployment is "
+              "tried before the bootloader falls back; 0 turns counting off.",
+              default=DEFAULT_TRIES, show_default=True)
 @click.option("--force", is_flag=True, help="Replace IMAGE if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the deployments made as JSON.")
 @uki_options
@@ -117,23 +118,24 @@ def create(image: Path, sources: tuple[Path, ...], size: int, bootloader: str,
 @_IMAGE
 @click.argument("source", type=click.Path(exists=False, path_type=Path))
 @click.option("--version", help="Version shown in the menu (default: from os-release).")
-@click.option("--karg", "kargs", multiple=True, help="Kernel argument; repeat for more.")
+@kargs_options("Kernel argument; repeat for more.")
 @click.option("--no-default", is_flag=True, help="Add the deployment without making it the default.")
 @click.option("--initramfs", type=_INITRAMFS, default="auto",
               show_default=True, help="As for 'bootkit deploy'.")
-@click.option("--tries", type=click.IntRange(min=0),
-              help="How often its entry is tried before the bootloader falls back (default: "
+@tries_option("How often its entry is tried before the bootloader falls back (default: "
               "the image's setting); 0: not counted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new deployment as JSON.")
 def deploy(image: Path, source: Path, version: str | None, kargs: tuple[str, ...],
-           no_default: bool, initramfs: str, tries: int | None, as_json: bool) -> None:
+           karg_none: bool, no_default: bool, initramfs: str, tries: int | None,
+           as_json: bool) -> None:
     """Add a deployment of SOURCE to IMAGE, keeping what was written to /etc and /var.
 
     Without --karg the new deployment keeps the kernel arguments of the previous
-    deployment of its OS, as 'bootkit deploy' does.
+    deployment of its OS, as 'bootkit deploy' does; --karg-none gives it none.
     """
     request = DeployRequest(
-        source, version=version, kargs=kargs or None, make_default=not no_default,
+        source, version=version, kargs=requested_kargs(kargs, karg_none),
+        make_default=not no_default,
         initramfs=InitramfsMode(initramfs), tries=tries,
     )
     dep = diskimage.deploy_to_image(image, request, _reporter(as_json), _import_progress)

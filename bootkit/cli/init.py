@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from bootkit.cli.common import sysroot_option
+from bootkit.cli.options import timeout_option, tries_option
 from bootkit.records.config import DEFAULT_TRIES, Bootloader, SysrootConfig
 from bootkit.secureboot import signing
 from bootkit.sysroot import operations
@@ -73,15 +74,13 @@ def uki_options(f: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help="The kernel argument that finds the physical root at boot.",
 )
-@click.option("--timeout", default=3, show_default=True, help="Boot menu timeout in seconds.")
+@timeout_option
 @click.option("--force", is_flag=True, help="Change the configuration of an existing sysroot.")
-@click.option(
-    "--tries",
-    type=click.IntRange(min=0),
+@tries_option(
+    "Boot counting: how often a new deployment's entry is tried without being marked "
+    "good before the bootloader falls back to the previous one; 0 turns counting off.",
     default=DEFAULT_TRIES,
     show_default=True,
-    help="Boot counting: how often a new deployment's entry is tried without being marked "
-    "good before the bootloader falls back to the previous one; 0 turns counting off.",
 )
 @uki_options
 def init(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from bootkit.errors import BootkitError
+from bootkit.formats import bootvalues
 from bootkit.formats.versioncmp import compare_versions
 
 # Where Type #1 entries live, relative to $BOOT.
@@ -85,6 +86,9 @@ class BootEntry:
         return (self.efi,) if self.efi else (self.linux, *self.initrd)
 
     def render(self) -> str:
+        """The entry's text; a value that a reader would take for something else is refused
+        (see `bootkit.formats.bootvalues`), so no entry bootkit writes means two things."""
+        self._check()
         boot = [f"efi {self.efi}"] if self.efi else [
             f"linux {self.linux}",
             *(f"initrd {i}" for i in self.initrd),
@@ -99,8 +103,24 @@ class BootEntry:
         ]
         return "\n".join(lines) + "\n"
 
+    def _check(self) -> None:
+        bootvalues.check_title(self.title, "boot entry title")
+        bootvalues.check_version(self.version, "boot entry version")
+        bootvalues.check_word(self.sort_key, "boot entry sort-key")
+        for path in self.files:
+            bootvalues.check_path(path, "boot entry file")
+        if self.efi and (self.linux or self.initrd):
+            raise BootkitError("a boot entry starts either an EFI program or a kernel, not both")
+        if self.options:
+            bootvalues.check_command_line(self.options, "boot entry options")
+        for key, value in self.extra:
+            if key in _KNOWN or not _KEY.fullmatch(key):
+                raise BootkitError(f"invalid boot entry key {key!r}")
+            bootvalues.check_text(value, f"boot entry {key}", bootvalues.MAX_COMMAND_LINE)
+
 
 _KNOWN = {"title", "version", "sort-key", "linux", "initrd", "options", "efi"}
+_KEY = re.compile(r"[a-z][a-z0-9-]*")
 
 
 def parse_entry(text: str, source: str = "entry") -> BootEntry:
@@ -112,7 +132,7 @@ def parse_entry(text: str, source: str = "entry") -> BootEntry:
         if not line or line.startswith("#"):
             continue
         key, _, value = line.partition(" ")
-        if not re.fullmatch(r"[a-z][a-z0-9-]*", key):
+        if not _KEY.fullmatch(key):
             raise BootkitError(f"{source}:{lineno}: not a boot entry line: {raw!r}")
         if key in _KNOWN:
             values.setdefault(key, []).append(value.strip())

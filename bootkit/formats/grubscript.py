@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bootkit import contract
+from bootkit.errors import BootkitError
+from bootkit.formats import bootvalues
 
 SLOTS = 3
 SLOT_DIR = "/bootkit/grub"
@@ -160,7 +162,12 @@ def _boot(entry: MenuEntry) -> list[str]:
 def render_slot(
     generation: int, entries: Sequence[MenuEntry], timeout: int, counting: Counting | None = None
 ) -> str:
-    """The menu, default first; with `counting`, the default's boots are counted (GRUBENV)."""
+    """The menu, default first; with `counting`, the default's boots are counted (GRUBENV).
+
+    Every value is quoted, and checked first (see `bootkit.formats.bootvalues`): a
+    value that does not pass is refused, never written.
+    """
+    _check_slot(generation, entries, timeout, counting)
     if counting is not None and counting.most < 1:
         counting = None
     fallback = _fallback(counting, entries) if counting else []
@@ -188,6 +195,23 @@ def render_slot(
             "}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _check_slot(
+    generation: int, entries: Sequence[MenuEntry], timeout: int, counting: Counting | None
+) -> None:
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise BootkitError(f"invalid GRUB menu generation {generation!r}")
+    bootvalues.check_timeout(timeout)
+    for e in entries:
+        bootvalues.check_word(e.id, "GRUB menu entry id")
+        bootvalues.check_text(e.title, "GRUB menu entry title", bootvalues.MAX_MENU_TITLE)
+        for path in (e.efi,) if e.efi else (e.linux, *e.initrd):
+            bootvalues.check_path(path, "GRUB boot file")
+        bootvalues.check_command_line(e.options, "GRUB kernel command line")
+    if counting is not None:
+        bootvalues.check_path(counting.deployment, "deployment counted by GRUB")
+        bootvalues.check_tries(counting.most, "boot tries counted by GRUB")
 
 
 def parse_menu(text: str) -> list[tuple[str, str]]:

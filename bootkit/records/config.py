@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from enum import StrEnum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bootkit.base.files import atomic_write
 from bootkit.contract import check_name
 from bootkit.errors import BootkitError
+from bootkit.formats import bootvalues
 
 
 class Bootloader(StrEnum):
@@ -50,18 +51,21 @@ class SysrootConfig:
     signing_passphrase_file: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.os, str):
+            raise BootkitError(f"invalid os name {self.os!r}")
         check_name(self.os, "os")
         # A plain name (from config.json, or a caller) becomes the enum member.
         object.__setattr__(self, "bootloader", Bootloader.parse(self.bootloader))
-        if not self.boot_dir.startswith("/"):
-            raise BootkitError(f"boot directory must be absolute, not {self.boot_dir!r}")
-        if isinstance(self.tries, bool) or not isinstance(self.tries, int) or self.tries < 0:
-            raise BootkitError(f"boot tries must be a whole number, 0 or more, not {self.tries!r}")
-        if not self.root_arg.startswith("root="):
-            raise BootkitError(
-                f"root argument must start with 'root=', not {self.root_arg!r}",
-                hint="for example root=LABEL=bootkit-root or root=UUID=...",
-            )
+        _check_boot_dir(self.boot_dir)
+        _check_root_arg(self.root_arg)
+        bootvalues.check_timeout(self.timeout)
+        bootvalues.check_tries(self.tries)
+        if not isinstance(self.uki, bool):
+            raise BootkitError(f"the UKI setting must be true or false, not {self.uki!r}")
+        for name in ("signing_key", "signing_cert", "signing_passphrase_file"):
+            value = getattr(self, name)
+            if value is not None:
+                bootvalues.check_text(value, name.replace("_", " "), 4096)
 
     def with_changes(self, **changes: Any) -> SysrootConfig:
         return replace(self, **changes)
@@ -85,4 +89,30 @@ class SysrootConfig:
         known = {f.name for f in fields(cls)}
         if not isinstance(data, dict) or not {"os", "bootloader"} <= data.keys():
             raise BootkitError(f"{path}: missing 'os' or 'bootloader'")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except BootkitError as err:
+            raise BootkitError(
+                f"{path}: {err.message}", hint="correct it, or run 'bootkit init' again, forced"
+            ) from None
+
+
+def _check_boot_dir(boot_dir: object) -> None:
+    """Where $BOOT is mounted: an absolute path that stays inside the sysroot."""
+    bootvalues.check_text(boot_dir, "boot directory", 4096)
+    assert isinstance(boot_dir, str)
+    if not boot_dir.startswith("/") or ".." in PurePosixPath(boot_dir).parts:
+        raise BootkitError(
+            f"boot directory must be an absolute path inside the sysroot, not {boot_dir!r}",
+            hint="for example /efi or /boot",
+        )
+
+
+def _check_root_arg(root_arg: object) -> None:
+    """The kernel argument that finds the physical root: one argument, root=..."""
+    if not isinstance(root_arg, str) or not root_arg.startswith("root="):
+        raise BootkitError(
+            f"root argument must start with 'root=', not {root_arg!r}",
+            hint="for example root=LABEL=bootkit-root or root=UUID=...",
+        )
+    bootvalues.check_kernel_argument(root_arg, "root argument")

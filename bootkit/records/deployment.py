@@ -10,6 +10,7 @@ from typing import Any
 from bootkit.base.files import atomic_write
 from bootkit.contract import check_name, deployment_path
 from bootkit.errors import BootkitError
+from bootkit.formats import bootvalues
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,40 @@ class Deployment:
             data = json.loads(path.read_text())
             known = {f.name for f in fields(cls)}
             data = {k: v for k, v in data.items() if k in known}
+            if not isinstance(data.get("kargs", []), list):
+                raise TypeError(f"kargs must be a list, not {data['kargs']!r}")
             data["kargs"] = tuple(data.get("kargs", ()))
             dep = cls(**data)
-        except (OSError, ValueError, TypeError) as err:
+        except (OSError, ValueError, TypeError, AttributeError) as err:
             raise BootkitError(
                 f"cannot read deployment metadata {path}: {err}",
                 hint="restore the file, or remove the deployment with 'bootkit undeploy'",
             ) from None
-        check_name(dep.os, "os")
-        check_name(dep.id, "deployment")
+        try:
+            _check_boot_values(dep)
+            check_name(dep.os, "os")
+            check_name(dep.id, "deployment")
+        except BootkitError as err:
+            raise BootkitError(
+                f"deployment metadata {path}: {err.message}",
+                hint="restore the file, or remove the deployment with 'bootkit undeploy'",
+            ) from None
         return dep
+
+
+def _check_boot_values(dep: Deployment) -> None:
+    """What a record says that reaches a boot entry: refused here as when it was made."""
+    for name in ("os", "id"):
+        if not isinstance(getattr(dep, name), str):
+            raise BootkitError(f"{name} must be text, not {getattr(dep, name)!r}")
+    bootvalues.check_title(dep.title)
+    bootvalues.check_version(dep.version)
+    bootvalues.check_kernel_version(dep.kernel_version)
+    bootvalues.check_word(dep.payload, "payload name")
+    for karg in dep.kargs:
+        bootvalues.check_kernel_argument(karg)
+    for name in ("pinned", "uki"):
+        if not isinstance(getattr(dep, name), bool):
+            raise BootkitError(f"{name} must be true or false, not {getattr(dep, name)!r}")
+    if isinstance(dep.serial, bool) or not isinstance(dep.serial, int) or dep.serial < 0:
+        raise BootkitError(f"serial must be a whole number, not {dep.serial!r}")

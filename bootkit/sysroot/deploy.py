@@ -26,8 +26,9 @@ from bootkit.base.files import fsync_dir, remove_path, syncfs
 from bootkit.boot import payloads
 from bootkit.boot.entries import options_for
 from bootkit.boot.payloads import Payload
-from bootkit.contract import check_name
+from bootkit.contract import BOOTKIT_ARG, check_name
 from bootkit.errors import BootkitError
+from bootkit.formats import bootvalues
 from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
@@ -60,13 +61,18 @@ class DeployRequest:
     def __post_init__(self) -> None:
         if self.os_name is not None:
             check_name(self.os_name, "os")
+        if self.version is not None:
+            bootvalues.check_version(self.version)
         for karg in self.kargs or ():
-            if not karg or any(c.isspace() for c in karg) or karg.startswith(("bootkit=", "root=")):
+            bootvalues.check_kernel_argument(karg)
+            # As the kernel reads it: quotes around the argument do not hide its name.
+            if karg.replace('"', "").startswith((f"{BOOTKIT_ARG}=", "root=")):
                 raise BootkitError(
-                    f"invalid kernel argument {karg!r}",
-                    hint="give one argument at a time, without spaces; "
-                    "bootkit= and root= are set by bootkit",
+                    f"invalid kernel argument {karg!r}: bootkit sets it itself",
+                    hint=f"{BOOTKIT_ARG}= names the deployment; root= is the sysroot's setting",
                 )
+        if self.tries is not None:
+            bootvalues.check_tries(self.tries)
 
 
 def kernel_arguments(requested: tuple[str, ...] | None, previous: Deployment | None) -> tuple[str, ...]:
@@ -206,25 +212,55 @@ def _hand_over_var(job: Job) -> None:
 
 
 def _describe(job: Job) -> None:
-    """The deployment's record: its kernel, names from os-release, kernel arguments."""
+    """The deployment's record: its kernel, names from os-release, kernel arguments.
+
+    Each value that reaches a boot entry is checked here, naming where it came from.
+    """
     assert job.report is not None
     kernel = find_kernel(job.staging)
     osrel = read_os_release(job.staging)
+    linux = kernel.linux
+    where = linux.relative_to(job.staging) if linux.is_relative_to(job.staging) else linux
+    kver = bootvalues.check_kernel_version(
+        kernel.version, "kernel version",
+        hint=f"name the tree's kernel ({str(where)!r}) like a release, e.g. 6.1.0-18-amd64",
+    )
+    request_version = (job.request.version, "version") if job.request.version else None
+    version, origin = request_version or _from_os_release(
+        osrel, ("VERSION_ID", "VERSION"), (kver, "kernel version")
+    )
+    title, title_origin = _from_os_release(osrel, ("PRETTY_NAME", "NAME"), (job.os_name, "os"))
     job.kernel = kernel
     job.deployment = Deployment(
         os=job.os_name,
         id=f"{job.serial}-{job.report.digest[:8]}",
-        version=job.request.version or osrel.get("VERSION_ID") or osrel.get("VERSION")
-        or kernel.version,
+        version=bootvalues.check_version(version, origin, hint=_OS_RELEASE_HINT),
         source=job.source.origin,
-        kernel_version=kernel.version,
+        kernel_version=kver,
         payload="",  # named by its content, known once it is built
-        title=osrel.get("PRETTY_NAME") or osrel.get("NAME") or job.os_name,
+        title=bootvalues.check_title(title, title_origin, hint=_OS_RELEASE_HINT),
         created=time.time(),
         serial=job.serial,
         kargs=kernel_arguments(job.request.kargs, job.previous),
         uki=job.config.uki,
     )
+    options_for(job.config, job.deployment)  # the whole command line, checked before any copy
+
+
+_OS_RELEASE_HINT = (
+    "an os-release value shown in the boot menu must be one line of printable text, "
+    f"at most {bootvalues.MAX_TITLE} characters for a name, {bootvalues.MAX_VERSION} for a version"
+)
+
+
+def _from_os_release(
+    osrel: dict[str, str], keys: tuple[str, ...], fallback: tuple[str, str]
+) -> tuple[str, str]:
+    """The first of `keys` that os-release sets, and what to call it in an error."""
+    for key in keys:
+        if osrel.get(key):
+            return osrel[key], f"{key} in the tree's os-release"
+    return fallback
 
 
 def _install_payload(job: Job) -> None:

@@ -21,6 +21,7 @@ from bootkit.boot.counting import Counter
 from bootkit.errors import BootkitError
 from bootkit.formats import grubenv, grubscript
 from bootkit.formats.bls import ENTRIES_DIR, EntryName
+from bootkit.formats.bootvalues import MAX_TRIES
 from bootkit.records.config import SysrootConfig
 from bootkit.sysroot.layout import Sysroot
 
@@ -107,8 +108,9 @@ def test_tries_option_and_zero_turns_counting_off(tmp_path: Path) -> None:
     c = m.deploy("--tries", "0")
     assert "+" not in m.entry(c).name
     assert m.status()[c]["boot"] == "good"
-    with pytest.raises(BootkitError, match="0 or more"):
-        SysrootConfig(os="test", bootloader="grub", tries=-1)
+    for tries in (-1, MAX_TRIES + 1, True, "3"):
+        with pytest.raises(BootkitError, match=f"from 0 to {MAX_TRIES}"):
+            SysrootConfig(os="test", bootloader="grub", tries=tries)  # type: ignore[arg-type]
 
 
 def test_counters_carry_over_to_the_next_generation(sdboot: Machine) -> None:

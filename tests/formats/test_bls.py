@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support.bootreaders import blscfg_script, grub_cmdline, grub_command, kernel_params
 from support.helpers import (
     bls_entries,
     deploy_tree,
@@ -58,6 +61,62 @@ def test_parse_tolerates_comments_blank_lines_and_split_options() -> None:
     assert (entry.title, entry.linux, entry.options) == ("T", "/k", "a=1 b=2")
     assert entry.extra == (("machine-id", "abc"),)
     assert entry.initrd == ()
+
+
+# What GRUB's blscfg and systemd-boot must both read as one line per key, the same.
+AWKWARD = BootEntry(
+    title="It's $HOME {x}; } #1 \u00e9",
+    version="12 (bookworm) #2",
+    sort_key="bootkit-99999998-0000",
+    linux="/bootkit/os/6.6.0+-0123456789ab/linux",
+    initrd=("/bootkit/os/6.6.0+-0123456789ab/initrd",),
+    options='root=LABEL=r rw bootkit=/bootkit/deploy/os/deploy/1-a dyndbg="module=x" a=b#c !x',
+)
+
+
+def test_awkward_values_round_trip_and_read_alike_in_blscfg() -> None:
+    assert parse_entry(AWKWARD.render()) == AWKWARD
+    pasted = grub_command(blscfg_script(AWKWARD).splitlines()[0])
+    assert pasted[1] == f"(hd0,gpt1){AWKWARD.linux}"
+    assert kernel_params(grub_cmdline(pasted[2:])) == kernel_params(AWKWARD.options)
+
+
+@pytest.mark.skipif(shutil.which("grub-script-check") is None, reason="needs grub-common")
+def test_grub_parses_what_blscfg_makes_of_an_entry(tmp_path: Path) -> None:
+    script = tmp_path / "entry.cfg"
+    script.write_text("menuentry t {\n" + blscfg_script(AWKWARD) + "}\n")
+    proc = subprocess.run(["grub-script-check", str(script)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"title": "T\noptions init=/bin/sh"}, "boot entry title"),
+        ({"title": "T\r"}, "boot entry title"),
+        ({"version": "1\u2028linux /x"}, "boot entry version"),
+        ({"version": ""}, "boot entry version"),
+        ({"sort_key": "a b"}, "boot entry sort-key"),
+        ({"linux": "/bootkit/os/6.1;reboot;-1/linux"}, "boot entry file"),
+        ({"linux": "/bootkit/os/6.1\nx/linux"}, "boot entry file"),
+        ({"initrd": ("/a/../initrd",)}, "boot entry file"),
+        ({"linux": "", "efi": ""}, "boot entry file"),
+        ({"efi": "/bootkit/os/x/uki.efi"}, "not both"),
+        ({"options": "root=x rw a;reboot"}, "boot entry options"),
+        ({"options": "root=x rw $prefix"}, "boot entry options"),
+        ({"options": "root=x\nefi /evil.efi"}, "boot entry options"),
+        ({"extra": (("machine-id", "a\nlinux /x"),)}, "boot entry machine-id"),
+        ({"extra": (("linux", "/x"),)}, "invalid boot entry key"),
+        ({"extra": (("Bad Key", "x"),)}, "invalid boot entry key"),
+    ],
+)
+def test_a_value_that_would_split_or_inject_a_line_is_refused(
+    change: dict[str, object], message: str
+) -> None:
+    entry = replace(AWKWARD, **change)  # type: ignore[arg-type]
+    with pytest.raises(BootkitError, match=re.escape(message)):
+        entry.render()
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from bootkit.boot.esp import REMOVABLE_PATH, install_binary
 from bootkit.boot.payloads import UKI_FILE, Payload
 from bootkit.errors import BootkitError
 from bootkit.formats import grubenv, grubscript
+from bootkit.formats.bootvalues import MAX_TRIES
 from bootkit.formats.grubscript import COUNTED_VAR, SLOTS, TRIES_VAR, Counting, MenuEntry
 from bootkit.records.config import Bootloader, SysrootConfig
 from bootkit.records.deployment import Deployment
@@ -95,7 +96,7 @@ class Grub:
         # Rewritten in place, as GRUB's save_env does. Before the new slot is visible,
         # the old slot does not count the new default; after, the counter is there.
         default = new.deployments[0]
-        _write_counter(boot, default, new.counter(default))
+        _write_counter(boot, default, _bounded(new.counter(default)))
         return staged
 
     def is_current(self, menu: MenuFiles, generation: int) -> bool:
@@ -161,10 +162,18 @@ def menu_entries(new: Generation) -> list[MenuEntry]:
 def _counting(new: Generation) -> Counting | None:
     """The default's counter as the slot file counts it down, if it is counted."""
     default = new.deployments[0]
-    counter = new.counter(default)
+    counter = _bounded(new.counter(default))
     if counter.left is None:
         return None
-    return Counting(default.path, max(new.config.tries, counter.left))
+    return Counting(default.path, max(min(new.config.tries, MAX_TRIES), counter.left))
+
+
+def _bounded(counter: Counter) -> Counter:
+    """A counter GRUB can count down: $BOOT (an entry's name, the grubenv) may claim any
+    number of tries, but the slot file has a branch for each try, so at most MAX_TRIES."""
+    if counter.left is None or counter.left <= MAX_TRIES:
+        return counter
+    return Counter(MAX_TRIES, counter.done)
 
 
 # --- the boot counter in grubenv ------------------------------------------------------
