@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 from bootkit.base.files import atomic_write
 from bootkit.contract import check_name
 from bootkit.errors import BootkitError
+from bootkit.records.jsonfields import typed_fields
 
 
 class Bootloader(StrEnum):
@@ -82,7 +83,8 @@ class SysrootConfig:
             raise BootkitError(
                 f"cannot read {path}: {err}", hint="restore it, or run 'bootkit init' again, forced"
             ) from None
-        known = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or not {"os", "bootloader"} <= data.keys():
-            raise BootkitError(f"{path}: missing 'os' or 'bootloader'")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        hint = "correct it, or run 'bootkit init' again, forced"
+        values = typed_fields(cls, data, path, hint)
+        if not {"os", "bootloader"} <= values.keys():
+            raise BootkitError(f"{path}: missing 'os' or 'bootloader'", hint=hint)
+        return cls(**values)

@@ -1,15 +1,30 @@
-"""Deployment metadata: `/bootkit/deploy/<os>/deploy/<id>.json` beside the tree it describes."""
+"""Deployment metadata: `/bootkit/deploy/<os>/deploy/<id>.json` beside the tree it describes.
+
+Fields added later have defaults, so metadata written before them still loads.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bootkit.base.files import atomic_write
 from bootkit.contract import check_name, deployment_path
 from bootkit.errors import BootkitError
+from bootkit.records.jsonfields import typed_fields
+
+
+@dataclass(frozen=True)
+class PayloadFile:
+    """One file of a deployment's payload on $BOOT, as the deploy copied it there."""
+
+    name: str  # "linux", "initrd" or "uki.efi"
+    sha256: str
+    # Where in the deployment's tree it came from, so that it can be copied again;
+    # None when bootkit built it (an initramfs, a UKI).
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -27,6 +42,13 @@ class Deployment:
     pinned: bool = False
     # Its payload is one Unified Kernel Image (kernel, initrd and its command line).
     uki: bool = False
+    # Identifies the imported tree's content: the same tree gives the same digest,
+    # from a directory or an archive, on any machine (see `bootkit.sysroot.contentdigest`).
+    content_digest: str = ""
+    # The same without /etc, /usr/etc and /var: `bootkit fsck` checks the tree against it.
+    os_digest: str = ""
+    # The payload's files with their digests; empty in metadata older than them.
+    payload_files: tuple[PayloadFile, ...] = field(default=())
 
     @property
     def ref(self) -> str:
@@ -43,6 +65,7 @@ class Deployment:
     def to_json(self) -> str:
         data = asdict(self)
         data["kargs"] = list(self.kargs)
+        data["payload_files"] = [asdict(f) for f in self.payload_files]
         return json.dumps(data, indent=2) + "\n"
 
     def save(self, path: Path) -> None:
@@ -50,17 +73,23 @@ class Deployment:
 
     @classmethod
     def load(cls, path: Path) -> Deployment:
+        """The metadata at `path`, which must name the deployment the file is named for."""
+        os_name, dep_id = path.parent.parent.name, path.name.removesuffix(".json")
+        hint = (
+            f"'bootkit fsck --repair' rebuilds it from the deployment's boot entry; "
+            f"'bootkit undeploy {os_name}/{dep_id}' removes the deployment"
+        )
         try:
             data = json.loads(path.read_text())
-            known = {f.name for f in fields(cls)}
-            data = {k: v for k, v in data.items() if k in known}
-            data["kargs"] = tuple(data.get("kargs", ()))
-            dep = cls(**data)
+            dep = cls(**typed_fields(cls, data, path, hint))
         except (OSError, ValueError, TypeError) as err:
-            raise BootkitError(
-                f"cannot read deployment metadata {path}: {err}",
-                hint="restore the file, or remove the deployment with 'bootkit undeploy'",
-            ) from None
+            raise BootkitError(f"cannot read deployment metadata {path}: {err}", hint=hint) from None
+        except BootkitError as err:
+            raise BootkitError(f"cannot read deployment metadata: {err.message}", hint=hint) from None
         check_name(dep.os, "os")
         check_name(dep.id, "deployment")
+        if (dep.os, dep.id) != (os_name, dep_id):
+            raise BootkitError(
+                f"deployment metadata {path} describes {dep.ref}, not {os_name}/{dep_id}", hint=hint
+            )
         return dep
