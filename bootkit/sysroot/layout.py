@@ -36,6 +36,8 @@ class Sysroot:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.meta = self.path / "bootkit"
+        # Warnings given while this object is in use, so that each is given once.
+        self.told: set[str] = set()
 
     # --- where things are -------------------------------------------------------
 

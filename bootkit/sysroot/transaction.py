@@ -80,6 +80,9 @@ def bootable(sr: Sysroot, deps: Sequence[Deployment]) -> list[Deployment]:
             menu.append(dep)
             continue
         left_out.append(f"{dep.ref}: {why}")
+        if left_out[-1] in sr.told:
+            continue
+        sr.told.add(left_out[-1])
         way_out = ("'bootkit undeploy {0}' removes what is left of it" if "tree" in why else
                    "'bootkit fsck --repair' copies its boot files again from its tree, "
                    "'bootkit undeploy {0}' removes it")

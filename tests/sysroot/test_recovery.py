@@ -10,18 +10,16 @@ import errno
 import json
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.damage import KERNELS, copy_of, kept_all_of, populated_sysroot, user_data
 from support.helpers import (
     bls_entries,
     cli,
-    deploy_tree,
     deployment_path,
     fails,
-    init_sysroot,
     make_tree,
     ok,
     snapshot,
@@ -33,29 +31,15 @@ from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
 from bootkit.sysroot.layout import Sysroot
 
-KERNELS = {1: b"kernel A\n", 2: b"kernel B\n", 3: b"kernel A\n"}
-
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three deployments (1 and 3 share a kernel), 2 the default; each with an /etc edit."""
-    base = tmp_path_factory.mktemp("recovery")
-    sysroot = base / "sys"
-    sr = init_sysroot(sysroot, "systemd-boot")
-    for n, kernel in KERNELS.items():
-        deploy_tree(sr, make_tree(base / f"tree{n}", version=f"{n}", kernel=kernel))
-    for dep in sr.deployments():
-        (sr.tree(dep) / "etc/admin.conf").write_text(f"edited in {dep.id}\n")
-    (sr.stateroot("test") / "var/lib/app/mine").write_text("user data\n")
-    ok("set-default", "--sysroot", sysroot, "2")
-    return sysroot
+    return populated_sysroot(tmp_path_factory.mktemp("recovery"), "systemd-boot")
 
 
 @pytest.fixture
 def sysroot(template: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "sys"
-    subprocess.run(["cp", "-a", str(template), str(copy)], check=True)
-    return copy
+    return copy_of(template, tmp_path / "sys")
 
 
 @pytest.fixture
@@ -66,16 +50,6 @@ def new_tree(tmp_path: Path) -> Path:
 def deps(sysroot: Path) -> dict[int, Deployment]:
     sr = Sysroot(sysroot)
     return {d.serial: d for d in sr.deployments(State.load(sr.state_path))}
-
-
-def user_data(sysroot: Path) -> dict[str, object]:
-    """What the admin made: each deployment's /etc and the shared /var."""
-    root = sysroot / "bootkit/deploy/test"
-    out = {}
-    for d in sorted((root / "deploy").iterdir()):
-        if d.is_dir():
-            out |= {f"{d.name}/{k}": v for k, v in snapshot(d / "etc").items()}
-    return out | {f"var/{k}": v for k, v in snapshot(root / "var").items()}
 
 
 def entry_paths(sysroot: Path) -> list[str]:
@@ -256,10 +230,7 @@ def test_every_command_works_or_names_a_way_out_that_works(
     if command[0] not in ("status", "pin"):  # they write no boot configuration
         assert missing_boot_files(sysroot) == []
         assert [p for p in entry_paths(sysroot) if not (sysroot / p.lstrip("/")).is_dir()] == []
-    kept = user_data(sysroot)
-    assert {k: v for k, v in data.items() if k.split("/")[0] in {p.split("/")[0] for p in kept}} == {
-        k: v for k, v in kept.items() if k in data
-    }
+    assert kept_all_of(data, sysroot)
 
 
 @pytest.mark.parametrize("damage", ["metadata deleted", "metadata corrupt", "tree deleted", "payload deleted"])
@@ -353,3 +324,19 @@ def test_config_values_of_the_wrong_type(
     assert f"config.json: '{key}' must be" in result.stderr
     assert "bootkit: hint: " in result.stderr
     assert snapshot(sysroot) == before
+
+
+def test_a_deploy_never_takes_the_id_of_a_deployment_on_disk(
+    sysroot: Path, template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = deps(sysroot)[3]
+    before = snapshot(sysroot / "bootkit/deploy/test/deploy")
+    # As if the serial counter had gone back: the same tree would get the same id.
+    monkeypatch.setattr(Sysroot, "next_serial", lambda self, state: 3)
+    line = fails("deploy", "--sysroot", sysroot, template.parent / "tree3")
+    assert f"deployment {taken.ref} exists already" in line
+    assert snapshot(sysroot / "bootkit/deploy/test/deploy") == before
+    monkeypatch.undo()
+    fourth = json.loads(ok("deploy", "--sysroot", sysroot, template.parent / "tree3", "--json").stdout)
+    assert fourth["id"] == "4-" + taken.id.split("-")[1]
+    assert not untidy(Sysroot(sysroot))
