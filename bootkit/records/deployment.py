@@ -92,4 +92,17 @@ class Deployment:
             raise BootkitError(
                 f"deployment metadata {path} describes {dep.ref}, not {os_name}/{dep_id}", hint=hint
             )
+        # Both name files on $BOOT: one path component each, of the files a payload has.
+        if not _is_component(dep.payload) or any(
+            f.name not in PAYLOAD_FILE_NAMES for f in dep.payload_files
+        ):
+            raise BootkitError(f"deployment metadata {path} names boot files wrongly", hint=hint)
         return dep
+
+
+# The files a payload may hold: kernel and initramfs, or one Unified Kernel Image.
+PAYLOAD_FILE_NAMES = frozenset({"linux", "initrd", "uki.efi"})
+
+
+def _is_component(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and name.isprintable()

@@ -6,6 +6,7 @@
     /bootkit/deploy/<os>/var/               the /var every deployment of <os> shares
     /bootkit/deploy/<os>/deploy/<id>/       one deployment's tree
     /bootkit/deploy/<os>/deploy/<id>.json   its metadata
+    /bootkit/damaged/                       records `bootkit fsck --repair` replaced, kept
 
 Changing any of it goes through `bootkit.sysroot.transaction`, under `locked()`.
 """

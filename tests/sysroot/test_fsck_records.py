@@ -143,7 +143,7 @@ def test_a_listed_deployment_that_is_gone_leaves_the_state(sysroot: Path, sr: Sy
 # --- metadata and trees -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["deleted", "corrupt", "another's"])
+@pytest.mark.parametrize("damage", ["deleted", "corrupt", "another's", "escaping"])
 def test_metadata_is_rebuilt_from_the_boot_entry(sysroot: Path, sr: Sysroot, damage: str) -> None:
     victim = by_serial(sr, 1)
     path = sr.metadata_path(victim.os, victim.id)
@@ -151,8 +151,10 @@ def test_metadata_is_rebuilt_from_the_boot_entry(sysroot: Path, sr: Sysroot, dam
         path.unlink()
     elif damage == "corrupt":
         path.write_bytes(b"\x00\xff")
-    else:
+    elif damage == "another's":
         path.write_text(by_serial(sr, 3).to_json())
+    else:  # a boot file name that leads out of its payload's directory
+        path.write_text(path.read_text().replace('"name": "initrd"', '"name": "../../x"'))
     _, after = check_then_repair(sysroot, [("metadata", victim.ref)])
     assert all_repaired(after)
     rebuilt = sr.load(victim.ref)
@@ -206,12 +208,20 @@ def test_a_changed_tree(sysroot: Path, sr: Sysroot) -> None:
 def test_leftovers_are_removed(sysroot: Path, sr: Sysroot) -> None:
     ddir = sr.meta / "deploy/test/deploy"
     shutil.copytree(sr.tree(by_serial(sr, 1)), ddir / ".staging-1-abcd", symlinks=True)
+    # A deploy cut short once it recorded 4-beef as in flight and gave it its name.
+    shutil.copytree(sr.tree(by_serial(sr, 1)), ddir / "4-beef", symlinks=True)
+    shutil.rmtree(ddir / "4-beef/etc")  # a merged copy, no one's data: never booted
+    by_serial(sr, 1).with_changes(id="4-beef", serial=4).save(ddir / "4-beef.json")
+    sr.state().with_changes(in_flight=("test/4-beef",)).save(sr.state_path)
     (ddir / ".4-beef.json.bootkit-tmp").write_text("{")
     _, after = check_then_repair(sysroot, [
         ("leftover", "/bootkit/deploy/test/deploy/.staging-1-abcd"),
         ("leftover", "/bootkit/deploy/test/deploy/.4-beef.json.bootkit-tmp"),
+        ("leftover", "/bootkit/deploy/test/deploy/4-beef"),
+        ("leftover", "/bootkit/deploy/test/deploy/4-beef.json"),
     ])
     assert all_repaired(after)
+    assert not (ddir / "4-beef").exists() and not (ddir / "4-beef.json").exists()
     assert_clean(sysroot)
 
 

@@ -182,6 +182,13 @@ def _corrupt_metadata(sysroot: Path) -> None:
     Sysroot(sysroot).metadata_path(d.os, d.id).write_text('{"os": "test", "id": 7}')
 
 
+def _metadata_leading_out_of_boot(sysroot: Path) -> None:
+    d = deps(sysroot)[1]
+    data = json.loads(d.to_json())
+    data["payload"] = "../../../../etc"
+    Sysroot(sysroot).metadata_path(d.os, d.id).write_text(json.dumps(data))
+
+
 def _delete_tree(sysroot: Path) -> None:
     d = deps(sysroot)[1]
     shutil.rmtree(Sysroot(sysroot).tree(d))
@@ -192,6 +199,7 @@ DAMAGE: dict[str, Callable[[Path], None]] = {
     "initrd deleted": _delete_initrd,
     "metadata deleted": _delete_metadata,
     "metadata corrupt": _corrupt_metadata,
+    "metadata leading out of $BOOT": _metadata_leading_out_of_boot,
     "tree deleted": _delete_tree,
 }
 COMMANDS = [

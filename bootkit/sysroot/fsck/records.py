@@ -190,7 +190,12 @@ def keep_aside(sr: Sysroot, path: Path) -> Path:
     folder = sr.meta / DAMAGED_DIR
     folder.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    kept = folder / f"{stamp}-{'-'.join(path.relative_to(sr.meta).parts)}"
+    name = f"{stamp}-{'-'.join(path.relative_to(sr.meta).parts)}"
+    kept = folder / name
+    n = 1
+    while kept.exists():
+        n += 1
+        kept = folder / f"{name}.{n}"
     os.rename(path, kept)
     fsync_dir(folder)
     fsync_dir(path.parent)
