@@ -72,7 +72,7 @@ def _check_records(sr: Sysroot, report: Report) -> tuple[State, list[Problem]]:
 
 
 def _commit(sr: Sysroot, state: State, fixed: list[Problem]) -> None:
-    """Record `state` and make $BOOT match it; an unreadable state file is kept aside."""
+    """Record `state` and make $BOOT match it; an unreadable state file is kept."""
     kept = ""
     try:
         State.load(sr.state_path)
@@ -81,8 +81,9 @@ def _commit(sr: Sysroot, state: State, fixed: list[Problem]) -> None:
     try:
         new = transaction.commit(sr, state)
     except BootkitError as err:
+        why = f"writing the state and the boot entries anew failed: {err}"
         for p in fixed:
-            p.hint = p.hint or f"{err.message}" + (f" ({err.hint})" if err.hint else "")
+            p.hint = f"{p.hint}; {why}" if p.hint else why
         return
     leftovers.discard(sr, new)
     for p in fixed:

@@ -3,11 +3,10 @@ what nothing explains. Repairs rebuild; nothing the admin may need is deleted.""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path, PurePosixPath
 
-from bootkit.base.files import fsync_dir
+from bootkit.base.files import atomic_copy
 from bootkit.boot import payloads
 from bootkit.boot.payloads import PAYLOAD_ROOT, Payload
 from bootkit.boot.switch import BootView
@@ -186,7 +185,8 @@ def _explained(p: Path) -> bool:
 
 
 def keep_aside(sr: Sysroot, path: Path) -> Path:
-    """Move a record that cannot be read to /bootkit/damaged/, where nothing reads it."""
+    """Copy a record that cannot be read to /bootkit/damaged/, where nothing reads it,
+    before a repair writes the record anew."""
     folder = sr.meta / DAMAGED_DIR
     folder.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -196,9 +196,7 @@ def keep_aside(sr: Sysroot, path: Path) -> Path:
     while kept.exists():
         n += 1
         kept = folder / f"{name}.{n}"
-    os.rename(path, kept)
-    fsync_dir(folder)
-    fsync_dir(path.parent)
+    atomic_copy(path, kept)
     return kept
 
 
