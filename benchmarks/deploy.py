@@ -244,8 +244,10 @@ def bench_update(count: int, base: Path) -> tuple[float, float]:
     sr = operations.init(Sysroot(sysroot), SysrootConfig(os="bench", bootloader=Bootloader.SYSTEMD_BOOT))
     kernel = sysroot / "kernel"
     kernel.write_bytes(b"kernel\n")
-    payload = Payload("bench", payloads.payload_name("6.1.0-bench", [kernel, kernel]))
-    payloads.install(sr.boot_path, payload, {"linux": kernel, "initrd": kernel})
+    digest = payloads.file_digest(kernel)
+    payload = Payload("bench", payloads.name_for("6.1.0-bench", [digest, digest]))
+    payloads.install(sr.boot_path, payload, {"linux": kernel, "initrd": kernel},
+                     {"linux": digest, "initrd": digest})
     refs = []
     for serial in range(1, count + 1):
         dep = Deployment(

@@ -54,16 +54,31 @@ def _write_temp(path: Path, data: bytes, mode: int, sync: bool) -> Path:
     tmp = temp_name(path)
     # Never through a symlink left at the temp name, as in a tree someone else made.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
+    with _removed_on_error(tmp):
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)
     return tmp
+
+
+@contextlib.contextmanager
+def _removed_on_error(tmp: Path) -> Iterator[None]:
+    """A temp file that a failed write (a full disk, say) must not leave behind; the
+    error names the file when the call that failed did not (write, fsync)."""
+    try:
+        yield
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, str(tmp)) from err
+        raise
 
 
 def write_unsynced(path: Path, data: bytes, mode: int = 0o644) -> Path:
@@ -78,7 +93,9 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     """Replace `path` with `data` so that a crash leaves the old or the new content."""
     if isinstance(data, str):
         data = data.encode()
-    os.rename(_write_temp(path, data, mode, sync=True), path)
+    tmp = _write_temp(path, data, mode, sync=True)
+    with _removed_on_error(tmp):
+        os.rename(tmp, path)
     fsync_dir(path.parent)
 
 
@@ -96,8 +113,9 @@ def copy_synced(src: Path, dest: Path, mode: int = 0o644, chunk: int = 1 << 20) 
 def atomic_copy(src: Path, dest: Path, mode: int = 0o644, chunk: int = 1 << 20) -> None:
     """Copy `src` to `dest` durably, never leaving a partial `dest`."""
     tmp = temp_name(dest)
-    copy_synced(src, tmp, mode, chunk)
-    os.rename(tmp, dest)
+    with _removed_on_error(tmp):
+        copy_synced(src, tmp, mode, chunk)
+        os.rename(tmp, dest)
     fsync_dir(dest.parent)
 
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from bootkit.base.files import atomic_copy_into, fsync_dir, remove_path, remove_tree
+from bootkit.base.files import atomic_copy, atomic_copy_into, fsync_dir, remove_path, remove_tree
 from bootkit.errors import BootkitError
 from bootkit.formats import grubscript
+
+log = logging.getLogger("bootkit")
 
 PAYLOAD_ROOT = "bootkit"
 # Room kept for entries, the GRUB slot file and FAT's own allocation rounding.
@@ -40,12 +43,45 @@ class Payload:
         return boot / PAYLOAD_ROOT / self.os / self.name
 
 
-def payload_name(kver: str, files: list[Path]) -> str:
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's content, in hex."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def name_for(kver: str, digests: Iterable[str]) -> str:
+    """A payload's directory name: the kernel version and a prefix of a hash over
+    its files' digests, in the order the files are given."""
     h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            h.update(hashlib.file_digest(fh, "sha256").digest())
+    for digest in digests:
+        h.update(bytes.fromhex(digest))
     return f"{kver}-{h.hexdigest()[:12]}"
+
+
+def payload_name(kver: str, files: list[Path]) -> str:
+    return name_for(kver, (file_digest(f) for f in files))
+
+
+def expected_files(uki: bool) -> tuple[str, ...]:
+    """The files a payload holds, in the order its name hashes them."""
+    return (UKI_FILE,) if uki else ("linux", "initrd")
+
+
+def missing_files(boot: Path, payload: Payload, names: Iterable[str]) -> list[str]:
+    """Which of the files `names` the payload's directory on $BOOT lacks."""
+    folder = payload.dir(boot)
+    return [n for n in names if not folder.joinpath(n).is_file()]
+
+
+def damaged_files(boot: Path, payload: Payload, digests: Mapping[str, str]) -> list[str]:
+    """Which of the payload's files are missing or differ from `digests` (name -> sha256)."""
+    folder = payload.dir(boot)
+    out = []
+    for name, digest in digests.items():
+        path = folder / name
+        if not path.is_file() or file_digest(path) != digest:
+            out.append(name)
+    return out
 
 
 def free_bytes(path: Path) -> int:
@@ -54,16 +90,49 @@ def free_bytes(path: Path) -> int:
 
 
 def install(
-    boot: Path, payload: Payload, files: Mapping[str, Path], *, reclaimable: int = 0
+    boot: Path,
+    payload: Payload,
+    files: Mapping[str, Path],
+    digests: Mapping[str, str],
+    *,
+    reclaimable: int = 0,
 ) -> bool:
-    """Copy `files` ({"linux": ..., "initrd": ...} or {"uki.efi": ...}) to the payload's
-    directory; False if it is there already.
+    """Copy `files` ({"linux": ..., "initrd": ...} or {"uki.efi": ...}, with their
+    `digests`) to the payload's directory; False if it was there already.
 
-    Checks free space first, so a full $BOOT fails before anything is written.
+    A directory of that name with a file missing or changed is copied afresh: its
+    name says what it must hold, so the copy is right for every deployment that
+    uses it. Checks free space first, so a full $BOOT fails before anything is written.
     """
     final = payload.dir(boot)
     if final.is_dir():
+        if set(_names_in(final)) == set(files) and not damaged_files(boot, payload, digests):
+            return False
+        log.warning("the boot files in %s are incomplete or damaged; copying them again", final)
+        replace(boot, payload, files, reclaimable=reclaimable)
         return False
+    _copy(boot, payload, files, reclaimable)
+    return True
+
+
+def replace(
+    boot: Path, payload: Payload, files: Mapping[str, Path], *, reclaimable: int = 0
+) -> None:
+    """Copy `files` afresh into the payload's directory, whatever it holds now.
+
+    Not atomic: a crash can leave the directory missing. Only for a payload that
+    is damaged, so that no entry of it boots anyway.
+    """
+    remove_tree(payload.dir(boot))
+    _copy(boot, payload, files, reclaimable)
+
+
+def _names_in(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if not p.name.startswith(".")]
+
+
+def _copy(boot: Path, payload: Payload, files: Mapping[str, Path], reclaimable: int) -> None:
+    final = payload.dir(boot)
     need = sum(p.stat().st_size for p in files.values()) + SLACK_BYTES
     final.parent.mkdir(parents=True, exist_ok=True)
     have = free_bytes(final.parent)
@@ -78,7 +147,22 @@ def install(
             hint=hint,
         )
     atomic_copy_into(final, files)
-    return True
+
+
+def restore(boot: Path, payload: Payload, files: Mapping[str, Path]) -> None:
+    """Copy `files` into the payload's directory, each replacing what is there (a file
+    that is missing or damaged, so nothing boots from it now)."""
+    folder = payload.dir(boot)
+    folder.mkdir(parents=True, exist_ok=True)
+    need = sum(p.stat().st_size for p in files.values()) + SLACK_BYTES
+    have = free_bytes(folder)
+    if need > have:
+        raise BootkitError(
+            f"not enough space on {boot} to copy {', '.join(files)} of {payload.name} again",
+            hint="remove old deployments with 'bootkit cleanup', then try again",
+        )
+    for name, src in files.items():
+        atomic_copy(src, folder / name)
 
 
 def present(boot: Path) -> dict[Payload, int]:

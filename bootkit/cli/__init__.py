@@ -20,6 +20,7 @@ COMMAND_MODULES = {
     "init": "init",
     "deploy": "deploy",
     "status": "status",
+    "fsck": "fsck",
     "mark-good": "manage",
     "rollback": "manage",
     "set-default": "manage",

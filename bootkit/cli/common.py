@@ -71,4 +71,5 @@ def status_json(s: DeploymentStatus) -> dict[str, Any]:
         "path": d.path,
         "kargs": list(d.kargs),
         "created": d.created,
+        "content_digest": d.content_digest or None,  # None in metadata older than it
     }

@@ -80,8 +80,8 @@ def undeploy(sysroot: Path | None, ident: str) -> None:
     The booted deployment is refused. When ID is the default, the newest remaining
     deployment becomes the default.
     """
-    dep = cleaning.undeploy(open_sysroot(sysroot), ident)
-    click.echo(f"Removed {dep.ref}")
+    ref = cleaning.undeploy(open_sysroot(sysroot), ident)
+    click.echo(f"Removed {ref}")
 
 
 @click.command()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -12,6 +12,7 @@ from bootkit.base.files import atomic_write
 from bootkit.contract import check_name
 from bootkit.errors import BootkitError
 from bootkit.formats import bootvalues
+from bootkit.records.jsonfields import typed_fields
 
 
 class Bootloader(StrEnum):
@@ -86,15 +87,14 @@ class SysrootConfig:
             raise BootkitError(
                 f"cannot read {path}: {err}", hint="restore it, or run 'bootkit init' again, forced"
             ) from None
-        known = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or not {"os", "bootloader"} <= data.keys():
-            raise BootkitError(f"{path}: missing 'os' or 'bootloader'")
+        hint = "correct it, or run 'bootkit init' again, forced"
+        values = typed_fields(cls, data, path, hint)
+        if not {"os", "bootloader"} <= values.keys():
+            raise BootkitError(f"{path}: missing 'os' or 'bootloader'", hint=hint)
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            return cls(**values)
         except BootkitError as err:
-            raise BootkitError(
-                f"{path}: {err.message}", hint="correct it, or run 'bootkit init' again, forced"
-            ) from None
+            raise BootkitError(f"{path}: {err.message}", hint=hint) from None
 
 
 def _check_boot_dir(boot_dir: object) -> None:

@@ -1,9 +1,12 @@
-"""Deployment metadata: `/bootkit/deploy/<os>/deploy/<id>.json` beside the tree it describes."""
+"""Deployment metadata: `/bootkit/deploy/<os>/deploy/<id>.json` beside the tree it describes.
+
+Fields added later have defaults, so metadata written before them still loads.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,18 @@ from bootkit.base.files import atomic_write
 from bootkit.contract import check_name, deployment_path
 from bootkit.errors import BootkitError
 from bootkit.formats import bootvalues
+from bootkit.records.jsonfields import typed_fields
+
+
+@dataclass(frozen=True)
+class PayloadFile:
+    """One file of a deployment's payload on $BOOT, as the deploy copied it there."""
+
+    name: str  # "linux", "initrd" or "uki.efi"
+    sha256: str
+    # Where in the deployment's tree it came from, so that it can be copied again;
+    # None when bootkit built it (an initramfs, a UKI).
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -28,6 +43,13 @@ class Deployment:
     pinned: bool = False
     # Its payload is one Unified Kernel Image (kernel, initrd and its command line).
     uki: bool = False
+    # Identifies the imported tree's content: the same tree gives the same digest,
+    # from a directory or an archive, on any machine (see `bootkit.sysroot.contentdigest`).
+    content_digest: str = ""
+    # The same without /etc, /usr/etc and /var: `bootkit fsck` checks the tree against it.
+    os_digest: str = ""
+    # The payload's files with their digests; empty in metadata older than them.
+    payload_files: tuple[PayloadFile, ...] = field(default=())
 
     @property
     def ref(self) -> str:
@@ -44,6 +66,7 @@ class Deployment:
     def to_json(self) -> str:
         data = asdict(self)
         data["kargs"] = list(self.kargs)
+        data["payload_files"] = [asdict(f) for f in self.payload_files]
         return json.dumps(data, indent=2) + "\n"
 
     def save(self, path: Path) -> None:
@@ -51,44 +74,50 @@ class Deployment:
 
     @classmethod
     def load(cls, path: Path) -> Deployment:
+        """The metadata at `path`, which must name the deployment the file is named for."""
+        os_name, dep_id = path.parent.parent.name, path.name.removesuffix(".json")
+        hint = (
+            f"'bootkit fsck --repair' rebuilds it from the deployment's boot entry; "
+            f"'bootkit undeploy {os_name}/{dep_id}' removes the deployment"
+        )
         try:
             data = json.loads(path.read_text())
-            known = {f.name for f in fields(cls)}
-            data = {k: v for k, v in data.items() if k in known}
-            if not isinstance(data.get("kargs", []), list):
-                raise TypeError(f"kargs must be a list, not {data['kargs']!r}")
-            data["kargs"] = tuple(data.get("kargs", ()))
-            dep = cls(**data)
-        except (OSError, ValueError, TypeError, AttributeError) as err:
-            raise BootkitError(
-                f"cannot read deployment metadata {path}: {err}",
-                hint="restore the file, or remove the deployment with 'bootkit undeploy'",
-            ) from None
+            dep = cls(**typed_fields(cls, data, path, hint))
+        except (OSError, ValueError, TypeError) as err:
+            raise BootkitError(f"cannot read deployment metadata {path}: {err}", hint=hint) from None
+        except BootkitError as err:
+            raise BootkitError(f"cannot read deployment metadata: {err.message}", hint=hint) from None
         try:
             _check_boot_values(dep)
-            check_name(dep.os, "os")
-            check_name(dep.id, "deployment")
         except BootkitError as err:
+            raise BootkitError(f"deployment metadata {path}: {err.message}", hint=hint) from None
+        check_name(dep.os, "os")
+        check_name(dep.id, "deployment")
+        if (dep.os, dep.id) != (os_name, dep_id):
             raise BootkitError(
-                f"deployment metadata {path}: {err.message}",
-                hint="restore the file, or remove the deployment with 'bootkit undeploy'",
-            ) from None
+                f"deployment metadata {path} describes {dep.ref}, not {os_name}/{dep_id}", hint=hint
+            )
+        # Both name files on $BOOT: one path component each, of the files a payload has.
+        if not _is_component(dep.payload) or any(
+            f.name not in PAYLOAD_FILE_NAMES for f in dep.payload_files
+        ):
+            raise BootkitError(f"deployment metadata {path} names boot files wrongly", hint=hint)
         return dep
+
+
+# The files a payload may hold: kernel and initramfs, or one Unified Kernel Image.
+PAYLOAD_FILE_NAMES = frozenset({"linux", "initrd", "uki.efi"})
+
+
+def _is_component(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and name.isprintable()
 
 
 def _check_boot_values(dep: Deployment) -> None:
     """What a record says that reaches a boot entry: refused here as when it was made."""
-    for name in ("os", "id"):
-        if not isinstance(getattr(dep, name), str):
-            raise BootkitError(f"{name} must be text, not {getattr(dep, name)!r}")
     bootvalues.check_title(dep.title)
     bootvalues.check_version(dep.version)
     bootvalues.check_kernel_version(dep.kernel_version)
     bootvalues.check_word(dep.payload, "payload name")
     for karg in dep.kargs:
         bootvalues.check_kernel_argument(karg)
-    for name in ("pinned", "uki"):
-        if not isinstance(getattr(dep, name), bool):
-            raise BootkitError(f"{name} must be true or false, not {getattr(dep, name)!r}")
-    if isinstance(dep.serial, bool) or not isinstance(dep.serial, int) or dep.serial < 0:
-        raise BootkitError(f"serial must be a whole number, not {dep.serial!r}")

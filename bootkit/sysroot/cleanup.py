@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from bootkit.boot import payloads
 from bootkit.boot.payloads import Payload
-from bootkit.contract import booted_deployment
+from bootkit.contract import booted_deployment, deployment_path
 from bootkit.errors import BootkitError
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
-from bootkit.sysroot import transaction
-from bootkit.sysroot.layout import Sysroot
+from bootkit.sysroot import inventory, leftovers, transaction
+from bootkit.sysroot.layout import Sysroot, resolve_ref
 
 # How many of the newest deployments `cleanup` keeps besides the default, the booted
 # and the pinned ones, unless told otherwise.
@@ -24,18 +24,31 @@ class Cleaned:
     payloads: list[Payload]  # kernels and initramfs images removed from $BOOT
 
 
-def undeploy(sr: Sysroot, ident: str) -> Deployment:
-    """Remove one deployment, its entry and the payloads nothing else uses; never the booted one."""
+def undeploy(sr: Sysroot, ident: str) -> str:
+    """Remove one deployment, its entry and the payloads nothing else uses; never the
+    booted one. Returns its ref.
+
+    Works whatever is left of it: a deployment whose metadata cannot be read, whose
+    tree is gone, or that the state no longer lists.
+    """
     with sr.locked():
-        transaction.repair(sr)
         state = sr.state()
-        dep = sr.resolve(ident, state)
-        if dep.path == booted_deployment():
+        boot = sr.boot
+        leftovers.discard(sr, state, leftovers.shown(boot.view()))
+        unlisted = [r for r in inventory.found_on_disk(sr) if r not in state.deployments]
+        ref = resolve_ref(ident, [*state.deployments, *unlisted])
+        if deployment_path(*ref.split("/", 1)) == booted_deployment():
             raise BootkitError(
-                f"{dep.ref} is the booted deployment", hint="boot another one first, then undeploy it"
+                f"{ref} is the booted deployment", hint="boot another one first, then undeploy it"
             )
-        transaction.drop(sr, state, [dep])
-        return dep
+        if ref in state.deployments:
+            transaction.drop(sr, state, [ref])
+        else:
+            # Unlisted: once $BOOT holds the state's menu, no entry boots it.
+            if deployment_path(*ref.split("/", 1)) in leftovers.shown(boot.view()):
+                transaction.commit(sr, state)
+            transaction.forget(sr, [ref])
+        return ref
 
 
 def candidates(sr: Sysroot, keep: int, state: State | None = None) -> list[Deployment]:
@@ -56,7 +69,7 @@ def cleanup(sr: Sysroot, keep: int = DEFAULT_KEEP) -> Cleaned:
         doomed = candidates(sr, keep, state)
         before = set(payloads.present(sr.boot_path))
         if doomed:
-            transaction.drop(sr, state, doomed)
+            transaction.drop(sr, state, [d.ref for d in doomed])
         else:
             transaction.commit(sr, state)
         after = set(payloads.present(sr.boot_path))

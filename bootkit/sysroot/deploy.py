@@ -4,10 +4,13 @@
     the payload -> settle -> commit
 
 Every step works on one `Job`: the request, the staging directory the tree is built
-in, and what earlier steps found. Until `commit`, nothing outside the staging
-directory and the new payload directory on $BOOT is written, and a failure removes
-both. `commit` records the deployment and switches the boot configuration in one
-transaction (see `bootkit.sysroot.transaction`).
+in, and what earlier steps found. Until `settle`, nothing outside the staging
+directory and the new payload directory on $BOOT is written. `settle` records the
+deployment as in flight, writes its metadata and gives the tree its final name;
+`commit` lists it in the state and switches the boot configuration in one
+transaction (see `bootkit.sysroot.transaction`). A failure before the state lists
+it removes all of it; a crash leaves what the next command removes (see
+`bootkit.sysroot.leftovers`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from bootkit.contract import BOOTKIT_ARG, check_name
 from bootkit.errors import BootkitError
 from bootkit.formats import bootvalues
 from bootkit.records.config import SysrootConfig
-from bootkit.records.deployment import Deployment
+from bootkit.records.deployment import Deployment, PayloadFile
 from bootkit.records.state import State
 from bootkit.secureboot import signing
 from bootkit.sysroot import etcmerge, transaction
@@ -100,10 +103,12 @@ class Job:
     kernel: TreeKernel | None = None
     deployment: Deployment | None = None
     new_payload: Payload | None = None  # copied to $BOOT by this job
+    recorded: bool = False  # recorded as in flight, with its metadata written
+    settled: bool = False  # the tree has its final name
     serial: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.serial = self.state.serial + 1
+        self.serial = self.sysroot.next_serial(self.state)
 
     @property
     def stateroot(self) -> Path:
@@ -123,7 +128,10 @@ def deploy(sysroot: Sysroot, request: DeployRequest, progress: Progress | None =
             _describe(job)
             _install_payload(job)
             _settle(job)
-        return _commit(job)
+            dep = _commit(job)
+        with contextlib.suppress(OSError):  # what the source keeps for next time is only a speed-up
+            job.source.imported()
+        return dep
 
 
 def _start(sysroot: Sysroot, request: DeployRequest) -> Job:
@@ -144,21 +152,40 @@ def _start(sysroot: Sysroot, request: DeployRequest) -> Job:
 
 @contextlib.contextmanager
 def _discarded_on_failure(job: Job) -> Iterator[None]:
+    """On failure, remove what the job made, unless the state lists it already (then the
+    switch was under way, and the next command finishes it)."""
     try:
         yield
     except BaseException:
+        if _listed(job):
+            raise
         store = job.sysroot.objects
         # Files stored for the discarded tree are linked from nowhere once it is gone.
         with contextlib.suppress(OSError):
             store.mark_prune_pending()
-        with contextlib.suppress(OSError):
-            remove_path(job.staging)
+        doomed = [job.staging]
+        if job.deployment is not None:
+            dep = job.deployment
+            doomed += [job.sysroot.metadata_path(dep.os, dep.id)] if job.recorded else []
+            doomed += [job.sysroot.deployment_dir(dep.os, dep.id)] if job.settled else []
         if job.new_payload is not None:
+            doomed.append(job.new_payload.dir(job.sysroot.boot_path))
+        for path in doomed:
             with contextlib.suppress(OSError):
-                remove_path(job.new_payload.dir(job.sysroot.boot_path))
+                remove_path(path)
         with contextlib.suppress(OSError):
             store.prune()
         raise
+
+
+def _listed(job: Job) -> bool:
+    if job.deployment is None or not job.recorded:
+        return False
+    try:
+        recorded = State.load(job.sysroot.state_path)
+    except BootkitError:
+        return True  # cannot tell: keep it, the in-flight record says what to do
+    return recorded is not None and job.deployment.ref in recorded.deployments
 
 
 def _import(job: Job, progress: Progress) -> None:
@@ -264,7 +291,8 @@ def _from_os_release(
 
 
 def _install_payload(job: Job) -> None:
-    """Kernel and initramfs (or the UKI) to $BOOT, after checking that they fit."""
+    """Kernel and initramfs (or the UKI) to $BOOT, after checking that they fit; the
+    deployment records each file's digest and where in the tree it came from."""
     assert job.kernel is not None and job.deployment is not None
     sysroot, dep = job.sysroot, job.deployment
     # A UKI carries the command line that names this deployment.
@@ -272,27 +300,58 @@ def _install_payload(job: Job) -> None:
     sysroot.tmp.mkdir(exist_ok=True)
     files_for = boot_files(sysroot.tmp, job.staging, job.kernel, job.request.initramfs, cmdline, job.signer)
     with files_for as files:
-        payload = Payload(job.os_name, payloads.payload_name(job.kernel.version, list(files.values())))
+        digests = {name: payloads.file_digest(path) for name, path in files.items()}
+        payload = Payload(job.os_name, payloads.name_for(job.kernel.version, digests.values()))
         reclaimable = reclaimable_bytes(sysroot, job.state)
-        if payloads.install(sysroot.boot_path, payload, files, reclaimable=reclaimable):
+        if payloads.install(sysroot.boot_path, payload, files, digests, reclaimable=reclaimable):
             job.new_payload = payload
-    job.deployment = dep.with_changes(payload=payload.name)
+        recorded = tuple(
+            PayloadFile(name, digests[name], _tree_path(job.staging, path))
+            for name, path in files.items()
+        )
+    job.deployment = dep.with_changes(payload=payload.name, payload_files=recorded)
+
+
+def _tree_path(tree: Path, path: Path) -> str | None:
+    """`path` relative to `tree`, if it is in it (else bootkit built it)."""
+    for base, inner in ((tree, path), (tree.resolve(), path.resolve())):
+        with contextlib.suppress(ValueError):
+            return str(inner.relative_to(base))
+    return None
 
 
 def _settle(job: Job) -> None:
-    """Make the tree durable, then give it its final name in one rename."""
-    assert job.deployment is not None
+    """Record the deployment as in flight with its metadata, make the tree durable, then
+    give it its final name in one rename.
+
+    From the in-flight record on, an interrupted deploy leaves what the next command
+    recognizes and removes (see `bootkit.sysroot.leftovers`).
+    """
+    assert job.deployment is not None and job.report is not None
+    sysroot, dep = job.sysroot, job.deployment
+    final = sysroot.deployment_dir(dep.os, dep.id)
+    metadata = sysroot.metadata_path(dep.os, dep.id)
+    if any(p.is_symlink() or p.exists() for p in (final, metadata)):
+        raise BootkitError(
+            f"deployment {dep.ref} exists already",
+            hint="'bootkit fsck' shows what is on disk; then deploy again",
+        )
+    job.state.with_changes(in_flight=(*job.state.in_flight, dep.ref)).save(sysroot.state_path)
+    job.recorded = True
+    job.deployment = dep = dep.with_changes(
+        content_digest=job.report.content_digest, os_digest=job.report.os_digest
+    )
+    dep.save(metadata)
     syncfs(job.staging)
-    final = job.sysroot.deployment_dir(job.os_name, job.deployment.id)
     os.rename(job.staging, final)
+    job.settled = True
     fsync_dir(final.parent)
 
 
 def _commit(job: Job) -> Deployment:
-    """Record the deployment and switch the boot configuration to include it."""
+    """List the deployment in the state and switch the boot configuration to include it."""
     dep, state, request = job.deployment, job.state, job.request
     assert dep is not None
-    dep.save(job.sysroot.metadata_path(dep.os, dep.id))
     new_state = state.with_changes(
         serial=job.serial,
         deployments=(*state.deployments, dep.ref),
@@ -301,6 +360,4 @@ def _commit(job: Job) -> Deployment:
     # The new entry is counted with `tries` (default: the sysroot's setting).
     arm = {dep.ref: request.tries} if request.tries is not None else None
     transaction.commit(job.sysroot, new_state, arm)
-    with contextlib.suppress(OSError):  # what the source keeps for next time is only a speed-up
-        job.source.imported()
     return dep

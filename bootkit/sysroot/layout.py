@@ -6,6 +6,7 @@
     /bootkit/deploy/<os>/var/               the /var every deployment of <os> shares
     /bootkit/deploy/<os>/deploy/<id>/       one deployment's tree
     /bootkit/deploy/<os>/deploy/<id>.json   its metadata
+    /bootkit/damaged/                       records `bootkit fsck --repair` replaced, kept
 
 Changing any of it goes through `bootkit.sysroot.transaction`, under `locked()`.
 """
@@ -26,6 +27,7 @@ from bootkit.errors import BootkitError
 from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
+from bootkit.sysroot import inventory
 from bootkit.sysroot.store import ObjectStore
 
 
@@ -35,6 +37,8 @@ class Sysroot:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.meta = self.path / "bootkit"
+        # Warnings given while this object is in use, so that each is given once.
+        self.told: set[str] = set()
 
     # --- where things are -------------------------------------------------------
 
@@ -83,7 +87,18 @@ class Sysroot:
         return BootDir(self.path / cfg.boot_dir.lstrip("/"), cfg)
 
     def state(self) -> State:
-        return State.load(self.state_path)
+        """The recorded state; without a state file, one rebuilt from the disk."""
+        recorded = State.load(self.state_path)
+        if recorded is not None:
+            return recorded
+        view = None
+        with contextlib.suppress(BootkitError, OSError):  # $BOOT only helps find the default
+            view = self.boot.view()
+        return inventory.rebuilt_state(self, None, view)
+
+    def next_serial(self, state: State) -> int:
+        """The serial number of the next deployment: above every one used so far."""
+        return inventory.highest_serial(self, state) + 1
 
     def load(self, ref: str) -> Deployment:
         os_name, _, dep_id = ref.partition("/")
@@ -110,18 +125,7 @@ class Sysroot:
 
     def resolve(self, ident: str, state: State | None = None) -> Deployment:
         """Find a deployment by `<os>/<id>`, `<id>`, or the serial number `<id>` starts with."""
-        deps = self.deployments(state or self.state())
-        exact = [d for d in deps if ident in (d.ref, d.id)]
-        if not exact and ident.isdigit():
-            exact = [d for d in deps if d.serial == int(ident)]
-        if len(exact) == 1:
-            return exact[0]
-        if not exact:
-            known = ", ".join(d.id for d in deps) or "none"
-            raise BootkitError(
-                f"no deployment {ident!r}", hint=f"deployments: {known}; see 'bootkit status'"
-            )
-        raise BootkitError(f"{ident!r} names several deployments", hint="use <os>/<id>")
+        return self.load(resolve_ref(ident, (state or self.state()).deployments))
 
     # --- one change at a time ---------------------------------------------------
 
@@ -144,3 +148,19 @@ class Sysroot:
             yield
         finally:
             os.close(fd)
+
+
+def resolve_ref(ident: str, refs: Sequence[str]) -> str:
+    """The one of `refs` that `ident` names: `<os>/<id>`, `<id>`, or the serial number
+    `<id>` starts with. Only names are compared, so damaged metadata does not matter."""
+    exact = [r for r in refs if ident in (r, r.partition("/")[2])]
+    if not exact and ident.isdigit():
+        exact = [r for r in refs if inventory.serial_of(r.partition("/")[2]) == int(ident)]
+    if len(exact) == 1:
+        return exact[0]
+    if not exact:
+        known = ", ".join(r.partition("/")[2] for r in refs) or "none"
+        raise BootkitError(
+            f"no deployment {ident!r}", hint=f"deployments: {known}; see 'bootkit status'"
+        )
+    raise BootkitError(f"{ident!r} names several deployments", hint="use <os>/<id>")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bootkit.base.files import fsync_dir
 from bootkit.boot.counting import Counter
-from bootkit.contract import booted_deployment
+from bootkit.contract import booted_deployment, deployment_path
 from bootkit.errors import BootkitError
 from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment
@@ -122,14 +122,14 @@ def mark_good(sr: Sysroot, ident: str | None = None) -> tuple[Deployment, list[s
 
 def _booted(sr: Sysroot, state: State) -> Deployment:
     booted = booted_deployment()
-    dep = next((d for d in sr.deployments(state) if d.path == booted), None)
-    if dep is None:
+    ref = next((r for r in state.deployments if deployment_path(*r.split("/", 1)) == booted), None)
+    if ref is None:
         why = f" (bootkit={booted})" if booted else " (no bootkit= on the kernel command line)"
         raise BootkitError(
             f"not booted into a deployment of this sysroot{why}",
             hint="name the deployment: 'bootkit mark-good ID'",
         )
-    return dep
+    return sr.load(ref)
 
 
 @dataclass(frozen=True)
@@ -150,11 +150,4 @@ def install_bootloader(sr: Sysroot) -> Installed:
 
 def bootloader_update(sr: Sysroot) -> State:
     """Write the boot configuration for the recorded state again, as a new generation."""
-    with sr.locked():
-        state = sr.state()
-        if not state.deployments:
-            transaction.tidy(sr, state)
-            raise BootkitError("nothing to boot yet", hint="deploy a tree first with 'bootkit deploy'")
-        state = transaction.commit(sr, state)
-        transaction.tidy(sr, state)
-        return state
+    return transaction.regenerate(sr)

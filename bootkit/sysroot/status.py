@@ -8,10 +8,13 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+from bootkit.boot import counting
 from bootkit.boot.counting import Counter
 from bootkit.contract import booted_deployment
 from bootkit.errors import BootkitError
 from bootkit.records.deployment import Deployment
+from bootkit.records.state import State
+from bootkit.sysroot import inventory
 from bootkit.sysroot.layout import Sysroot
 
 
@@ -28,6 +31,8 @@ class DeploymentStatus:
 class SysrootStatus:
     rows: list[DeploymentStatus]  # menu order
     unreadable_entries: list[tuple[str, str]]  # entry file name, why it could not be read
+    # What keeps a deployment from booting or from being shown: ref, what is wrong.
+    damaged: list[tuple[str, str]] = field(default_factory=list)
 
     def find(self, ref: str) -> DeploymentStatus | None:
         return next((s for s in self.rows if s.deployment.ref == ref), None)
@@ -45,6 +50,7 @@ class SysrootStatus:
     def warnings(self) -> list[str]:
         """What needs the admin's attention, one sentence each."""
         found = [f"unreadable boot entry {name}: {why}" for name, why in self.unreadable_entries]
+        found += [f"{ref}: {why}; 'bootkit fsck' tells more" for ref, why in self.damaged]
         bad = self.bad_default
         if bad is not None:
             instead = f"; the bootloader boots {self.fallback.deployment.ref} instead" if (
@@ -61,16 +67,17 @@ class SysrootStatus:
 def status(sr: Sysroot) -> SysrootStatus:
     """Every deployment with its entry and boot counter, in the order the menu lists them.
 
-    An unreadable $BOOT (not mounted, say) still lists the deployments, without entries.
+    An unreadable $BOOT (not mounted, say) still lists the deployments, without
+    entries; one whose metadata cannot be read is left out and named in `damaged`.
     """
     state = sr.state()
-    deps = sr.deployments(state)
+    deps, unreadable_meta = inventory.readable(sr, state.deployments)
     booted = booted_deployment()
     names: dict[str, str] = {}
     counters: dict[str, Counter] = {}
     unreadable: list[tuple[str, str]] = []
     boot = sr.boot
-    with contextlib.suppress(BootkitError):
+    with contextlib.suppress(BootkitError, OSError):
         view = boot.view()
         names = boot.entry_names(view)
         found = boot.counters(view)
@@ -81,9 +88,26 @@ def status(sr: Sysroot) -> SysrootStatus:
             d, d.ref == state.default, d.path == booted, names.get(d.path),
             counters.get(d.ref, Counter()),
         )
-        for d in sr.ordered(state, counters)
+        for d in counting.menu_order(deps, state.default, counters)
     ]
-    return SysrootStatus(rows, unreadable)
+    return SysrootStatus(rows, unreadable, _damaged(sr, state, deps, unreadable_meta))
+
+
+def _damaged(
+    sr: Sysroot, state: State, deps: list[Deployment], unreadable: dict[str, BootkitError]
+) -> list[tuple[str, str]]:
+    out = [(ref, err.message) for ref, err in unreadable.items()]
+    with contextlib.suppress(BootkitError, OSError):
+        boot = sr.boot_path
+        out += [(d.ref, f"not in the boot menu: {why}") for d in deps
+                if (why := inventory.why_unbootable(sr, d, boot)) is not None]
+    if not sr.state_path.exists() and state.deployments:
+        out.append((str(sr.state_path), "missing; made again from the deployments on disk "
+                    "by the next bootkit command that changes anything"))
+    listed = {*state.deployments, *state.in_flight}
+    out += [(ref, "on disk, but not listed in the state")
+            for ref in inventory.found_on_disk(sr) if ref not in listed]
+    return out
 
 
 def chosen(sr: Sysroot, ident: str | None = None) -> Deployment:

@@ -5,6 +5,10 @@ left behind, then records its new intent in `state.json`, then switches $BOOT to
 match as a new generation (see `bootkit.boot.switch`), and only then removes what
 the new configuration no longer lists. A power cut at any point leaves $BOOT
 booting the old or the new configuration; the next command finishes the job.
+
+No entry is ever written for a deployment that cannot boot: one whose tree or a
+boot file is missing stays listed in the state but out of the menu, with a
+warning that says how to repair or remove it, until it can boot again.
 """
 
 from __future__ import annotations
@@ -12,13 +16,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
-from bootkit.base.files import remove_tree
+from bootkit.base.files import remove_path, remove_tree
 from bootkit.boot import counting, payloads
 from bootkit.boot.payloads import Payload
-from bootkit.contract import is_valid_name
 from bootkit.errors import BootkitError
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
+from bootkit.sysroot import inventory, leftovers
 from bootkit.sysroot.layout import Sysroot
 
 log = logging.getLogger("bootkit")
@@ -44,9 +48,11 @@ def commit(sr: Sysroot, state: State, arm: Mapping[str, int] | None = None) -> S
     in menu order that is not (see `counting.plan`).
     """
     boot = sr.boot
-    state = state.with_changes(generation=state.generation + 1)
+    still = tuple(r for r in state.in_flight if r not in state.deployments and _on_disk(sr, r))
+    state = state.with_changes(generation=state.generation + 1, in_flight=still)
     deps = sr.deployments(state)
-    plan = counting.plan(deps, state.default, boot.counters(), boot.config.tries, arm or {})
+    menu = bootable(sr, deps)
+    plan = counting.plan(menu, state.default, boot.counters(), boot.config.tries, arm or {})
     if plan.demoted:
         state = state.with_changes(default=plan.default)
         log.info(
@@ -54,94 +60,125 @@ def commit(sr: Sysroot, state: State, arm: Mapping[str, int] | None = None) -> S
             "now ('bootkit set-default %s' tries it again)",
             plan.demoted, plan.default, plan.demoted,
         )
-    ordered = counting.menu_order(deps, state.default, plan.counters)
-    if not ordered:
-        raise BootkitError("refusing to remove the last deployment", hint="deploy another tree first")
+    ordered = counting.menu_order(menu, state.default, plan.counters)
     state.save(sr.state_path)
     boot.switch(ordered, state.generation, plan.counters)
-    payloads.remove_unreferenced(boot.path, {Payload(d.os, d.payload) for d in ordered})
+    # The payloads of deployments left out of the menu stay, to be repaired.
+    payloads.remove_unreferenced(boot.path, {Payload(d.os, d.payload) for d in deps})
     return state
 
 
+def bootable(sr: Sysroot, deps: Sequence[Deployment]) -> list[Deployment]:
+    """`deps` but those that cannot boot, each named in a warning; refuses when none is left."""
+    if not deps:
+        raise BootkitError("refusing to remove the last deployment", hint="deploy another tree first")
+    boot = sr.boot_path
+    menu, left_out = [], []
+    for dep in deps:
+        why = inventory.why_unbootable(sr, dep, boot)
+        if why is None:
+            menu.append(dep)
+            continue
+        left_out.append(f"{dep.ref}: {why}")
+        if left_out[-1] in sr.told:
+            continue
+        sr.told.add(left_out[-1])
+        way_out = ("'bootkit undeploy {0}' removes what is left of it" if "tree" in why else
+                   "'bootkit fsck --repair' copies its boot files again from its tree, "
+                   "'bootkit undeploy {0}' removes it")
+        log.warning("%s is left out of the boot menu: %s; %s", dep.ref, why,
+                    way_out.format(dep.ref))
+    if not menu:
+        raise BootkitError(
+            f"no deployment can boot ({'; '.join(left_out)})",
+            hint=f"is $BOOT mounted at {boot}? If so, 'bootkit fsck --repair' copies the boot "
+            "files again from the deployments' trees",
+        )
+    return menu
+
+
 def repair(sr: Sysroot) -> bool:
-    """Finish or undo what an interrupted command left; True if anything was done."""
-    state = sr.state()
-    did = False
-    if state.deployments:
-        boot = sr.boot
-        present = payloads.present(boot.path)
-        deps = sr.deployments(state)
-        missing = [d for d in deps if Payload(d.os, d.payload) not in present]
-        if missing:
-            raise BootkitError(
-                f"the kernel of deployment {missing[0].ref} is missing from {boot.path}",
-                hint="redeploy it, or remove it with 'bootkit undeploy'",
-            )
-        wanted = {Payload(d.os, d.payload) for d in deps}
-        if not boot.is_current(boot.view(), state.generation) or set(present) - wanted:
-            commit(sr, state)
-            did = True
-    return tidy(sr, state) or did
+    """Finish or undo what an interrupted command left; True if anything was done.
 
-
-def tidy(sr: Sysroot, state: State) -> bool:
-    """Remove trees and objects that `state` no longer lists.
-
-    Only once $BOOT matches `state`: until then an entry of the old configuration
-    may still boot a tree that `state` has dropped.
+    Leftovers go first, so that a full disk gets the room the rest needs.
     """
-    did = _remove_orphans(sr, state)
-    if sr.objects.prune_pending():
-        sr.objects.prune()
-        did = True
-    # Temp files of an interrupted atomic write (state, config, caches).
-    for stray in sr.meta.glob(".*.bootkit-tmp"):
-        stray.unlink()
-        did = True
+    state = sr.state()
+    boot = sr.boot
+    view = boot.view()
+    did = bool(leftovers.discard(sr, state, leftovers.shown(view)))
+    if state.deployments:
+        deps = sr.deployments(state)
+        present = payloads.present(boot.path)
+        wanted = {Payload(d.os, d.payload) for d in deps}
+        if not wanted & set(present):
+            raise BootkitError(
+                f"none of the deployments' boot files are in {boot.path}",
+                hint="mount $BOOT there, then run the command again; if the files are gone, "
+                "'bootkit fsck --repair' copies them again from the deployments' trees",
+            )
+        menu = {d.path for d in deps if inventory.why_unbootable(sr, d, boot.path) is None}
+        if (
+            not sr.state_path.exists()
+            or not boot.is_current(view, state.generation)
+            or set(present) - wanted
+            or leftovers.shown(view) != menu
+        ):
+            if not sr.state_path.exists():
+                log.warning("%s was missing; it is made again from the deployments on disk",
+                            sr.state_path)
+            state = commit(sr, state)
+            did = True
+            did = bool(leftovers.discard(sr, state)) or did
     return did
 
 
-def drop(sr: Sysroot, state: State, deps: Sequence[Deployment]) -> State:
-    """Switch to a configuration without `deps`, then remove their trees."""
-    refs = {d.ref for d in deps}
+def regenerate(sr: Sysroot) -> State:
+    """Write the boot configuration for the recorded state again, as a new generation."""
+    with sr.locked():
+        state = sr.state()
+        leftovers.discard(sr, state, leftovers.shown(sr.boot.view()))
+        if not state.deployments:
+            raise BootkitError("nothing to boot yet", hint="deploy a tree first with 'bootkit deploy'")
+        state = commit(sr, state)
+        leftovers.discard(sr, state)
+        return state
+
+
+def drop(sr: Sysroot, state: State, refs: Sequence[str]) -> State:
+    """Switch to a configuration without `refs`, then remove their trees and metadata.
+
+    Their metadata need not be readable, nor their trees present.
+    """
     remaining = tuple(r for r in state.deployments if r not in refs)
     if not remaining:
         raise BootkitError("refusing to remove the last deployment", hint="deploy another tree first")
     default = state.default
-    if default in refs:
+    if default in refs or default not in remaining:
         default = remaining[-1]  # the newest remaining deployment takes over
-    new = commit(sr, state.with_changes(deployments=remaining, default=default))
+    in_flight = (*state.in_flight, *(r for r in refs if r not in state.in_flight))
+    new = commit(sr, state.with_changes(deployments=remaining, default=default, in_flight=in_flight))
     # Only now that no entry points at them may the trees go.
-    sr.objects.mark_prune_pending()
-    for d in deps:
-        sr.metadata_path(d.os, d.id).unlink(missing_ok=True)
-        remove_tree(sr.tree(d))
-    sr.objects.prune()
+    forget(sr, refs)
     return new
 
 
-def _remove_orphans(sr: Sysroot, state: State) -> bool:
-    """Deployment trees and metadata that no state lists: an interrupted deploy or undeploy."""
-    listed = set(state.deployments)
-    root = sr.meta / "deploy"
-    if not root.is_dir():
-        return False
-    orphans = []
-    for osdir in root.iterdir():
-        ddir = osdir / "deploy"
-        if not ddir.is_dir():
-            continue
-        for p in ddir.iterdir():
-            stem = p.name.removesuffix(".json")
-            if f"{osdir.name}/{stem}" not in listed or not is_valid_name(stem):
-                orphans.append(p)
-    if not orphans:
-        return False
+def forget(sr: Sysroot, refs: Sequence[str]) -> None:
+    """Remove the trees and metadata of `refs`, which no state lists and no entry boots."""
     sr.objects.mark_prune_pending()
-    for p in orphans:
-        if p.is_dir() and not p.is_symlink():
-            remove_tree(p)
+    for ref in refs:
+        os_name, _, dep_id = ref.partition("/")
+        remove_path(sr.metadata_path(os_name, dep_id))
+        tree = sr.deployment_dir(os_name, dep_id)
+        if tree.is_dir() and not tree.is_symlink():
+            remove_tree(tree)
         else:
-            p.unlink()
+            remove_path(tree)
     sr.objects.prune()
-    return True
+
+
+def _on_disk(sr: Sysroot, ref: str) -> bool:
+    os_name, _, dep_id = ref.partition("/")
+    return any(
+        p.is_symlink() or p.exists()
+        for p in (sr.metadata_path(os_name, dep_id), sr.deployment_dir(os_name, dep_id))
+    )

@@ -27,6 +27,7 @@ printf 'root=/dev/vda2\\n' > "$sysroot.cmdline"
 mount --bind "$sysroot.cmdline" /proc/cmdline
 case $how in
     tmpfs) mount -t tmpfs -o size=1m none "$sysroot" ;;
+    tmpfs-4m) mount -t tmpfs -o size=4m none "$sysroot" ;;
     ro) mount --bind "$sysroot" "$sysroot"; mount -o remount,bind,ro "$sysroot" ;;
 esac
 """
@@ -124,3 +125,67 @@ def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ZeroDivisionError" in proc.stderr
+
+
+# A deploy killed (as by a power cut) once its tree has its final name and it is
+# recorded as in flight, before the state lists it: $1 the sysroot, $2 the tree.
+_KILLED_DEPLOY = """
+import os, sys
+from bootkit.sysroot import transaction
+def killed(*args, **kwargs):
+    os._exit(9)
+transaction.commit = killed
+from bootkit.cli import main
+main(["deploy", "--sysroot", sys.argv[1], sys.argv[2]])
+"""
+
+
+def _fill(sysroot: Path) -> str:
+    """Shell that fills the filesystem at `sysroot` up to the last block."""
+    return f'cat /dev/zero > "{sysroot}/filler" 2>/dev/null || true\n'
+
+
+@needs_userns
+def test_a_full_disk_gets_the_room_of_what_an_interrupted_deploy_left(tmp_path: Path) -> None:
+    """The next command frees what the interrupted deploy left before it writes anything."""
+    small = make_tree(tmp_path / "small")
+    big = make_tree(tmp_path / "big", version="2", files={"usr/lib/big": os.urandom(3 << 19)})
+    sysroot = tmp_path / "sysroot"
+    sysroot.mkdir()
+    script = tmp_path / "killed.py"
+    script.write_text(_KILLED_DEPLOY)
+    proc = run_mounted(sysroot, "tmpfs-4m", f"""
+"$@" init --sysroot "$sysroot" --os test --bootloader systemd-boot
+"$@" deploy --sysroot "$sysroot" {small}
+{sys.executable} {script} "$sysroot" {big} || echo "deploy killed: $?"
+ls "$sysroot/bootkit/deploy/test/deploy" | grep -c json
+{_fill(sysroot)}
+"$@" bootloader update --sysroot "$sysroot"
+rm "$sysroot/filler"
+ls -a "$sysroot/bootkit/deploy/test/deploy"
+""")
+    assert proc.returncode == 0, proc.stderr
+    assert "deploy killed: 9" in proc.stdout
+    assert "\n2\n" in proc.stdout  # the killed deploy's metadata was there
+    assert "Bootloader updated; generation 2; 1 entries" in proc.stdout
+    listed = proc.stdout.split("entries\n")[1].split()
+    assert [n for n in listed if n not in (".", "..")] == [n for n in listed if n.startswith("1-")]
+
+
+@needs_userns
+def test_a_full_disk_fails_cleanly_when_nothing_can_be_freed(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    sysroot = tmp_path / "sysroot"
+    sysroot.mkdir()
+    proc = run_mounted(sysroot, "tmpfs-4m", f"""
+"$@" init --sysroot "$sysroot" --os test --bootloader systemd-boot
+"$@" deploy --sysroot "$sysroot" {tree}
+{_fill(sysroot)}
+"$@" bootloader update --sysroot "$sysroot" || {{
+    echo "exit $?"; ls -a "$sysroot/bootkit"; cat "$sysroot/bootkit/state.json"; exit 1
+}}
+""")
+    assert "exit 1" in proc.stdout, (proc.stdout, proc.stderr)
+    assert_one_line_with_hint(proc, "no space left on the filesystem: ")
+    # The state is whole, and no temp file is left.
+    assert '"generation": 1' in proc.stdout and ".bootkit-tmp" not in proc.stdout

@@ -282,17 +282,17 @@ def _check_every_reader(sysroot: Path) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("timeout", "3\nreboot", "boot menu timeout"),
+        ("timeout", "3\nreboot", "'timeout' must be a whole number"),
         ("timeout", -1, "boot menu timeout"),
-        ("tries", "x", "number of boot tries"),
+        ("tries", "x", "'tries' must be a whole number"),
         ("tries", 200000, "number of boot tries"),
         ("root_arg", "root=LABEL=r\nreboot", "root argument"),
-        ("root_arg", 5, "root argument"),
+        ("root_arg", 5, "'root_arg' must be text"),
         ("boot_dir", "/../../outside", "inside the sysroot"),
         # /etc/grub.d/15_bootkit echoes it into grub.cfg: a line break would add commands.
         ("boot_dir", "/efi\nreboot", "boot directory"),
         ("uki", "yes", "true or false"),
-        ("os", ["x"], "os name"),
+        ("os", ["x"], "'os' must be text"),
     ],
 )
 @pytest.mark.parametrize("command", [["status"], ["bootloader", "update"]])
@@ -314,7 +314,7 @@ def test_a_config_value_of_the_wrong_kind_is_refused(
         ("kernel_version", "6.1;reboot", "invalid kernel version"),
         ("payload", "../../../etc", "invalid payload name"),
         ("kargs", ["a;reboot"], "invalid kernel argument"),
-        ("kargs", "quiet", "kargs must be a list"),
+        ("kargs", "quiet", "'kargs' must be a list"),
         ("uki", "no", "true or false"),
         ("serial", "1", "whole number"),
         ("os", 5, "must be text"),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bootkit.errors import BootkitError, from_os_error
+from bootkit.sysroot.contentdigest import content_digest, os_digest
 from bootkit.sysroot.store import FileMeta, ObjectStore, apply_meta, dedup_eligible, object_key
 
 Progress = Callable[[int], None]
@@ -74,7 +75,9 @@ class ImportReport:
     bytes: int = 0
     linked: int = 0  # files that reused an object already stored
     skipped: list[str] = field(default_factory=list)  # device nodes, sockets, fifos
-    digest: str = ""  # identifies the tree's content
+    digest: str = ""  # identifies the tree's content (in its deployment's id)
+    content_digest: str = ""  # the same for the same tree from any source (see contentdigest)
+    os_digest: str = ""  # the same, without /etc: what fsck checks a deployment's tree against
 
 
 class TreeBuilder:
@@ -176,4 +179,6 @@ class TreeBuilder:
         for note in self.notes:
             tree_hash.update(note.encode("utf-8", "surrogateescape"))
         self.report.digest = tree_hash.hexdigest()
+        self.report.content_digest = content_digest(self.notes)
+        self.report.os_digest = os_digest(self.notes)
         return self.report

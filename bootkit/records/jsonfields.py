@@ -1,0 +1,110 @@
+"""Reading a record's JSON: each value of the type its field declares, or one clear error.
+
+The records are bootkit's own files, but a disk error, an editor or a hostile image
+builder may have changed them; a value of the wrong type must stop a command with
+a message that names the file and the field, never with a traceback later on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from bootkit.errors import BootkitError
+
+# What a message calls the values of each plain type.
+_WORDS: dict[type, str] = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a number",
+    str: "text",
+    type(None): "null",
+}
+
+
+def typed_fields(cls: type, data: object, path: Path, hint: str | None = None) -> dict[str, Any]:
+    """The values in `data` (a JSON object) that the dataclass `cls` has fields for,
+    checked against each field's type and converted (a list becomes a tuple, an
+    object a nested record). Unknown keys are left out: newer records still load."""
+    if not isinstance(data, dict):
+        raise BootkitError(f"{path}: not a JSON object", hint=hint)
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if not conforms(value, hints[f.name]):
+            shown = repr(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise BootkitError(
+                f"{path}: {f.name!r} must be {describe(hints[f.name])}, not {shown}", hint=hint
+            )
+        out[f.name] = _convert(value, hints[f.name])
+    return out
+
+
+def conforms(value: object, hint: Any) -> bool:
+    """Whether the JSON `value` can stand for a value of type `hint`."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(conforms(value, arg) for arg in typing.get_args(hint))
+    if origin is tuple:
+        (item, _) = typing.get_args(hint)
+        return isinstance(value, list) and all(conforms(v, item) for v in value)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, dict) and _record_conforms(value, hint)
+    if hint is bool or hint is type(None):
+        return isinstance(value, hint)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    # str, and StrEnums stored by their value.
+    return isinstance(hint, type) and issubclass(hint, str) and isinstance(value, str)
+
+
+def describe(hint: Any) -> str:
+    """How a message names the values of type `hint`."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe(arg) for arg in typing.get_args(hint))
+    if origin is tuple:
+        return f"a list of {describe(typing.get_args(hint)[0])}"
+    if dataclasses.is_dataclass(hint):
+        return "an object"
+    if isinstance(hint, type):
+        return next((w for t, w in _WORDS.items() if issubclass(hint, t)), hint.__name__)
+    return str(hint)
+
+
+def _record_conforms(value: dict[str, Any], cls: Any) -> bool:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.name not in value:
+            if required:
+                return False
+        elif not conforms(value[f.name], hints[f.name]):
+            return False
+    return True
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        arg = next(a for a in typing.get_args(hint) if conforms(value, a))
+        return _convert(value, arg)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(v, item) for v in value)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        hints = typing.get_type_hints(hint)
+        names = {f.name for f in dataclasses.fields(hint)}
+        return hint(**{k: _convert(v, hints[k]) for k, v in value.items() if k in names})
+    if hint is float:
+        return float(value)
+    return value

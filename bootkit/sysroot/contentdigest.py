@@ -1,0 +1,87 @@
+"""Digests of a tree's content: the same tree gives the same digest, whether it is
+imported from a directory or from an archive, in whatever order, on any machine.
+
+A digest hashes every path but the root and /var, in the byte order of the paths,
+with what the importer noted of it: a directory's mode, owner and group; a
+symlink's target; a regular file's content hash, mode, owner and group. A hardlink
+counts as one more regular file with the same content: a directory walk sees two
+files where an archive says that one member links to another. Left out, as in
+the store (see `bootkit.sysroot.store`): mtimes and extended attributes; and what
+is not imported at all (device nodes, fifos, sockets).
+
+- `content_digest` names the imported tree; `bootkit status --json` shows it.
+- `os_digest` leaves out /etc and /usr/etc as well, which a deploy and the running
+  system change, so that it can be computed again from a deployment's tree on
+  disk (`tree_notes`): `bootkit fsck` checks each tree against it.
+
+The id digest (`ImportReport.digest`) is older and notes hardlinks and walk order
+as the source has them, so it can differ between two imports of one tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+_ENCODING = ("utf-8", "surrogateescape")
+# Top-level parts of a tree that a deploy or the running system changes.
+CHANGING = ("etc", "usr/etc", "var")
+
+
+def content_digest(notes: Iterable[str], leave_out: Iterable[str] = ("var",)) -> str:
+    """The digest of a tree from an importer's notes (`<rel>\\0<what>\\n` each), without
+    the paths in or under `leave_out`."""
+    prefixes = tuple(leave_out)
+    what: dict[str, str] = {}
+    links: dict[str, str] = {}
+    for note in notes:
+        rel, _, kind = note.removesuffix("\n").partition("\0")
+        if not rel or rel == "." or any(rel == p or rel.startswith(p + "/") for p in prefixes):
+            continue
+        if kind.startswith("h"):
+            links[rel] = kind[1:]
+        else:
+            what[rel] = kind
+    for rel, target in links.items():
+        seen = {rel}
+        while target in links and target not in seen:  # a link to an earlier link
+            seen.add(target)
+            target = links[target]
+        what[rel] = what.get(target, f"h{target}")
+    h = hashlib.sha256()
+    for rel in sorted(what, key=lambda r: r.encode(*_ENCODING)):
+        h.update(rel.encode(*_ENCODING) + b"\0" + what[rel].encode(*_ENCODING) + b"\n")
+    return h.hexdigest()
+
+
+def os_digest(notes: Iterable[str]) -> str:
+    """The digest of what a deployment keeps as imported: all but /etc, /usr/etc, /var."""
+    return content_digest(notes, CHANGING)
+
+
+def tree_notes(tree: Path, file_hash: Callable[[str, os.stat_result], str]) -> Iterator[str]:
+    """Notes, as an importer makes them, of a tree on disk, but for the parts a deploy
+    changes; `file_hash(path, stat)` gives a regular file's content hash."""
+    for parent, dirs, files in os.walk(tree):  # symlinks are not followed
+        rel_parent = os.path.relpath(parent, tree)
+        dirs[:] = [d for d in dirs if _rel(rel_parent, d) not in CHANGING]
+        for name in sorted(dirs + files):
+            rel = _rel(rel_parent, name)
+            if rel in CHANGING:
+                continue
+            path = os.path.join(parent, name)
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                yield f"{rel}\0d{st.st_mode:o}:{st.st_uid}:{st.st_gid}\n"
+            elif stat.S_ISLNK(st.st_mode):
+                yield f"{rel}\0l{os.readlink(path)}\n"
+            elif stat.S_ISREG(st.st_mode):
+                digest = file_hash(path, st)
+                yield f"{rel}\0f{digest}:{st.st_mode:o}:{st.st_uid}:{st.st_gid}\n"
+
+
+def _rel(parent: str, name: str) -> str:
+    return name if parent == "." else f"{parent}/{name}"
