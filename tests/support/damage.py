@@ -104,3 +104,4 @@ def assert_clean(sysroot: Path) -> None:
     code, report = fsck(sysroot)
     assert code == 0 and report["problems"] == [], report
     assert not untidy(Sysroot(sysroot))
+

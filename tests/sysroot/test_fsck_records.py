@@ -16,9 +16,7 @@ from support.damage import (
     assert_clean,
     by_serial,
     check_then_repair,
-    copy_of,
     fsck,
-    populated_sysroot,
 )
 from support.helpers import (
     bls_entries,
@@ -31,22 +29,6 @@ from support.helpers import (
 )
 
 from bootkit.sysroot.layout import Sysroot
-
-
-@pytest.fixture(scope="module", params=["systemd-boot", "grub"])
-def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return populated_sysroot(tmp_path_factory.mktemp(f"fsck-{request.param}"), request.param)
-
-
-@pytest.fixture
-def sysroot(template: Path, tmp_path: Path) -> Path:
-    return copy_of(template, tmp_path / "sys")
-
-
-@pytest.fixture
-def sr(sysroot: Path) -> Sysroot:
-    return Sysroot(sysroot)
-
 
 # --- a clean sysroot, and when fsck cannot run ------------------------------------
 
