@@ -11,7 +11,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bootkit.boot import payloads
 from bootkit.boot.payloads import Payload
@@ -21,9 +20,7 @@ from bootkit.errors import BootkitError
 from bootkit.formats.bls import EntryName
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
-
-if TYPE_CHECKING:
-    from bootkit.sysroot.layout import Sysroot
+from bootkit.sysroot.paths import SysrootPaths
 
 # A deploy builds its tree under this name in the stateroot's deploy/ directory.
 STAGING_PREFIX = ".staging-"
@@ -57,7 +54,7 @@ def serial_of(dep_id: str) -> int | None:
     return int(m[1]) if m else None
 
 
-def deploy_dirs(sr: Sysroot) -> list[tuple[str, Path]]:
+def deploy_dirs(sr: SysrootPaths) -> list[tuple[str, Path]]:
     """Each stateroot with a valid name, and its deploy/ directory."""
     root = sr.meta / "deploy"
     if not root.is_dir():
@@ -69,7 +66,7 @@ def deploy_dirs(sr: Sysroot) -> list[tuple[str, Path]]:
     ]
 
 
-def found_on_disk(sr: Sysroot) -> dict[str, Found]:
+def found_on_disk(sr: SysrootPaths) -> dict[str, Found]:
     """Every `<os>/<id>` with a metadata file or a tree, by ref."""
     names: dict[tuple[str, str], tuple[bool, bool]] = {}
     for os_name, ddir in deploy_dirs(sr):
@@ -96,7 +93,7 @@ def found_on_disk(sr: Sysroot) -> dict[str, Found]:
     return out
 
 
-def readable(sr: Sysroot, refs: Iterable[str]) -> tuple[list[Deployment], dict[str, BootkitError]]:
+def readable(sr: SysrootPaths, refs: Iterable[str]) -> tuple[list[Deployment], dict[str, BootkitError]]:
     """The deployments `refs` whose metadata loads, and why the others' does not."""
     deps: list[Deployment] = []
     errors: dict[str, BootkitError] = {}
@@ -108,7 +105,7 @@ def readable(sr: Sysroot, refs: Iterable[str]) -> tuple[list[Deployment], dict[s
     return deps, errors
 
 
-def why_unbootable(sr: Sysroot, dep: Deployment, boot: Path) -> str | None:
+def why_unbootable(sr: SysrootPaths, dep: Deployment, boot: Path) -> str | None:
     """Why an entry for `dep` would not boot now (its tree or a boot file is missing)."""
     if not sr.tree(dep).is_dir():
         return f"its tree {sr.tree(dep)} is missing"
@@ -120,7 +117,7 @@ def why_unbootable(sr: Sysroot, dep: Deployment, boot: Path) -> str | None:
     return None
 
 
-def highest_serial(sr: Sysroot, state: State) -> int:
+def highest_serial(sr: SysrootPaths, state: State) -> int:
     """The highest serial number the state or any deployment on disk has taken."""
     on_disk = [serial_of(f.id) or 0 for f in found_on_disk(sr).values()]
     return max([state.serial, *on_disk])
@@ -140,7 +137,7 @@ def default_on_boot(view: BootView) -> str | None:
     return path
 
 
-def rebuilt_state(sr: Sysroot, recorded: State | None, view: BootView | None) -> State:
+def rebuilt_state(sr: SysrootPaths, recorded: State | None, view: BootView | None) -> State:
     """A state made from the disk: every deployment whose metadata loads and whose tree
     is there, oldest first, but for what the recorded state names as in flight.
 

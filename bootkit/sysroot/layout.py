@@ -22,54 +22,21 @@ from pathlib import Path
 from bootkit.boot import counting
 from bootkit.boot.bootdir import BootDir
 from bootkit.boot.counting import Counter
-from bootkit.contract import check_name
 from bootkit.errors import BootkitError
 from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
 from bootkit.sysroot import inventory
-from bootkit.sysroot.store import ObjectStore
+from bootkit.sysroot.paths import SysrootPaths
 
 
-class Sysroot:
+class Sysroot(SysrootPaths):
     """The physical root filesystem that holds /bootkit, and $BOOT below it."""
 
     def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.meta = self.path / "bootkit"
+        super().__init__(path)
         # Warnings given while this object is in use, so that each is given once.
         self.told: set[str] = set()
-
-    # --- where things are -------------------------------------------------------
-
-    @property
-    def config_path(self) -> Path:
-        return self.meta / "config.json"
-
-    @property
-    def state_path(self) -> Path:
-        return self.meta / "state.json"
-
-    @property
-    def tmp(self) -> Path:
-        """Scratch space on the sysroot's filesystem, for files built during a command."""
-        return self.meta / "tmp"
-
-    def stateroot(self, os_name: str) -> Path:
-        return self.meta / "deploy" / check_name(os_name, "os")
-
-    def deployment_dir(self, os_name: str, dep_id: str) -> Path:
-        return self.stateroot(os_name) / "deploy" / check_name(dep_id, "deployment")
-
-    def metadata_path(self, os_name: str, dep_id: str) -> Path:
-        return self.stateroot(os_name) / "deploy" / f"{check_name(dep_id, 'deployment')}.json"
-
-    def tree(self, dep: Deployment) -> Path:
-        return self.deployment_dir(dep.os, dep.id)
-
-    @property
-    def objects(self) -> ObjectStore:
-        return ObjectStore(self.meta / "objects")
 
     # --- what is recorded -------------------------------------------------------
 
@@ -99,10 +66,6 @@ class Sysroot:
     def next_serial(self, state: State) -> int:
         """The serial number of the next deployment: above every one used so far."""
         return inventory.highest_serial(self, state) + 1
-
-    def load(self, ref: str) -> Deployment:
-        os_name, _, dep_id = ref.partition("/")
-        return Deployment.load(self.metadata_path(os_name, dep_id))
 
     def deployments(self, state: State | None = None) -> list[Deployment]:
         state = state or self.state()
