@@ -39,12 +39,22 @@ def is_valid_name(name: str) -> bool:
     return bool(_NAME_RE.match(name)) and name not in (".", "..")
 
 
+# $BOOT/bootkit/<os>/ holds an OS's kernels, and $BOOT/bootkit/grub/ bootkit's GRUB
+# menu and grubenv: an OS may not take that name.
+RESERVED_OS_NAMES = frozenset({"grub"})
+
+
 def check_name(name: str, what: str) -> str:
     """Return `name` unchanged, or refuse it with a message naming the rule."""
     if not is_valid_name(name):
         raise BootkitError(
             f"invalid {what} name {name!r}",
             hint="use 1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit",
+        )
+    if what == "os" and name in RESERVED_OS_NAMES:
+        raise BootkitError(
+            f"the os name {name!r} is taken by bootkit's own files on $BOOT",
+            hint="choose another name for the stateroot",
         )
     return name
 

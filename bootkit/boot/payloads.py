@@ -12,11 +12,13 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from bootkit.base.files import atomic_copy, atomic_copy_into, fsync_dir, remove_path, remove_tree
+from bootkit.contract import is_valid_name
 from bootkit.errors import BootkitError
 from bootkit.formats import grubscript
 
@@ -28,6 +30,8 @@ SLACK_BYTES = 1 << 20
 UKI_FILE = "uki.efi"
 # The GRUB slot files and grubenv share the payload root.
 _NOT_PAYLOADS = {PurePosixPath(grubscript.SLOT_DIR).name}
+# `<kver>-<12 hex digits of the content's sha256>`, as `payload_name` makes it.
+_PAYLOAD_NAME = re.compile(r"[0-9][A-Za-z0-9._+-]*-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,9 @@ def install(
     """
     final = payload.dir(boot)
     if final.is_dir():
-        if set(_names_in(final)) == set(files) and not damaged_files(boot, payload, digests):
+        # A file more than the payload needs is left alone: entries may boot from this
+        # directory, so it is only replaced when what they read is missing or damaged.
+        if set(files) <= set(_names_in(final)) and not damaged_files(boot, payload, digests):
             return False
         log.warning("the boot files in %s are incomplete or damaged; copying them again", final)
         replace(boot, payload, files, reclaimable=reclaimable)
@@ -172,10 +178,11 @@ def present(boot: Path) -> dict[Payload, int]:
     if not root.is_dir():
         return out
     for osdir in root.iterdir():
-        if not osdir.is_dir() or osdir.name in _NOT_PAYLOADS:
+        if osdir.name in _NOT_PAYLOADS or not is_valid_name(osdir.name) or not osdir.is_dir():
             continue
         for d in osdir.iterdir():
-            if d.is_dir() and not d.name.startswith("."):
+            # Only what bootkit names a payload: cleanup removes what no entry uses.
+            if _PAYLOAD_NAME.fullmatch(d.name) and d.is_dir() and not d.is_symlink():
                 out[Payload(osdir.name, d.name)] = sum(f.stat().st_size for f in d.iterdir())
     return out
 
@@ -186,12 +193,13 @@ def remove_unreferenced(boot: Path, referenced: set[Payload]) -> list[Payload]:
         if p not in referenced:
             remove_tree(p.dir(boot))
             removed.append(p)
+    # The directories the removals changed, so that they stay removed after a power cut.
+    for osdir in dict.fromkeys(p.dir(boot).parent for p in removed):
+        fsync_dir(osdir)
     root = boot / PAYLOAD_ROOT
     if root.is_dir():
         for osdir in root.iterdir():
             for stray in osdir.glob(".*.bootkit-tmp"):
                 with contextlib.suppress(OSError):  # tidying only; the next command retries
                     remove_path(stray)
-    if removed:
-        fsync_dir(root)
     return removed

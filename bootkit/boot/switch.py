@@ -135,7 +135,13 @@ def _stage_entries(edir: Path, new: Generation) -> list[StagedEntry]:
 
 
 def _show_entries(edir: Path, staged: Sequence[StagedEntry]) -> None:
-    for entry in staged:
+    """The default's entry first, made durable on its own: FAT has no journal, so a
+    power cut may keep any subset of later renames, and only an entry that is on disk
+    before every other new one is sure to be the one that sorts first."""
+    first, *rest = staged
+    os.rename(first.temp, first.final)
+    fsync_dir(edir)
+    for entry in rest:
         os.rename(entry.temp, entry.final)
     fsync_dir(edir)
 

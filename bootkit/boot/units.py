@@ -19,6 +19,7 @@ from bootkit.base.confined import Tree
 from bootkit.base.files import atomic_copy, atomic_symlink, atomic_write
 from bootkit.contract import PHYSICAL_ROOT
 from bootkit.errors import BootkitError
+from bootkit.records.config import check_boot_dir
 
 MARK_GOOD_UNIT = "bootkit-mark-good.service"
 # Vendor units and their static enablement live in /usr, so that they are part of
@@ -35,8 +36,14 @@ def bless_boot_dropin(boot_dir: str) -> str:
         "# Installed by bootkit: inside a deployment the ESP is mounted below the\n"
         "# physical root, where systemd-bless-boot does not look by itself.\n"
         "[Service]\n"
-        f"Environment=SYSTEMD_ESP_PATH={PHYSICAL_ROOT}{boot_dir}\n"  # $BOOT is below it
+        f"Environment={_systemd_quoted(f'SYSTEMD_ESP_PATH={PHYSICAL_ROOT}{boot_dir}')}\n"
     )
+
+
+def _systemd_quoted(assignment: str) -> str:
+    """One `Environment=` word: quoted, with systemd's escapes and `%` specifiers kept literal."""
+    escaped = assignment.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{escaped}"'
 
 
 @dataclass(frozen=True)
@@ -52,11 +59,12 @@ def install_units(root: Path, boot_dir: str = "/efi") -> Installed:
     `root` is a tree about to be deployed (or `/`); `boot_dir` is where the
     sysroot mounts $BOOT (`bootkit init --boot-dir`).
     """
-    if not boot_dir.startswith("/") or boot_dir.rstrip("/") == "":
+    try:
+        check_boot_dir(boot_dir)
+    except BootkitError as err:
         raise BootkitError(
-            f"boot directory must be an absolute path below /, not {boot_dir!r}",
-            hint="give the boot directory the sysroot was made with, such as /efi",
-        )
+            err.message, hint="give the boot directory the sysroot was made with, such as /efi"
+        ) from None
     if not root.is_dir():
         raise BootkitError(f"{root} is not a directory", hint="give the root of the OS tree")
     unit_dir = root / UNIT_DIR

@@ -67,7 +67,7 @@ def deploy(
         make_default=not no_default, initramfs=InitramfsMode(initramfs), tries=tries,
     )
     sr = open_sysroot(sysroot)
-    with byte_progress(f"Importing {source.name}", open_source(source).size()) as bar:
+    with byte_progress(f"Importing {source.name}", lambda: open_source(source).size()) as bar:
         dep = deploy_request(sr, request, bar)
     if as_json:
         row = status(sr).find(dep.ref)

@@ -24,7 +24,9 @@ from bootkit.sysroot.deploy import DeployRequest
 _INITRAMFS = click.Choice([m.value for m in InitramfsMode])
 
 
-def _import_progress(source: Path, total: int) -> AbstractContextManager[Callable[[int], None]]:
+def _import_progress(
+    source: Path, total: Callable[[], int]
+) -> AbstractContextManager[Callable[[int], None]]:
     return byte_progress(f"Importing {source.name}", total)
 
 

@@ -13,23 +13,22 @@ from bootkit.sysroot.importers import open_source
 Report = Callable[[str], None]
 # Counts the bytes of a source as they are imported.
 ByteCounter = Callable[[int], None]
-# Given a source about to be imported and the bytes it holds, a context yielding
-# the counter for them (or None: nobody is counting).
-ImportProgress = Callable[[Path, int], AbstractContextManager[ByteCounter | None]]
+# Given a source about to be imported and how to size it (the bytes it holds), a
+# context yielding the counter for them (or None: nobody is counting). Sizing a
+# directory walks all of it, so it is done only by a caller that shows the total.
+ImportProgress = Callable[[Path, Callable[[], int]], AbstractContextManager[ByteCounter | None]]
 
 
 def quiet(_: str) -> None:
     pass
 
 
-def no_progress(_source: Path, _total: int) -> AbstractContextManager[None]:
+def no_progress(_source: Path, _total: Callable[[], int]) -> AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
 @contextlib.contextmanager
 def importing(progress: ImportProgress, source: Path) -> Iterator[ByteCounter | None]:
     """The counter `progress` gives for importing `source`, sized from its content."""
-    # Sizing a directory walks all of it: not for nobody.
-    total = 0 if progress is no_progress else open_source(source).size()
-    with progress(source, total) as counter:
+    with progress(source, lambda: open_source(source).size()) as counter:
         yield counter

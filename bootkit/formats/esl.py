@@ -10,7 +10,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from construct import Bytes, GreedyRange, Int32ul, Struct, this
+from construct import Bytes, Check, ConstructError, Container, Int32ul, Struct, this
+
+from bootkit.errors import BootkitError
 
 EFI_CERT_X509_GUID = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")
 
@@ -27,12 +29,16 @@ SignatureList = Struct(
     "list_size" / Int32ul,
     "header_size" / Int32ul,
     "signature_size" / Int32ul,
+    # A list's size is its header plus a whole number of signatures, each more than
+    # an owner GUID; anything else is a damaged or hostile variable, never guessed at.
+    Check(this.signature_size > OWNER_SIZE),
+    Check(this.list_size >= LIST_HEADER_SIZE + this.header_size),
+    Check((this.list_size - LIST_HEADER_SIZE - this.header_size) % this.signature_size == 0),
     "header" / Bytes(this.header_size),
     "signatures" / SignatureData[
         (this.list_size - LIST_HEADER_SIZE - this.header_size) // this.signature_size
     ],
 )
-SignatureDatabase = GreedyRange(SignatureList)
 
 
 @dataclass(frozen=True)
@@ -60,10 +66,26 @@ def x509_list(der: bytes, owner: uuid.UUID) -> bytes:
     }))
 
 
+def signature_lists(database: bytes) -> list[Container]:
+    """Each EFI_SIGNATURE_LIST of a signature database; together they must fill it exactly."""
+    found: list[Container] = []
+    offset = 0
+    while offset < len(database):
+        try:
+            entry = SignatureList.parse(database[offset:])
+        except ConstructError as err:
+            raise BootkitError(
+                f"malformed signature list at byte {offset}: {err}".splitlines()[0]
+            ) from None
+        found.append(entry)
+        offset += entry.list_size
+    return found
+
+
 def signatures(database: bytes) -> list[Signature]:
     """Every signature in a signature database (the contents of PK, KEK or db), in order."""
     return [
         Signature(uuid.UUID(bytes_le=entry.signature_type), uuid.UUID(bytes_le=s.owner), s.data)
-        for entry in SignatureDatabase.parse(database)
+        for entry in signature_lists(database)
         for s in entry.signatures
     ]

@@ -236,6 +236,7 @@ def parse_menu(text: str) -> list[tuple[str, str]]:
 def slot_generation(text: str) -> int | None:
     first = text.split("\n", 1)[0]
     prefix = "# bootkit generation "
-    if first.startswith(prefix) and first[len(prefix) :].isdigit():
+    number = first[len(prefix) :]
+    if first.startswith(prefix) and number.isascii() and number.isdigit():
         return int(first[len(prefix) :])
     return None

@@ -57,7 +57,7 @@ class SysrootConfig:
         check_name(self.os, "os")
         # A plain name (from config.json, or a caller) becomes the enum member.
         object.__setattr__(self, "bootloader", Bootloader.parse(self.bootloader))
-        _check_boot_dir(self.boot_dir)
+        check_boot_dir(self.boot_dir)
         _check_root_arg(self.root_arg)
         bootvalues.check_timeout(self.timeout)
         bootvalues.check_tries(self.tries)
@@ -97,14 +97,22 @@ class SysrootConfig:
             raise BootkitError(f"{path}: {err.message}", hint=hint) from None
 
 
-def _check_boot_dir(boot_dir: object) -> None:
+def check_boot_dir(boot_dir: object) -> None:
     """Where $BOOT is mounted: an absolute path that stays inside the sysroot."""
     bootvalues.check_text(boot_dir, "boot directory", 4096)
     assert isinstance(boot_dir, str)
-    if not boot_dir.startswith("/") or ".." in PurePosixPath(boot_dir).parts:
+    parts = PurePosixPath(boot_dir).parts
+    if not boot_dir.startswith("/") or ".." in parts:
         raise BootkitError(
             f"boot directory must be an absolute path inside the sysroot, not {boot_dir!r}",
             hint="for example /efi or /boot",
+        )
+    # $BOOT/bootkit holds kernels that cleanup removes: it must not be the sysroot's
+    # own /bootkit, nor hold it, nor be inside it.
+    if len(parts) < 2 or parts[1] == "bootkit":
+        raise BootkitError(
+            f"boot directory {boot_dir!r} would share bootkit's records on the sysroot",
+            hint="give the directory $BOOT is mounted on, for example /efi or /boot",
         )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from bootkit.base.files import atomic_write
 from bootkit.contract import is_valid_name
 from bootkit.errors import BootkitError
+from bootkit.formats.bls import MAX_GENERATION
 from bootkit.records.jsonfields import typed_fields
 
 # What to do about a state file that cannot be read: rebuild it from the disk.
@@ -58,6 +59,12 @@ class State:
         for ref in (*state.deployments, *state.in_flight, *filter(None, [state.default])):
             if not is_ref(ref):
                 raise BootkitError(f"{path}: {ref!r} is not <os>/<id>", hint=REBUILD_HINT)
+        # Both are written into entry names on $BOOT, in fixed-width fields.
+        if not 0 <= state.generation < MAX_GENERATION or state.serial < 0:
+            raise BootkitError(
+                f"{path}: generation {state.generation} or serial {state.serial} is out of range",
+                hint=REBUILD_HINT,
+            )
         if len(set(state.deployments)) != len(state.deployments):
             raise BootkitError(f"{path}: a deployment is listed twice", hint=REBUILD_HINT)
         return state

@@ -117,7 +117,7 @@ def resolve_ref(ident: str, refs: Sequence[str]) -> str:
     """The one of `refs` that `ident` names: `<os>/<id>`, `<id>`, or the serial number
     `<id>` starts with. Only names are compared, so damaged metadata does not matter."""
     exact = [r for r in refs if ident in (r, r.partition("/")[2])]
-    if not exact and ident.isdigit():
+    if not exact and ident.isascii() and ident.isdigit():
         exact = [r for r in refs if inventory.serial_of(r.partition("/")[2]) == int(ident)]
     if len(exact) == 1:
         return exact[0]

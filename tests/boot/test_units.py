@@ -47,7 +47,17 @@ def test_bless_boot_looks_for_the_esp_below_the_physical_root(
     done = install_units(tmp_path, boot_dir)
 
     assert done.dropin == tmp_path / UNITS / "systemd-bless-boot.service.d/50-bootkit.conf"
-    assert _ini(done.dropin)["Service"]["Environment"] == f"SYSTEMD_ESP_PATH={esp_path}"
+    assert _ini(done.dropin)["Service"]["Environment"] == f'"SYSTEMD_ESP_PATH={esp_path}"'
+
+
+def test_the_boot_dir_cannot_add_lines_or_specifiers_to_the_dropin(tmp_path: Path) -> None:
+    with pytest.raises(BootkitError, match="boot directory"):
+        install_units(tmp_path, "/efi\nExecStartPre=/bin/rm -rf /")
+    assert list(tmp_path.iterdir()) == []
+    # A space, a quote and a % stay in the one quoted assignment, taken literally.
+    done = install_units(tmp_path, '/my efi/"x"%h')
+    (line,) = [x for x in done.dropin.read_text().splitlines() if x.startswith("Environment=")]
+    assert line == 'Environment="SYSTEMD_ESP_PATH=/sysroot/my efi/\\"x\\"%%h"'
 
 
 def test_installing_again_replaces_what_is_there(tmp_path: Path) -> None:
@@ -58,7 +68,7 @@ def test_installing_again_replaces_what_is_there(tmp_path: Path) -> None:
     done = install_units(tmp_path, "/efi")
 
     assert done.enabled.readlink() == Path("../bootkit-mark-good.service")
-    assert "SYSTEMD_ESP_PATH=/sysroot/efi\n" in done.dropin.read_text()
+    assert "\"SYSTEMD_ESP_PATH=/sysroot/efi\"\n" in done.dropin.read_text()
 
 
 def test_the_trees_symlinks_lead_inside_the_tree(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.helpers import make_tree, python_cli
+from support.helpers import init_sysroot, make_tree, python_cli
 
 from bootkit.errors import from_os_error
 
@@ -85,8 +85,7 @@ def test_read_only_sysroot(tmp_path: Path) -> None:
 
 
 def test_name_too_long(tmp_path: Path) -> None:
-    sysroot = tmp_path / "sysroot"
-    sysroot.mkdir()
+    sysroot = init_sysroot(tmp_path / "sysroot").path
     proc = subprocess.run(
         [*python_cli(), "deploy", "--sysroot", str(sysroot), str(tmp_path / ("a" * 300))],
         capture_output=True, text=True, check=False,

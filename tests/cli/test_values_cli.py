@@ -149,6 +149,12 @@ def test_deploy_refuses_values_no_boot_file_can_carry(
         (["--boot-dir", "/../outside"], "inside the sysroot"),
         (["--boot-dir", "/efi/../../outside"], "inside the sysroot"),
         (["--boot-dir", "efi"], "absolute"),
+        # $BOOT/bootkit would be the sysroot's own /bootkit, whose trees cleanup removes.
+        (["--boot-dir", "/"], "share bootkit's records"),
+        (["--boot-dir", "//."], "share bootkit's records"),
+        (["--boot-dir", "/bootkit/boot"], "share bootkit's records"),
+        # $BOOT/bootkit/grub is GRUB's menu: no OS may keep its kernels there.
+        (["--os", "grub"], "taken by bootkit's own files"),
     ],
 )
 def test_init_refuses_values_no_boot_file_can_carry(

@@ -255,10 +255,10 @@ def test_deploy_to_image_counts_the_import_and_keeps_kargs(tmp_path: Path, trees
     imports: list[tuple[Path, int, int]] = []
 
     @contextlib.contextmanager
-    def progress(source: Path, total: int) -> Iterator[Callable[[int], None]]:
+    def progress(source: Path, total: Callable[[], int]) -> Iterator[Callable[[int], None]]:
         counted: list[int] = []
         yield counted.append
-        imports.append((source, total, sum(counted)))
+        imports.append((source, total(), sum(counted)))
 
     deploy_to_image(image, DeployRequest(trees["2"], kargs=("console=ttyS0", "quiet")),
                     progress=progress)

@@ -46,7 +46,7 @@ def test_key_set_files(key_dir: tuple[Path, dict[str, keys.KeyPair]]) -> None:
         cert.verify_directly_issued_by(cert)  # self-signed, and the signature is valid
         assert cert.public_key().public_numbers() == key.public_key().public_numbers()
         public_keys.add(cert.public_key().public_numbers().n)
-        (entry,) = esl.SignatureDatabase.parse(pair.esl.read_bytes())
+        (entry,) = esl.signature_lists(pair.esl.read_bytes())
         assert uuid.UUID(bytes_le=entry.signatures[0].owner) == owner
         assert keys.x509_in_signature_database(pair.esl.read_bytes()) == [cert]
     assert len(public_keys) == 3
@@ -72,7 +72,7 @@ def test_signature_list_holds_several_certificates(
     certs = [keys.load_certificate(p.cert) for p in key_dir[1].values()]
     data = keys.signature_list(certs, uuid.UUID(int=7))
     assert keys.x509_in_signature_database(data) == certs
-    lists = esl.SignatureDatabase.parse(data)
+    lists = esl.signature_lists(data)
     # One list per certificate: a list's entries all have the same size.
     ders = [c.public_bytes(serialization.Encoding.DER) for c in certs]
     assert [e.list_size for e in lists] == [28 + 16 + len(d) for d in ders]

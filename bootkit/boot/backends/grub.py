@@ -200,7 +200,8 @@ def counted(env: Mapping[str, str]) -> tuple[str, int | None] | None:
     if raw is None:
         return path, None
     # What GRUB's ladder cannot count down it treats as used up; so does bootkit.
-    return path, int(raw) if raw.isdigit() else 0
+    # Only ASCII digits: str.isdigit() also takes '²', which int() refuses.
+    return path, int(raw) if raw.isascii() and raw.isdigit() else 0
 
 
 def fold(counters: Mapping[str, Counter], env: Mapping[str, str]) -> dict[str, Counter]:
