@@ -27,6 +27,9 @@ BOOTKIT_ARG = "bootkit"
 _BOOTKIT_ARG_RE = re.compile(rf"(?:^|\s){BOOTKIT_ARG}=(\S+)")
 # Where the kernel shows its command line; `booted_deployment` reads it.
 PROC_CMDLINE = Path("/proc/cmdline")
+# Where bootkit keeps what lasts only until the next boot: the record of a staged
+# deployment (`staged.json`), which a reboot without finalizing must forget.
+RUN_DIR = Path("/run/bootkit")
 
 # GRUB's boot counter, in bootkit's grubenv on $BOOT: the deployment path it
 # counts, and the tries left (no tries variable: marked good).
