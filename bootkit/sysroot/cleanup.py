@@ -10,7 +10,7 @@ from bootkit.contract import booted_deployment, deployment_path
 from bootkit.errors import BootkitError
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
-from bootkit.sysroot import inventory, leftovers, transaction
+from bootkit.sysroot import inventory, leftovers, staged, transaction
 from bootkit.sysroot.layout import Sysroot, resolve_ref
 
 # How many of the newest deployments `cleanup` keeps besides the default, the booted
@@ -41,7 +41,9 @@ def undeploy(sr: Sysroot, ident: str) -> str:
             raise BootkitError(
                 f"{ref} is the booted deployment", hint="boot another one first, then undeploy it"
             )
-        if ref in state.deployments:
+        if ref == inventory.staged_ref(sr, state):
+            staged.discard(sr, "undeployed")
+        elif ref in state.deployments:
             transaction.drop(sr, state, [ref])
         else:
             # Unlisted: once $BOOT holds the state's menu, no entry boots it.
@@ -80,5 +82,6 @@ def reclaimable_bytes(sr: Sysroot, state: State) -> int:
     """What `cleanup` would free on $BOOT, for the hint of a deploy that does not fit."""
     doomed = candidates(sr, DEFAULT_KEEP, state)
     present = payloads.present(sr.boot_path)
-    still = {Payload(d.os, d.payload) for d in sr.deployments(state) if d not in doomed}
+    kept = [d for d in sr.deployments(state) if d not in doomed]
+    still = transaction.wanted_payloads(sr, state, kept)
     return sum(size for p, size in present.items() if p not in still)

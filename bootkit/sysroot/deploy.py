@@ -3,6 +3,9 @@
     import -> lay out /etc -> merge /etc -> hand /var over -> describe -> install
     the payload -> settle -> commit
 
+A staged deploy (see `bootkit.sysroot.staged`) stops after `settle` and records
+itself instead of committing; /etc is merged when it is finalized, at shutdown.
+
 Every step works on one `Job`: the request, the staging directory the tree is built
 in, and what earlier steps found. Until `settle`, nothing outside the staging
 directory and the new payload directory on $BOOT is written. `settle` records the
@@ -36,7 +39,7 @@ from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment, PayloadFile
 from bootkit.records.state import State
 from bootkit.secureboot import signing
-from bootkit.sysroot import etcmerge, transaction
+from bootkit.sysroot import etcmerge, mergesource, staged, transaction
 from bootkit.sysroot.bootfiles import InitramfsMode, boot_files
 from bootkit.sysroot.cleanup import reclaimable_bytes
 from bootkit.sysroot.importers import ImportReport, Source, check_outside, open_source
@@ -60,8 +63,16 @@ class DeployRequest:
     make_default: bool = True
     initramfs: InitramfsMode = InitramfsMode.AUTO
     tries: int | None = None  # boot tries of its entry; None: the sysroot's setting
+    # Switch at shutdown instead of now; None: when run inside a booted deployment.
+    stage: bool | None = None
+    lock: bool = False  # a staged deployment that finalizing leaves alone until unlocked
 
     def __post_init__(self) -> None:
+        if self.lock and self.stage is False:
+            raise BootkitError(
+                "only a staged deployment can be locked",
+                hint="drop --lock, or stage the deployment with --stage",
+            )
         if self.os_name is not None:
             check_name(self.os_name, "os")
         if self.version is not None:
@@ -99,6 +110,7 @@ class Job:
     staging: Path
     signer: signing.Signer | None
     previous: Deployment | None = None  # the deployment of this OS it follows
+    stage: bool = False  # switched at shutdown, by `bootkit finalize-staged`
     report: ImportReport | None = None
     kernel: TreeKernel | None = None
     deployment: Deployment | None = None
@@ -128,7 +140,7 @@ def deploy(sysroot: Sysroot, request: DeployRequest, progress: Progress | None =
             _describe(job)
             _install_payload(job)
             _settle(job)
-            dep = _commit(job)
+            dep = _record_staged(job) if job.stage else _commit(job)
         with contextlib.suppress(OSError):  # what the source keeps for next time is only a speed-up
             job.source.imported()
         return dep
@@ -145,9 +157,11 @@ def _start(sysroot: Sysroot, request: DeployRequest) -> Job:
     (stateroot / "deploy").mkdir(parents=True, exist_ok=True)
     (stateroot / "var").mkdir(exist_ok=True)
     staging = stateroot / "deploy" / f".staging-{os.getpid()}-{secrets.token_hex(4)}"
+    stage = staged.should_stage(sysroot, sysroot.state(), request.stage, request.lock)
+    staged.discard(sysroot, "a new deploy replaces it")
     state = sysroot.state()
-    previous = next((d for d in sysroot.ordered(state) if d.os == os_name), None)
-    return Job(sysroot, request, config, state, os_name, source, staging, signer, previous)
+    previous = mergesource.merge_source(sysroot, state, os_name)
+    return Job(sysroot, request, config, state, os_name, source, staging, signer, previous, stage)
 
 
 @contextlib.contextmanager
@@ -203,22 +217,11 @@ def _lay_out_etc(job: Job) -> None:
     etcmerge.etc_from_tree(job.staging)
 
 
-def _has_live_etc(tree: Path) -> bool:
-    """Whether the deployment at `tree` has a live etc; it and usr/etc must be directories."""
-    confined = Tree(tree)
-    confined.real_dir("usr/etc")
-    return confined.real_dir("etc")
-
-
 def _merge_etc(job: Job) -> None:
-    """The live /etc: the new defaults plus the admin's changes in the previous deployment."""
-    tree = job.staging
-    previous = job.previous
-    old = job.sysroot.tree(previous) if previous else None
-    if old is not None and _has_live_etc(old):
-        etcmerge.merge_etc(old / "usr/etc", old / "etc", tree / "usr/etc", tree / "etc")
-    else:
-        etcmerge.copy_etc(tree / "usr/etc", tree / "etc")
+    """The live /etc: the new defaults plus the admin's changes in the deployment it
+    follows. A staged deployment's is made when it is finalized, from the /etc of then."""
+    if not job.stage:
+        mergesource.build_etc(job.sysroot, job.previous, job.staging, job.staging / "etc")
 
 
 def _hand_over_var(job: Job) -> None:
@@ -348,6 +351,14 @@ def _settle(job: Job) -> None:
     fsync_dir(final.parent)
 
 
+def _record_staged(job: Job) -> Deployment:
+    """Leave the deployment in flight, for `bootkit finalize-staged` to list at shutdown."""
+    assert job.deployment is not None
+    request = job.request
+    staged.record(job.sysroot, job.deployment, request.make_default, request.tries, request.lock)
+    return job.deployment
+
+
 def _commit(job: Job) -> Deployment:
     """List the deployment in the state and switch the boot configuration to include it."""
     dep, state, request = job.deployment, job.state, job.request
@@ -360,4 +371,5 @@ def _commit(job: Job) -> Deployment:
     # The new entry is counted with `tries` (default: the sysroot's setting).
     arm = {dep.ref: request.tries} if request.tries is not None else None
     transaction.commit(job.sysroot, new_state, arm)
+    staged.forget_failure(job.sysroot)  # this update replaces the one that failed
     return dep

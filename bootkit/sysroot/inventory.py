@@ -18,6 +18,7 @@ from bootkit.boot.switch import BootView
 from bootkit.contract import bootkit_arg, deployment_path, is_valid_name
 from bootkit.errors import BootkitError
 from bootkit.formats.bls import EntryName
+from bootkit.records import staged
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
 from bootkit.sysroot.paths import SysrootPaths
@@ -103,6 +104,32 @@ def readable(sr: SysrootPaths, refs: Iterable[str]) -> tuple[list[Deployment], d
         except BootkitError as err:
             errors[ref] = err
     return deps, errors
+
+
+def staged_ref(sr: SysrootPaths, state: State) -> str | None:
+    """The deployment a live staged record names: staged on this sysroot since the last
+    boot, and still in flight. Every command keeps its tree, metadata and payload."""
+    try:
+        record = staged.load_run_record()
+    except (BootkitError, OSError):
+        return None  # unreadable: the next boot's cleanup removes what it named
+    if record is None or not record.is_for(sr.path):
+        return None
+    if record.ref in state.deployments or record.ref not in state.in_flight:
+        return None
+    return record.ref
+
+
+def staged_payload(sr: SysrootPaths, state: State) -> Payload | None:
+    """The payload on $BOOT of the staged deployment, which no entry boots yet."""
+    ref = staged_ref(sr, state)
+    if ref is None:
+        return None
+    try:
+        dep = sr.load(ref)
+    except BootkitError:
+        return None
+    return Payload(dep.os, dep.payload) if dep.payload else None
 
 
 def why_unbootable(sr: SysrootPaths, dep: Deployment, boot: Path) -> str | None:

@@ -16,7 +16,9 @@ admin's /etc. Without being asked to, bootkit removes only these:
   boot configuration; an undeploy stops listing a deployment in the same write
   that records it as in flight. Either way the last request that completed was
   for it not to exist. It stays while an entry on $BOOT still names it: until
-  $BOOT is switched, the old menu may boot it.
+  $BOOT is switched, the old menu may boot it. It also stays while a live staged
+  record names it (see `bootkit.records.staged`): a staged deploy keeps its
+  deployment in flight until it is finalized at shutdown.
 
 Anything else the state does not list is kept: `bootkit fsck` reports it and,
 with --repair, lists it again.
@@ -31,7 +33,7 @@ from bootkit.base.files import remove_path, remove_tree
 from bootkit.boot.switch import BootView
 from bootkit.contract import bootkit_arg, deployment_path
 from bootkit.records.state import State
-from bootkit.sysroot.inventory import STAGING_PREFIX, TEMP_SUFFIX, deploy_dirs
+from bootkit.sysroot.inventory import STAGING_PREFIX, TEMP_SUFFIX, deploy_dirs, staged_ref
 from bootkit.sysroot.layout import Sysroot
 
 
@@ -47,9 +49,10 @@ def found(sr: Sysroot, state: State, shown_paths: Collection[str] = ()) -> list[
         out += [p for p in ddir.iterdir()
                 if (p.name.startswith(STAGING_PREFIX) and p.is_dir() and not p.is_symlink())
                 or (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))]
+    staged = staged_ref(sr, state)
     for ref in state.in_flight:
         os_name, _, dep_id = ref.partition("/")
-        if ref in state.deployments or deployment_path(os_name, dep_id) in shown_paths:
+        if ref in (staged, *state.deployments) or deployment_path(os_name, dep_id) in shown_paths:
             continue
         out += [p for p in (sr.metadata_path(os_name, dep_id), sr.deployment_dir(os_name, dep_id))
                 if p.is_symlink() or p.exists()]

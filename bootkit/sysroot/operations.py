@@ -15,7 +15,7 @@ from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
 from bootkit.secureboot import signing
-from bootkit.sysroot import transaction
+from bootkit.sysroot import staged, transaction
 from bootkit.sysroot.layout import Sysroot
 
 log = logging.getLogger("bootkit")
@@ -68,7 +68,10 @@ def _warn_stale_ukis(sr: Sysroot, old_root_arg: str) -> None:
 
 
 def rollback(sr: Sysroot) -> Deployment:
-    """Make the next deployment in the menu the default; never one found bad."""
+    """Make the next deployment in the menu the default; never one found bad.
+
+    A staged deployment is discarded: it would otherwise undo the rollback at shutdown.
+    """
 
     def change(state: State) -> State:
         counters = sr.boot_counters(sr.deployments(state))
@@ -81,6 +84,7 @@ def rollback(sr: Sysroot) -> Deployment:
                 "every other deployment failed to boot (no boot tries left)",
                 hint="'bootkit set-default ID' makes one the default and tries it again",
             )
+        staged.discard(sr, "a rollback goes back, not forward")
         return state.with_changes(default=target.ref)
 
     return sr.load(transaction.run(sr, change, rearm_default=True).default or "")

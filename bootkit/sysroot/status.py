@@ -6,13 +6,16 @@ Reading only: nothing here changes the sysroot, so it works on a read-only one.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 from bootkit.boot import counting
 from bootkit.boot.counting import Counter
 from bootkit.contract import booted_deployment
 from bootkit.errors import BootkitError
+from bootkit.records import staged as staged_records
 from bootkit.records.deployment import Deployment
+from bootkit.records.staged import FinalizeFailure
 from bootkit.records.state import State
 from bootkit.sysroot import inventory
 from bootkit.sysroot.layout import Sysroot
@@ -28,11 +31,25 @@ class DeploymentStatus:
 
 
 @dataclass(frozen=True)
+class StagedStatus:
+    """A deployment that joins the menu at shutdown (`bootkit deploy --stage`)."""
+
+    ref: str
+    path: str
+    version: str
+    title: str
+    locked: bool
+    staged_at: float
+
+
+@dataclass(frozen=True)
 class SysrootStatus:
     rows: list[DeploymentStatus]  # menu order
     unreadable_entries: list[tuple[str, str]]  # entry file name, why it could not be read
     # What keeps a deployment from booting or from being shown: ref, what is wrong.
     damaged: list[tuple[str, str]] = field(default_factory=list)
+    staged: StagedStatus | None = None
+    finalize_failure: FinalizeFailure | None = None
 
     def find(self, ref: str) -> DeploymentStatus | None:
         return next((s for s in self.rows if s.deployment.ref == ref), None)
@@ -61,7 +78,19 @@ class SysrootStatus:
                 "next bootkit command makes that the default, "
                 f"'bootkit set-default {bad.deployment.id}' tries it again"
             )
+        failed = self.finalize_failure
+        if failed is not None:
+            found.append(
+                f"the update to {failed.ref} ({failed.version or 'unknown version'}) was not "
+                f"applied: finalizing it failed at {_when(failed.failed_at)}: {failed.reason}; "
+                "deal with the cause and deploy again, then 'bootkit finalize-staged "
+                "--forget-failure' clears this warning"
+            )
         return found
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
 
 
 def status(sr: Sysroot) -> SysrootStatus:
@@ -90,7 +119,23 @@ def status(sr: Sysroot) -> SysrootStatus:
         )
         for d in counting.menu_order(deps, state.default, counters)
     ]
-    return SysrootStatus(rows, unreadable, _damaged(sr, state, deps, unreadable_meta))
+    failure = None
+    with contextlib.suppress(OSError):
+        failure = FinalizeFailure.load(sr.boot_path)
+    return SysrootStatus(rows, unreadable, _damaged(sr, state, deps, unreadable_meta),
+                         _staged(sr, state), failure)
+
+
+def _staged(sr: Sysroot, state: State) -> StagedStatus | None:
+    record = staged_records.load_run_record() if inventory.staged_ref(sr, state) else None
+    if record is None:
+        return None
+    try:
+        dep = sr.load(record.ref)
+    except BootkitError:
+        return None
+    return StagedStatus(dep.ref, dep.path, dep.version, dep.title, record.locked,
+                        record.staged_at)
 
 
 def _damaged(

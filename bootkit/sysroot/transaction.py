@@ -63,8 +63,9 @@ def commit(sr: Sysroot, state: State, arm: Mapping[str, int] | None = None) -> S
     ordered = counting.menu_order(menu, state.default, plan.counters)
     state.save(sr.state_path)
     boot.switch(ordered, state.generation, plan.counters)
-    # The payloads of deployments left out of the menu stay, to be repaired.
-    payloads.remove_unreferenced(boot.path, {Payload(d.os, d.payload) for d in deps})
+    # The payloads of deployments left out of the menu stay, to be repaired, and so
+    # does a staged deployment's.
+    payloads.remove_unreferenced(boot.path, wanted_payloads(sr, state, deps))
     return state
 
 
@@ -109,7 +110,7 @@ def repair(sr: Sysroot) -> bool:
     if state.deployments:
         deps = sr.deployments(state)
         present = payloads.present(boot.path)
-        wanted = {Payload(d.os, d.payload) for d in deps}
+        wanted = wanted_payloads(sr, state, deps)
         if not wanted & set(present):
             raise BootkitError(
                 f"none of the deployments' boot files are in {boot.path}",
@@ -130,6 +131,13 @@ def repair(sr: Sysroot) -> bool:
             did = True
             did = bool(leftovers.discard(sr, state)) or did
     return did
+
+
+def wanted_payloads(sr: Sysroot, state: State, deps: Sequence[Deployment]) -> set[Payload]:
+    """The payloads $BOOT keeps: those of `deps` and of a staged deployment."""
+    wanted = {Payload(d.os, d.payload) for d in deps}
+    staged = inventory.staged_payload(sr, state)
+    return wanted | {staged} if staged is not None else wanted
 
 
 def regenerate(sr: Sysroot) -> State:

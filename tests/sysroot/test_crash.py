@@ -11,6 +11,9 @@ mutation and every later one raise, so no cleanup handler can tidy up. After eac
 (c) at least one entry is visible;
 (d) `bootkit status` and then `bootkit bootloader update` succeed and leave a tidy
     sysroot whose menu is the old or the new one.
+
+Finalizing a staged deployment is cut the same way; after each cut the machine
+reboots: the run directory is empty, and `bootkit finalize-staged --boot` runs first.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import stat
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +47,11 @@ from support.helpers import (
     untidy,
 )
 
+from bootkit import contract
 from bootkit.boot.bootdir import BootDir
 from bootkit.cli import main
 from bootkit.formats import grubscript
+from bootkit.records import staged
 from bootkit.sysroot.layout import Sysroot
 
 BOOTLOADERS = ["systemd-boot", "grub"]
@@ -363,6 +368,50 @@ def test_power_cut_at_every_mutation(
         assert after.refs in (old.refs, new.refs)
 
     _each_cut(range(1, n + 1), cut_at, tmp_path, f"{command} ({bootloader})")
+
+
+@pytest.mark.parametrize("bootloader", BOOTLOADERS)
+def test_power_cut_while_finalizing(
+    bootloader: str, templates: dict[str, Path], new_tree: Path, scratch: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tmp_path = scratch / f"finalize-{bootloader}"
+    base = _fresh(templates[bootloader], tmp_path / "base")
+    deploy_tree(Sysroot(base), new_tree, stage=True)
+    record = staged.load_run_record()
+    assert record is not None
+    old = _config(base / "efi", bootloader)
+
+    def staged_copy(dest: Path) -> Path:
+        """A copy of `base` with the run record that names it, in a run dir of its own."""
+        sysroot = _fresh(base, dest / "sys")
+        monkeypatch.setattr(contract, "RUN_DIR", dest / "run")
+        staged.save_run_record(replace(record, sysroot=str(sysroot)))
+        return sysroot
+
+    sysroot = staged_copy(tmp_path / "uncut")
+    disk = Disk()
+    with monkeypatch.context() as m:
+        _patch(m, disk)
+        _run(["finalize-staged"], sysroot, new_tree)
+    new = _config(sysroot / "efi", bootloader)
+    assert new.refs[0] == record.ref and new.refs[1:] == old.refs
+    assert not untidy(Sysroot(sysroot))
+
+    def cut_at(k: int, workdir: Path) -> None:
+        sysroot = staged_copy(workdir)
+        with pytest.MonkeyPatch.context() as m:
+            _patch(m, Disk(cut_at=k))
+            with pytest.raises(PowerCut):
+                _run(["finalize-staged"], sysroot, new_tree)
+        _check_visible(sysroot / "efi", bootloader, old, new, sysroot)
+        staged.run_record_path().unlink(missing_ok=True)  # the reboot
+        ok("finalize-staged", "--boot", "--sysroot", sysroot)
+        ok("bootloader", "update", "--sysroot", sysroot)
+        assert untidy(Sysroot(sysroot)) == []
+        assert _config(sysroot / "efi", bootloader).refs in (old.refs, new.refs)
+
+    _each_cut(range(1, disk.count + 1), cut_at, tmp_path, f"finalize ({bootloader})")
 
 
 def _each_cut(ks: range, body: Callable[[int, Path], None], workdir: Path, what: str) -> None:

@@ -16,7 +16,7 @@ from bootkit.errors import BootkitError
 from bootkit.formats.bls import EntryName
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
-from bootkit.sysroot import inventory, leftovers
+from bootkit.sysroot import inventory, leftovers, transaction
 from bootkit.sysroot.fsck.findings import Kind, Problem, Report
 from bootkit.sysroot.fsck.records import rel
 from bootkit.sysroot.kernel import find_kernel
@@ -159,7 +159,7 @@ def check_entries(
             found.append(f"entry {fname} differs from what bootkit writes for {dep.ref}")
     menu = {d.path for d in deps if inventory.why_unbootable(sr, d, boot.path) is None}
     found += [f"no entry boots {p}" for p in sorted(menu - leftovers.shown(view))]
-    wanted = {Payload(d.os, d.payload) for d in deps}
+    wanted = transaction.wanted_payloads(sr, state, deps)
     found += [f"payload {rel(sr, p.dir(boot.path))} is used by no deployment"
               for p in payloads.present(boot.path) if p not in wanted]
     report.checked["entries"] = len(view.entries)
