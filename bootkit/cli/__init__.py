@@ -19,6 +19,7 @@ from bootkit.errors import BootkitError, from_os_error
 COMMAND_MODULES = {
     "init": "init",
     "deploy": "deploy",
+    "finalize-staged": "finalize",
     "status": "status",
     "fsck": "fsck",
     "mark-good": "manage",

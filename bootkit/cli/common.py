@@ -12,9 +12,10 @@ from typing import Any
 
 import click
 
+from bootkit.records.staged import FinalizeFailure
 from bootkit.sysroot.booted import BootedSysroot, default_sysroot
 from bootkit.sysroot.layout import Sysroot
-from bootkit.sysroot.status import DeploymentStatus
+from bootkit.sysroot.status import DeploymentStatus, StagedStatus
 
 
 def sysroot_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -76,3 +77,14 @@ def status_json(s: DeploymentStatus) -> dict[str, Any]:
         "created": d.created,
         "content_digest": d.content_digest or None,  # None in metadata older than it
     }
+
+
+def staged_json(s: StagedStatus) -> dict[str, Any]:
+    """The staged deployment as `status --json` and `deploy --json` print it."""
+    return {"ref": s.ref, "path": s.path, "version": s.version, "title": s.title,
+            "locked": s.locked, "staged_at": s.staged_at}
+
+
+def failure_json(f: FinalizeFailure) -> dict[str, Any]:
+    """A failed finalize as `status --json` prints it."""
+    return {"ref": f.ref, "version": f.version, "failed_at": f.failed_at, "reason": f.reason}

@@ -6,13 +6,20 @@ from pathlib import Path
 
 import click
 
-from bootkit.cli.common import byte_progress, open_sysroot, print_json, status_json, sysroot_option
+from bootkit.cli.common import (
+    byte_progress,
+    open_sysroot,
+    print_json,
+    staged_json,
+    status_json,
+    sysroot_option,
+)
 from bootkit.cli.options import kargs_options, requested_kargs, tries_option
 from bootkit.sysroot.bootfiles import InitramfsMode
 from bootkit.sysroot.deploy import DeployRequest
 from bootkit.sysroot.deploy import deploy as deploy_request
 from bootkit.sysroot.importers import open_source
-from bootkit.sysroot.status import status
+from bootkit.sysroot.status import StagedStatus, status
 
 
 @click.command()
@@ -39,6 +46,17 @@ from bootkit.sysroot.status import status
     "How often its entry is tried before the bootloader falls back to the previous "
     "deployment (default: the sysroot's setting from 'bootkit init --tries'); 0: not counted."
 )
+@click.option(
+    "--stage/--no-stage", default=None,
+    help="Stage the deployment: everything is put in place now, but the boot menu "
+    "switches to it only at shutdown ('bootkit finalize-staged'), with /etc merged then. "
+    "Default: staged when run inside a booted deployment of this sysroot, else not.",
+)
+@click.option(
+    "--lock", is_flag=True,
+    help="With staging: keep the staged deployment out of the menu until "
+    "'bootkit finalize-staged --unlock' (or --now); a shutdown while locked discards it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the new deployment as JSON.")
 def deploy(
     sysroot: Path | None,
@@ -50,6 +68,8 @@ def deploy(
     no_default: bool,
     initramfs: str,
     tries: int | None,
+    stage: bool | None,
+    lock: bool,
     as_json: bool,
 ) -> None:
     """Deploy SOURCE, a root tree (directory, or tar archive: plain, gzip, xz, zstd).
@@ -61,22 +81,39 @@ def deploy(
 
     /var is shared by all deployments of an OS: it is filled from the tree's /var
     only while it is empty; later deploys never touch it.
+
+    Inside a running system the deployment is staged: it joins the boot menu at
+    shutdown. A new deploy replaces a deployment staged before.
     """
     request = DeployRequest(
         source=source, os_name=os_name, version=version, kargs=requested_kargs(kargs, karg_none),
         make_default=not no_default, initramfs=InitramfsMode(initramfs), tries=tries,
+        stage=stage, lock=lock,
     )
     sr = open_sysroot(sysroot)
     with byte_progress(f"Importing {source.name}", lambda: open_source(source).size()) as bar:
         dep = deploy_request(sr, request, bar)
-    if as_json:
-        row = status(sr).find(dep.ref)
+    found = status(sr)
+    if found.staged is not None and found.staged.ref == dep.ref:
+        _say_staged(found.staged, as_json)
+    elif as_json:
+        row = found.find(dep.ref)
         print_json(status_json(row) if row else {})
     else:
         role = "default" if not no_default else "not default"
         click.echo(
             f"Deployed {dep.ref} ({dep.title} {dep.version}, kernel {dep.kernel_version}); {role}"
         )
+
+
+def _say_staged(staged: StagedStatus, as_json: bool) -> None:
+    if as_json:
+        print_json({"staged": staged_json(staged)})
+        return
+    when = ("when 'bootkit finalize-staged --unlock' or '--now' allows it" if staged.locked
+            else "at shutdown")
+    click.echo(f"Staged {staged.ref} ({staged.title} {staged.version}); it joins the boot "
+               f"menu {when}")
 
 
 COMMANDS = [deploy]

@@ -6,9 +6,17 @@ from pathlib import Path
 
 import click
 
-from bootkit.cli.common import open_sysroot, print_json, status_json, sysroot_option, warn
+from bootkit.cli.common import (
+    failure_json,
+    open_sysroot,
+    print_json,
+    staged_json,
+    status_json,
+    sysroot_option,
+    warn,
+)
 from bootkit.sysroot.layout import Sysroot
-from bootkit.sysroot.status import DeploymentStatus, status
+from bootkit.sysroot.status import DeploymentStatus, StagedStatus, status
 
 
 @click.command("status")
@@ -31,12 +39,18 @@ def show_status(sr: Sysroot, as_json: bool) -> None:
         print_json({
             "deployments": [status_json(s) for s in found.rows],
             "bad_entries": [{"file": f, "error": e} for f, e in found.unreadable_entries],
+            "staged": staged_json(found.staged) if found.staged else None,
+            "finalize_failure": (
+                failure_json(found.finalize_failure) if found.finalize_failure else None
+            ),
         })
         return
     if not found.rows:
         click.echo("No deployments yet; add one with 'bootkit deploy SOURCE'.")
     for row in found.rows:
         _print_row(row)
+    if found.staged is not None:
+        _print_staged(found.staged)
     for message in found.warnings():
         warn(message)
     if found.rows:
@@ -50,6 +64,15 @@ def _print_row(s: DeploymentStatus) -> None:
     click.echo(f"{marks:<3} {d.ref}  {d.title} {d.version}  kernel {d.kernel_version}")
     click.echo(f"      entry: {s.entry or '(missing: run bootkit bootloader update)'}")
     click.echo(f"      boot: {s.counter.describe()}")
+
+
+def _print_staged(s: StagedStatus) -> None:
+    click.echo(f"staged {s.ref}  {s.title} {s.version}")
+    if s.locked:
+        click.echo("      locked: 'bootkit finalize-staged --unlock' lets shutdown add it to "
+                   "the menu, '--now' adds it at once; a shutdown while locked discards it")
+    else:
+        click.echo("      joins the boot menu at shutdown ('bootkit finalize-staged --now': at once)")
 
 
 COMMANDS = [status_command]

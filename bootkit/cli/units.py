@@ -11,7 +11,7 @@ from bootkit.boot.units import install_units
 
 @click.group()
 def systemd() -> None:
-    """The systemd units that mark a counted boot good once boot-complete.target is reached."""
+    """bootkit's systemd units: marking a counted boot good, finalizing staged deployments."""
 
 
 @systemd.command("install")
@@ -37,10 +37,17 @@ def systemd_install(root: Path, boot_dir: str) -> None:
     enablement go to usr/lib/systemd/system, so every deployment of the tree has
     them. A drop-in also tells systemd-bless-boot, where installed, that the ESP is
     at /sysroot<BOOT-DIR> inside a deployment.
+
+    Also installs and enables bootkit-finalize-staged.service, which finalizes a
+    staged deployment at shutdown (and removes an unfinalized one at boot), and
+    bootkit-finalize-failed.service, which fails at boot when that did not work;
+    each gets a drop-in that keeps $BOOT (/sysroot<BOOT-DIR>) mounted for it.
     """
     done = install_units(root, boot_dir)
     click.echo(f"Installed {done.unit}, enabled by {done.enabled}")
     click.echo(f"Installed {done.dropin}")
+    for unit, enabled, dropin in done.finalize:
+        click.echo(f"Installed {unit}, enabled by {enabled}, with {dropin}")
 
 
 COMMANDS = [systemd]
