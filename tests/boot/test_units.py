@@ -136,3 +136,77 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     # Only the unit's own lines: the host's other units are not this test's business.
     own = [line for line in proc.stderr.splitlines() if unit.name in line]
     assert own == [], proc.stderr
+
+
+# --- finalizing staged deployments ---------------------------------------------------------
+
+FINALIZE = "bootkit-finalize-staged.service"
+FAILED = "bootkit-finalize-failed.service"
+
+
+def test_installs_and_enables_the_finalize_units(tmp_path: Path) -> None:
+    done = install_units(tmp_path, "/boot/efi")
+
+    assert [unit.name for unit, _, _ in done.finalize] == [FINALIZE, FAILED]
+    for unit, enabled, dropin in done.finalize:
+        assert unit == tmp_path / UNITS / unit.name
+        assert unit.read_bytes() == (REPO / "bootkit/data" / unit.name).read_bytes()
+        wanted_by = _ini(unit)["Install"]["WantedBy"]
+        assert wanted_by == "multi-user.target"
+        assert enabled == tmp_path / UNITS / f"{wanted_by}.wants" / unit.name
+        assert enabled.readlink() == Path(f"../{unit.name}")
+        # $BOOT stays mounted for it: its mount point below the physical root.
+        assert dropin == tmp_path / UNITS / f"{unit.name}.d/50-bootkit-boot.conf"
+        assert _ini(dropin)["Unit"]["RequiresMountsFor"] == '"/sysroot/boot/efi"'
+
+
+def test_the_finalize_unit_runs_at_boot_and_finalizes_at_shutdown(tmp_path: Path) -> None:
+    unit = _ini(REPO / "bootkit/data" / FINALIZE)
+    assert unit["Unit"]["DefaultDependencies"] == "no"
+    assert unit["Unit"]["After"].split() == ["local-fs.target"]
+    assert "/sysroot" in unit["Unit"]["RequiresMountsFor"].split()
+    assert unit["Unit"]["Conflicts"] == unit["Unit"]["Before"] == "final.target"
+    assert unit["Unit"]["ConditionKernelCommandLine"] == "bootkit"
+    service = unit["Service"]
+    assert (service["Type"], service["RemainAfterExit"]) == ("oneshot", "yes")
+    assert service["ExecStart"] == "-/usr/bin/bootkit finalize-staged --boot"
+    assert service["ExecStop"] == "/usr/bin/bootkit finalize-staged"
+    assert service["TimeoutStopSec"] == "15min"
+
+
+def test_the_failed_unit_checks_after_the_finalize_unit(tmp_path: Path) -> None:
+    unit = _ini(REPO / "bootkit/data" / FAILED)
+    assert {"local-fs.target", FINALIZE} <= set(unit["Unit"]["After"].split())
+    assert unit["Unit"]["ConditionKernelCommandLine"] == "bootkit"
+    service = unit["Service"]
+    assert (service["Type"], service["RemainAfterExit"]) == ("oneshot", "yes")
+    # No '-': a recorded failure fails the unit, for 'systemctl --failed' to show.
+    assert service["ExecStart"] == "/usr/bin/bootkit finalize-staged --check"
+
+
+def test_the_boot_dir_cannot_add_lines_to_the_finalize_dropins(tmp_path: Path) -> None:
+    done = install_units(tmp_path, '/my efi/"x"%h')
+    for _, _, dropin in done.finalize:
+        (line,) = [x for x in dropin.read_text().splitlines() if x.startswith("RequiresMountsFor=")]
+        assert line == 'RequiresMountsFor="/sysroot/my efi/\\"x\\"%%h"'
+
+
+def test_cli_names_the_finalize_units(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["systemd", "install", "--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert FINALIZE in result.output and FAILED in result.output
+    assert "multi-user.target.wants" in result.output
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.parametrize("name", [FINALIZE, FAILED])
+def test_systemd_accepts_the_finalize_units(tmp_path: Path, name: str) -> None:
+    text = (REPO / "bootkit/data" / name).read_text()
+    unit = tmp_path / name
+    unit.write_text(text.replace("/usr/bin/bootkit", "/bin/true"))
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True, text=True, check=False,
+    )
+    own = [line for line in proc.stderr.splitlines() if name in line]
+    assert own == [], proc.stderr
