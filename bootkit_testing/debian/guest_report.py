@@ -153,7 +153,10 @@ def update(current: Any) -> None:
         booted = next(d for d in current["deployments"] if d["booted"])
         kargs = [f"--karg={k}" for k in booted["kargs"]]
         started = time.monotonic()
-        deployed = json.loads(bootkit("deploy", "--json", *kargs, str(UPDATE_MOUNT / UPDATE_TAR)))
+        # Switched at once: this scenario reboots into B without a finalizing shutdown.
+        deployed = json.loads(
+            bootkit("deploy", "--json", "--no-stage", *kargs, str(UPDATE_MOUNT / UPDATE_TAR))
+        )
         say("step-seconds", f"{time.monotonic() - started:.1f}")
         say("deploy", json.dumps(deployed))
     finally:
