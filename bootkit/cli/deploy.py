@@ -57,7 +57,11 @@ from bootkit.sysroot.status import StagedStatus, status
     help="With staging: keep the staged deployment out of the menu until "
     "'bootkit finalize-staged --unlock' (or --now); a shutdown while locked discards it.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the new deployment as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print the new deployment as JSON, as 'status --json' lists it; a staged one as "
+    "{\"staged\": {...}}, the form of 'status --json' for it.",
+)
 def deploy(
     sysroot: Path | None,
     source: Path,

@@ -28,6 +28,10 @@ def status_command(sysroot: Path | None, as_json: bool) -> None:
     Deployments found bad (tried until no boot tries were left, never marked good)
     come last, as the bootloader lists them. For each, 'boot' says whether it is
     known good, how many tries it has left, or that it is bad.
+
+    A staged deployment ('bootkit deploy --stage') is shown after the menu: it joins
+    it at shutdown. A failed finalize is shown as a warning until it is dealt with.
+    JSON: "staged" and "finalize_failure" are null when there is none.
     """
     show_status(open_sysroot(sysroot), as_json)
 

@@ -29,7 +29,7 @@ BOOT_RECORD_DIR = "bootkit"  # below $BOOT, beside the payloads
 MARKER = "staged.json"
 FAILURE = "finalize-failed.json"
 MARKER_SIZE = 4096
-_HINT = "'bootkit finalize-staged --boot' removes what a staged deploy left"
+_HINT = "remove it; the next bootkit command removes what a staged deploy left"
 
 
 @dataclass(frozen=True)

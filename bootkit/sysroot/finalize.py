@@ -36,7 +36,13 @@ def finalize(sr: Sysroot, now: bool = False, at_shutdown: bool = False) -> Deplo
 
     A locked one is refused unless `now`; `at_shutdown` it is discarded instead.
     """
-    found = records.load_run_record()
+    try:
+        found = records.load_run_record()
+    except BootkitError as err:
+        # What it named is a leftover now, which the next command removes.
+        log.warning("%s; it is removed", err.message)
+        records.remove_run_record()
+        return None
     if found is None or not found.is_for(sr.path):
         return None  # nothing staged: no lock taken, nothing written
     with sr.locked():

@@ -109,15 +109,18 @@ def readable(sr: SysrootPaths, refs: Iterable[str]) -> tuple[list[Deployment], d
 def staged_ref(sr: SysrootPaths, state: State) -> str | None:
     """The deployment a live staged record names: staged on this sysroot since the last
     boot, and still in flight. Every command keeps its tree, metadata and payload."""
+    ref = _run_record_ref(sr)
+    if ref is None or ref in state.deployments or ref not in state.in_flight:
+        return None
+    return ref
+
+
+def _run_record_ref(sr: SysrootPaths) -> str | None:
     try:
         record = staged.load_run_record()
     except (BootkitError, OSError):
-        return None  # unreadable: the next boot's cleanup removes what it named
-    if record is None or not record.is_for(sr.path):
-        return None
-    if record.ref in state.deployments or record.ref not in state.in_flight:
-        return None
-    return record.ref
+        return None  # unreadable: what it named is a leftover, removed as such
+    return record.ref if record is not None and record.is_for(sr.path) else None
 
 
 def staged_payload(sr: SysrootPaths, state: State) -> Payload | None:
@@ -173,6 +176,10 @@ def rebuilt_state(sr: SysrootPaths, recorded: State | None, view: BootView | Non
     generation continue above every number the state, the disk and $BOOT used.
     """
     recorded = recorded or State()
+    # A staged deployment stays out of the menu, in flight, as a lost state had it.
+    staged_ref = _run_record_ref(sr)
+    if staged_ref is not None and staged_ref not in (*recorded.in_flight, *recorded.deployments):
+        recorded = recorded.with_changes(in_flight=(*recorded.in_flight, staged_ref))
     found = found_on_disk(sr)
     deps = sorted(
         (

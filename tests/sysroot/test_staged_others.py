@@ -140,3 +140,33 @@ def test_a_run_record_of_another_sysroot_is_ignored(sr: Sysroot, tmp_path: Path)
     assert records.load_run_record() is not None
     assert Path("/run/bootkit") != contract.RUN_DIR
     assert status(sr).staged is not None and three.ref in sr.state().in_flight
+
+
+def test_a_lost_state_keeps_the_staged_deployment_out_of_the_menu(
+    sr: Sysroot, tmp_path: Path
+) -> None:
+    one, two = _two(sr, tmp_path)
+    with booted(two.path):
+        three = deploy_tree(sr, _tree(tmp_path, 3))
+        sr.state_path.unlink()
+        assert status_refs(sr) == [two.ref, one.ref]
+        assert status(sr).staged is not None
+        transaction.repair(sr)  # writes the state again
+        assert three.ref in sr.state().in_flight and three.ref not in sr.state().deployments
+        assert finalize(sr) is not None
+    assert status_refs(sr) == [three.ref, two.ref, one.ref]
+    assert (sr.tree(three) / "etc/hostname").is_file()
+    assert untidy(sr) == []
+
+
+def test_an_unreadable_run_record_names_nothing(sr: Sysroot, tmp_path: Path) -> None:
+    one, two = _two(sr, tmp_path)
+    with booted(two.path):
+        three = deploy_tree(sr, _tree(tmp_path, 3))
+    records.run_record_path().write_text("{not json")
+    assert status(sr).staged is None
+    assert finalize(sr) is None and not records.run_record_path().exists()
+    operations.bootloader_update(sr)  # the staged deployment is a leftover now
+    assert not sr.deployment_dir(three.os, three.id).exists()
+    assert status_refs(sr) == [two.ref, one.ref]
+    assert untidy(sr) == []
