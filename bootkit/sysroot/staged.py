@@ -145,14 +145,18 @@ def cleanup_at_boot(sr: Sysroot) -> str | None:
         state = sr.state()
         if inventory.staged_ref(sr, state) is not None:
             return None  # staged since this boot: finalizing it is still to come
+        marker = records.load_marker(boot)
+        applied = marker is None or marker.ref in state.deployments
+        # Only a deployment the state has in flight is removed, whatever a marker says.
         ref = marker.ref if marker is not None and marker.ref in state.in_flight else None
+        ref = None if applied else ref
         payload = _payload_of(sr, ref) if ref is not None else None
-        if marker is not None:
+        if marker is not None and not applied:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(marker.staged_at))
             log.warning("an update staged at %s (%s) was not applied: the system stopped "
                         "without finalizing it", when, marker.ref)
         leftovers.discard(sr, state, leftovers.shown(sr.boot.view()))
-        if ref is not None and ref not in state.deployments:
+        if ref is not None:
             remove_traces(sr, ref, payload)
         records.remove_marker(boot)
         return ref

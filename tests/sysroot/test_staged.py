@@ -326,3 +326,19 @@ def test_at_boot_a_deployment_staged_since_is_kept(sr: Sysroot, tmp_path: Path) 
         assert staged.cleanup_at_boot(sr) is None
         assert sr.deployment_dir(three.os, three.id).is_dir()
         assert finalize(sr) is not None
+
+
+def test_at_boot_a_marker_left_by_a_finished_finalize_only_goes(
+    sr: Sysroot, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, two = _two(sr, tmp_path)
+    with booted(two.path):
+        three = deploy_tree(sr, _tree(tmp_path, 3))
+        marker = records.marker_path(sr.boot_path).read_bytes()
+        finalize(sr)
+    records.marker_path(sr.boot_path).write_bytes(marker)  # cut before it was removed
+    with caplog.at_level(logging.WARNING, logger="bootkit"):
+        assert staged.cleanup_at_boot(sr) is None
+    assert "not applied" not in caplog.text
+    assert not records.marker_path(sr.boot_path).exists()
+    assert status_refs(sr)[0] == three.ref and untidy(sr) == []
