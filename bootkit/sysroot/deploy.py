@@ -128,7 +128,8 @@ class Job:
 
 
 def deploy(sysroot: Sysroot, request: DeployRequest, progress: Progress | None = None) -> Deployment:
-    """Deploy `request.source` into `sysroot` and switch the boot configuration to it."""
+    """Deploy `request.source` into `sysroot` and switch the boot configuration to it, or,
+    staged, leave the switch to `bootkit.sysroot.finalize`. Replaces a staged deployment."""
     with sysroot.locked():
         transaction.repair(sysroot)
         job = _start(sysroot, request)
