@@ -139,6 +139,7 @@ def deploy(image: Path, source: Path, version: str | None, kargs: tuple[str, ...
         source, version=version, kargs=requested_kargs(kargs, karg_none),
         make_default=not no_default,
         initramfs=InitramfsMode(initramfs), tries=tries,
+        stage=False,  # an image is not the running system, whatever this machine booted
     )
     dep = diskimage.deploy_to_image(image, request, _reporter(as_json), _import_progress)
     if as_json:

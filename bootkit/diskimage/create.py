@@ -119,7 +119,8 @@ def _deploy_sources(
     for number, source in enumerate(spec.sources, 1):
         report(f"Deploying {source} ({number}/{len(spec.sources)})")
         with importing(progress, source) as counter:
-            request = DeployRequest(source, kargs=spec.kargs or None, initramfs=spec.initramfs)
+            request = DeployRequest(source, kargs=spec.kargs or None, initramfs=spec.initramfs,
+                                    stage=False)  # an image is never the running system
             dep = deploy(sr, request, counter)
         ids.append(dep.id)
     return ids
