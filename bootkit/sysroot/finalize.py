@@ -135,7 +135,7 @@ def _failed(sr: Sysroot, before: State, dep: Deployment, err: Exception) -> Boot
         transaction.repair(sr)  # tidies what the failed switch wrote, once there is room
     return BootkitError(
         f"finalizing the staged deployment {dep.ref} failed, nothing was switched: {reason}",
-        hint=f"the reason is kept in {records.failure_path(boot)}; free space on $BOOT "
-        "(e.g. 'bootkit cleanup') and deploy again; 'bootkit finalize-staged "
+        hint=f"the reason is kept in {records.failure_path(boot)}; deal with it (a full "
+        "$BOOT: 'bootkit cleanup' frees space) and deploy again; 'bootkit finalize-staged "
         "--forget-failure' clears the record",
     )
