@@ -355,8 +355,11 @@ def _settle(job: Job) -> None:
 def _record_staged(job: Job) -> Deployment:
     """Leave the deployment in flight, for `bootkit finalize-staged` to list at shutdown."""
     assert job.deployment is not None
-    request = job.request
-    staged.record(job.sysroot, job.deployment, request.make_default, request.tries, request.lock)
+    request, sysroot = job.request, job.sysroot
+    # Its serial number is taken even if it is discarded: ids and failure records name it.
+    state = sysroot.state()
+    state.with_changes(serial=max(state.serial, job.serial)).save(sysroot.state_path)
+    staged.record(sysroot, job.deployment, request.make_default, request.tries, request.lock)
     return job.deployment
 
 

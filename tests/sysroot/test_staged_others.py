@@ -170,3 +170,13 @@ def test_an_unreadable_run_record_names_nothing(sr: Sysroot, tmp_path: Path) -> 
     assert not sr.deployment_dir(three.os, three.id).exists()
     assert status_refs(sr) == [two.ref, one.ref]
     assert untidy(sr) == []
+
+
+def test_a_discarded_staged_deployments_serial_is_not_used_again(
+    sr: Sysroot, tmp_path: Path
+) -> None:
+    _, two = _two(sr, tmp_path)
+    with booted(two.path):
+        three = deploy_tree(sr, _tree(tmp_path, 3))
+        four = deploy_tree(sr, _tree(tmp_path, 4))
+    assert (three.serial, four.serial) == (3, 4)
