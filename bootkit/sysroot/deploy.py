@@ -375,5 +375,6 @@ def _commit(job: Job) -> Deployment:
     # The new entry is counted with `tries` (default: the sysroot's setting).
     arm = {dep.ref: request.tries} if request.tries is not None else None
     transaction.commit(job.sysroot, new_state, arm)
-    staged.forget_failure(job.sysroot)  # this update replaces the one that failed
+    with contextlib.suppress(OSError):  # tidying only: the update is in place
+        staged.forget_failure(job.sysroot)  # it replaces the one that failed
     return dep

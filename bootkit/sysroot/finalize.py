@@ -66,7 +66,8 @@ def finalize(sr: Sysroot, now: bool = False, at_shutdown: bool = False) -> Deplo
         records.remove_run_record()
         with contextlib.suppress(OSError):  # tidying: --boot removes a marker left over
             records.remove_marker(sr.boot_path)
-        staged.forget_failure(sr)
+        with contextlib.suppress(OSError):
+            staged.forget_failure(sr)
         return dep
 
 

@@ -12,6 +12,7 @@ the staged deployment any more, and `bootkit finalize-staged --boot` removes it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 
@@ -123,7 +124,7 @@ def unlock(sr: Sysroot) -> StagedRecord | None:
     with sr.locked():
         rec = current(sr)
         if rec is not None and rec.locked:
-            rec = StagedRecord(**{**rec.__dict__, "locked": False})
+            rec = dataclasses.replace(rec, locked=False)
             records.save_run_record(rec)
         return rec
 
