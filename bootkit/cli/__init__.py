@@ -21,6 +21,7 @@ COMMAND_MODULES = {
     "deploy": "deploy",
     "status": "status",
     "fsck": "fsck",
+    "kargs": "kargs",
     "mark-good": "manage",
     "rollback": "manage",
     "set-default": "manage",
