@@ -24,7 +24,7 @@ from bootkit.sysroot.layout import Sysroot
               "argument of that name.")
 @click.option("--replace", "replace", multiple=True, metavar="NAME=[OLD=]NEW",
               help="NAME=NEW: give the one argument named NAME the value NEW. "
-              "NAME=OLD=NEW: turn NAME=OLD into NAME=NEW.")
+              "NAME=OLD=NEW: turn NAME=OLD into NAME=NEW (NEW may hold '=').")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def kargs(sysroot: Path | None, ident: str | None, append: tuple[str, ...],
           delete: tuple[str, ...], replace: tuple[str, ...], as_json: bool) -> None:
@@ -34,7 +34,9 @@ def kargs(sysroot: Path | None, ident: str | None, append: tuple[str, ...],
     A deployment has the image's arguments, from its tree's usr/lib/bootkit/kargs.d,
     and the admin's, given at deploy (--karg) or here. Only the admin's change; they
     carry over to the next deployment, which takes its own image's. The boot entry
-    has root=, bootkit=, the image's, then the admin's arguments.
+    has root=, bootkit=, the image's, then the admin's arguments: where the last
+    value of an argument counts, the admin's wins, so '--append NAME=VALUE'
+    overrides an argument of the image, which cannot be deleted.
 
     Changes apply in this order: every --delete, every --replace, every --append.
     Each option may be repeated. The changed list is recorded and the boot entries
