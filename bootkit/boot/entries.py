@@ -17,9 +17,13 @@ from bootkit.records.deployment import Deployment
 
 def options_for(cfg: SysrootConfig, dep: Deployment) -> str:
     """The kernel command line that boots `dep`; refused when a reader would take it
-    for something else, or the kernel would cut it."""
+    for something else, or the kernel would cut it.
+
+    The image's arguments come before the admin's: where the kernel or a program
+    takes the last value of an argument given twice, the admin's wins.
+    """
     return bootvalues.check_command_line(
-        " ".join([cfg.root_arg, "rw", f"bootkit={dep.path}", *dep.kargs])
+        " ".join([cfg.root_arg, "rw", f"bootkit={dep.path}", *dep.image_kargs, *dep.kargs])
     )
 
 

@@ -22,6 +22,7 @@ COMMAND_MODULES = {
     "finalize-staged": "finalize",
     "status": "status",
     "fsck": "fsck",
+    "kargs": "kargs",
     "mark-good": "manage",
     "rollback": "manage",
     "set-default": "manage",

@@ -73,7 +73,8 @@ def status_json(s: DeploymentStatus) -> dict[str, Any]:
         "tries_left": s.counter.left,
         "tries_done": s.counter.done,
         "path": d.path,
-        "kargs": list(d.kargs),
+        "kargs": list(d.kargs),  # the admin's
+        "image_kargs": list(d.image_kargs),  # those the deployed image ships
         "created": d.created,
         "content_digest": d.content_digest or None,  # None in metadata older than it
     }

@@ -39,6 +39,8 @@ class Deployment:
     title: str
     created: float
     serial: int
+    # The admin's kernel arguments: given at deploy or by `bootkit kargs`, carried over
+    # to the next deployment of the OS.
     kargs: tuple[str, ...] = field(default=())
     pinned: bool = False
     # Its payload is one Unified Kernel Image (kernel, initrd and its command line).
@@ -50,6 +52,9 @@ class Deployment:
     os_digest: str = ""
     # The payload's files with their digests; empty in metadata older than them.
     payload_files: tuple[PayloadFile, ...] = field(default=())
+    # The kernel arguments its tree ships (`bootkit.sysroot.imageargs`), before the
+    # admin's on the command line; empty in metadata older than them.
+    image_kargs: tuple[str, ...] = field(default=())
 
     @property
     def ref(self) -> str:
@@ -66,6 +71,7 @@ class Deployment:
     def to_json(self) -> str:
         data = asdict(self)
         data["kargs"] = list(self.kargs)
+        data["image_kargs"] = list(self.image_kargs)
         data["payload_files"] = [asdict(f) for f in self.payload_files]
         return json.dumps(data, indent=2) + "\n"
 
@@ -121,3 +127,5 @@ def _check_boot_values(dep: Deployment) -> None:
     bootvalues.check_word(dep.payload, "payload name")
     for karg in dep.kargs:
         bootvalues.check_kernel_argument(karg)
+    for karg in dep.image_kargs:
+        bootvalues.check_kernel_argument(karg, "image kernel argument")

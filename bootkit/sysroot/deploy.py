@@ -32,14 +32,14 @@ from bootkit.base.files import fsync_dir, remove_path, syncfs
 from bootkit.boot import payloads
 from bootkit.boot.entries import options_for
 from bootkit.boot.payloads import Payload
-from bootkit.contract import BOOTKIT_ARG, check_name
+from bootkit.contract import check_name
 from bootkit.errors import BootkitError
 from bootkit.formats import bootvalues
 from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment, PayloadFile
 from bootkit.records.state import State
 from bootkit.secureboot import signing
-from bootkit.sysroot import etcmerge, mergesource, staged, transaction
+from bootkit.sysroot import etcmerge, imageargs, mergesource, staged, transaction
 from bootkit.sysroot.bootfiles import InitramfsMode, boot_files
 from bootkit.sysroot.cleanup import reclaimable_bytes
 from bootkit.sysroot.importers import ImportReport, Source, check_outside, open_source
@@ -78,13 +78,7 @@ class DeployRequest:
         if self.version is not None:
             bootvalues.check_version(self.version)
         for karg in self.kargs or ():
-            bootvalues.check_kernel_argument(karg)
-            # As the kernel reads it: quotes around the argument do not hide its name.
-            if karg.replace('"', "").startswith((f"{BOOTKIT_ARG}=", "root=")):
-                raise BootkitError(
-                    f"invalid kernel argument {karg!r}: bootkit sets it itself",
-                    hint=f"{BOOTKIT_ARG}= names the deployment; root= is the sysroot's setting",
-                )
+            imageargs.check_settable(karg)
         if self.tries is not None:
             bootvalues.check_tries(self.tries)
 
@@ -139,6 +133,7 @@ def deploy(sysroot: Sysroot, request: DeployRequest, progress: Progress | None =
             _merge_etc(job)
             _hand_over_var(job)
             _describe(job)
+            _add_image_kargs(job)
             _install_payload(job)
             _settle(job)
             dep = _record_staged(job) if job.stage else _commit(job)
@@ -292,6 +287,16 @@ def _from_os_release(
         if osrel.get(key):
             return osrel[key], f"{key} in the tree's os-release"
     return fallback
+
+
+def _add_image_kargs(job: Job) -> None:
+    """The kernel arguments the new tree ships; those of the deployment it follows are
+    its image's, so they are not carried over (the admin's are, see `kernel_arguments`)."""
+    assert job.deployment is not None
+    job.deployment = job.deployment.with_changes(
+        image_kargs=imageargs.read_image_kargs(job.staging)
+    )
+    options_for(job.config, job.deployment)  # all of them together, checked before any copy
 
 
 def _install_payload(job: Job) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.helpers import fails, make_tree, ok, untidy
+from support.helpers import bls_entries, fails, make_tree, ok, untidy
 
 from bootkit.boot.backends import grub, systemd_boot
 from bootkit.diskimage import (
@@ -350,3 +350,20 @@ def test_image_edits_keep_extended_attributes(tmp_path: Path, trees: dict[str, P
     assert debugfs(image, "ea_list /bootkit/deploy/test/var/random-seed").splitlines()[1:] == [
         '  user.random-seed-creditable (1) = "1"'
     ]
+
+
+@needs_systemd_boot
+def test_image_arguments_reach_the_images_entries(tmp_path: Path) -> None:
+    """Made or updated, an image's deployments take their tree's kargs.d, then --karg."""
+    kargs_d = "usr/lib/bootkit/kargs.d/10-image.conf"
+    one = make_tree(tmp_path / "one", version="1", files={kargs_d: "quiet\n"})
+    two = make_tree(tmp_path / "two", version="2", kernel=b"kernel 2\n",
+                    files={kargs_d: "splash\n"})
+    image = tmp_path / "disk.img"
+    small_image(image, "systemd-boot", [one])
+    deploy_to_image(image, DeployRequest(two))
+    with read_image(image) as sr:
+        found = {d.version: (d.image_kargs, d.kargs) for d in sr.deployments()}
+        options = sorted(e.options.split(" ", 3)[3] for _, e in bls_entries(sr.boot_path))
+    assert found == {"1": (("quiet",), ("console=ttyS0",)), "2": (("splash",), ("console=ttyS0",))}
+    assert options == ["quiet console=ttyS0", "splash console=ttyS0"]

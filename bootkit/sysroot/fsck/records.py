@@ -15,7 +15,7 @@ from bootkit.errors import BootkitError
 from bootkit.formats.bls import BootEntry, EntryName
 from bootkit.records.deployment import Deployment, PayloadFile
 from bootkit.records.state import State
-from bootkit.sysroot import inventory, leftovers
+from bootkit.sysroot import imageargs, inventory, leftovers
 from bootkit.sysroot.fsck.findings import Kind, Problem, Report
 from bootkit.sysroot.inventory import STAGING_PREFIX, TEMP_SUFFIX, Found
 from bootkit.sysroot.layout import Sysroot
@@ -121,6 +121,7 @@ def from_entry(sr: Sysroot, f: Found, view: BootView) -> Deployment | None:
     kver = payload.name.rpartition("-")[0]
     options = entry.options.split()
     at = next((i for i, o in enumerate(options) if o.startswith(f"{BOOTKIT_ARG}=")), len(options))
+    image_kargs, kargs = _split_kargs(sr.deployment_dir(f.os, f.id), tuple(options[at + 1:]))
     return Deployment(
         os=f.os,
         id=f.id,
@@ -131,10 +132,24 @@ def from_entry(sr: Sysroot, f: Found, view: BootView) -> Deployment | None:
         title=entry.title,
         created=sr.deployment_dir(f.os, f.id).stat().st_mtime,
         serial=inventory.serial_of(f.id) or 0,
-        kargs=tuple(options[at + 1:]),
+        kargs=kargs,
+        image_kargs=image_kargs,
         uki=bool(entry.efi),
         payload_files=_verified_files(sr, payload, kver, bool(entry.efi)),
     )
+
+
+def _split_kargs(tree: Path, kargs: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """An entry's own kernel arguments as the image's and the admin's: the image's come
+    first, as its tree ships them; if the entry does not start with those, all are taken
+    for the admin's, so none is lost."""
+    try:
+        image = imageargs.read_image_kargs(tree)
+    except (BootkitError, OSError):
+        image = ()
+    if kargs[: len(image)] == image:
+        return image, kargs[len(image):]
+    return (), kargs
 
 
 def _newest_entry(view: BootView, path: str) -> BootEntry | None:
