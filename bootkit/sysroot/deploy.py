@@ -36,7 +36,7 @@ from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment, PayloadFile
 from bootkit.records.state import State
 from bootkit.secureboot import signing
-from bootkit.sysroot import etcmerge, transaction
+from bootkit.sysroot import desktoplayout, etcmerge, transaction
 from bootkit.sysroot.bootfiles import InitramfsMode, boot_files
 from bootkit.sysroot.cleanup import reclaimable_bytes
 from bootkit.sysroot.importers import ImportReport, Source, check_outside, open_source
@@ -105,6 +105,7 @@ class Job:
     new_payload: Payload | None = None  # copied to $BOOT by this job
     recorded: bool = False  # recorded as in flight, with its metadata written
     settled: bool = False  # the tree has its final name
+    first_of_os: bool = False  # the shared /var was empty before this deploy
     serial: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -125,6 +126,7 @@ def deploy(sysroot: Sysroot, request: DeployRequest, progress: Progress | None =
             _lay_out_etc(job)
             _merge_etc(job)
             _hand_over_var(job)
+            _lay_out_desktop(job)
             _describe(job)
             _install_payload(job)
             _settle(job)
@@ -190,7 +192,8 @@ def _listed(job: Job) -> bool:
 
 def _import(job: Job, progress: Progress) -> None:
     # A /var that is no longer empty is never refilled, so later trees' /var is not read.
-    dropped = frozenset({"var"}) if any((job.stateroot / "var").iterdir()) else frozenset()
+    job.first_of_os = not any((job.stateroot / "var").iterdir())
+    dropped = frozenset() if job.first_of_os else frozenset({"var"})
     job.report = job.source.import_into(job.staging, job.sysroot.objects, progress, dropped)
     skipped = job.report.skipped
     if skipped:
@@ -236,6 +239,14 @@ def _hand_over_var(job: Job) -> None:
             os.chmod(shared, var.stat().st_mode & 0o7777)
         remove_path(var)
     var.mkdir(mode=0o755)
+
+
+def _lay_out_desktop(job: Job) -> None:
+    """home, root, opt, srv, mnt, media and usr/local become symlinks into /var, their
+    content moved there on the OS's first deploy (see `desktoplayout`)."""
+    assert job.report is not None
+    desktoplayout.lay_out(job.staging, job.stateroot / "var", job.sysroot.objects, job.report,
+                          first=job.first_of_os)
 
 
 def _describe(job: Job) -> None:
