@@ -12,7 +12,9 @@ is not imported at all (device nodes, fifos, sockets).
 - `content_digest` names the imported tree; `bootkit status --json` shows it.
 - `os_digest` leaves out /etc and /usr/etc as well, which a deploy and the running
   system change, so that it can be computed again from a deployment's tree on
-  disk (`tree_notes`): `bootkit fsck` checks each tree against it.
+  disk (`tree_notes`): `bootkit fsck` checks each tree against it. What a deploy
+  changes elsewhere after the import (the desktop layout's symlinks, say) it
+  reports with notes of what is there now, and the digest covers those instead.
 
 The id digest (`ImportReport.digest`) is older and notes hardlinks and walk order
 as the source has them, so it can differ between two imports of one tree.
@@ -34,12 +36,34 @@ CHANGING = ("etc", "usr/etc", "var")
 def content_digest(notes: Iterable[str], leave_out: Iterable[str] = ("var",)) -> str:
     """The digest of a tree from an importer's notes (`<rel>\\0<what>\\n` each), without
     the paths in or under `leave_out`."""
-    prefixes = tuple(leave_out)
+    return _digest(_resolved(notes, tuple(leave_out)))
+
+
+def os_digest(notes: Iterable[str], replaced: Iterable[str] = (), now: Iterable[str] = ()) -> str:
+    """The digest of what a deployment keeps as imported: all but /etc, /usr/etc, /var.
+
+    `replaced`: paths a deploy changed after the import, each with all below it, whose
+    notes no longer hold; `now`: notes, as `note_of` makes them, of what is there instead.
+    """
+    what = _resolved(notes, CHANGING)
+    gone = tuple(replaced)
+    # Hardlinks are resolved first: a file whose earlier name was replaced is still there.
+    what = {rel: kind for rel, kind in what.items() if not _under(rel, gone)}
+    what |= _resolved(now, CHANGING)
+    return _digest(what)
+
+
+def _under(rel: str, prefixes: tuple[str, ...]) -> bool:
+    return any(rel == p or rel.startswith(p + "/") for p in prefixes)
+
+
+def _resolved(notes: Iterable[str], leave_out: tuple[str, ...]) -> dict[str, str]:
+    """What each path is, hardlinks resolved to what their target is."""
     what: dict[str, str] = {}
     links: dict[str, str] = {}
     for note in notes:
         rel, _, kind = note.removesuffix("\n").partition("\0")
-        if not rel or rel == "." or any(rel == p or rel.startswith(p + "/") for p in prefixes):
+        if not rel or rel == "." or _under(rel, leave_out):
             continue
         if kind.startswith("h"):
             links[rel] = kind[1:]
@@ -51,15 +75,14 @@ def content_digest(notes: Iterable[str], leave_out: Iterable[str] = ("var",)) ->
             seen.add(target)
             target = links[target]
         what[rel] = what.get(target, f"h{target}")
+    return what
+
+
+def _digest(what: dict[str, str]) -> str:
     h = hashlib.sha256()
     for rel in sorted(what, key=lambda r: r.encode(*_ENCODING)):
         h.update(rel.encode(*_ENCODING) + b"\0" + what[rel].encode(*_ENCODING) + b"\n")
     return h.hexdigest()
-
-
-def os_digest(notes: Iterable[str]) -> str:
-    """The digest of what a deployment keeps as imported: all but /etc, /usr/etc, /var."""
-    return content_digest(notes, CHANGING)
 
 
 def tree_notes(tree: Path, file_hash: Callable[[str, os.stat_result], str]) -> Iterator[str]:
@@ -72,15 +95,23 @@ def tree_notes(tree: Path, file_hash: Callable[[str, os.stat_result], str]) -> I
             rel = _rel(rel_parent, name)
             if rel in CHANGING:
                 continue
-            path = os.path.join(parent, name)
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode):
-                yield f"{rel}\0d{st.st_mode:o}:{st.st_uid}:{st.st_gid}\n"
-            elif stat.S_ISLNK(st.st_mode):
-                yield f"{rel}\0l{os.readlink(path)}\n"
-            elif stat.S_ISREG(st.st_mode):
-                digest = file_hash(path, st)
-                yield f"{rel}\0f{digest}:{st.st_mode:o}:{st.st_uid}:{st.st_gid}\n"
+            note = note_of(tree, rel, file_hash)
+            if note is not None:
+                yield note
+
+
+def note_of(tree: Path, rel: str, file_hash: Callable[[str, os.stat_result], str]) -> str | None:
+    """The note of `rel` in the tree on disk, as `tree_notes` makes it; None for what an
+    importer leaves out (device nodes, fifos, sockets)."""
+    path = os.path.join(tree, rel)
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode):
+        return f"{rel}\0d{st.st_mode:o}:{st.st_uid}:{st.st_gid}\n"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{rel}\0l{os.readlink(path)}\n"
+    if stat.S_ISREG(st.st_mode):
+        return f"{rel}\0f{file_hash(path, st)}:{st.st_mode:o}:{st.st_uid}:{st.st_gid}\n"
+    return None
 
 
 def _rel(parent: str, name: str) -> str:

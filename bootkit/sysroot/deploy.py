@@ -1,18 +1,21 @@
 """`bootkit deploy`: a source tree becomes a deployment, in named steps.
 
-    import -> lay out /etc -> merge /etc -> hand /var over -> describe -> install
-    the payload -> settle -> commit
+    import -> lay out /etc -> merge /etc -> hand /var over -> lay out the desktop
+    -> describe -> image kernel arguments -> install the payload -> settle
+    -> commit (or, staged, record it for finalizing)
 
 A staged deploy (see `bootkit.sysroot.staged`) stops after `settle` and records
 itself instead of committing; /etc is merged when it is finalized, at shutdown.
 
 Every step works on one `Job`: the request, the staging directory the tree is built
-in, and what earlier steps found. Until `settle`, nothing outside the staging
-directory and the new payload directory on $BOOT is written. `settle` records the
-deployment as in flight, writes its metadata and gives the tree its final name;
-`commit` lists it in the state and switches the boot configuration in one
-transaction (see `bootkit.sysroot.transaction`). A failure before the state lists
-it removes all of it; a crash leaves what the next command removes (see
+in, and what earlier steps found. Until `settle`, nothing is written outside the
+staging directory and the new payload directory on $BOOT, except on the first
+deploy of an OS, which fills the shared /var (from the tree's /var and the desktop
+layout's directories) and keeps it filled even if the deploy fails later. `settle`
+records the deployment as in flight, writes its metadata and gives the tree its
+final name; `commit` lists it in the state and switches the boot configuration in
+one transaction (see `bootkit.sysroot.transaction`). A failure before the state
+lists it removes the rest; a crash leaves what the next command removes (see
 `bootkit.sysroot.leftovers`).
 """
 
@@ -39,7 +42,7 @@ from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment, PayloadFile
 from bootkit.records.state import State
 from bootkit.secureboot import signing
-from bootkit.sysroot import etcmerge, imageargs, mergesource, staged, transaction
+from bootkit.sysroot import desktoplayout, etcmerge, imageargs, mergesource, staged, transaction
 from bootkit.sysroot.bootfiles import InitramfsMode, boot_files
 from bootkit.sysroot.cleanup import reclaimable_bytes
 from bootkit.sysroot.importers import ImportReport, Source, check_outside, open_source
@@ -111,6 +114,7 @@ class Job:
     new_payload: Payload | None = None  # copied to $BOOT by this job
     recorded: bool = False  # recorded as in flight, with its metadata written
     settled: bool = False  # the tree has its final name
+    first_of_os: bool = False  # the shared /var was empty before this deploy
     serial: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +136,7 @@ def deploy(sysroot: Sysroot, request: DeployRequest, progress: Progress | None =
             _lay_out_etc(job)
             _merge_etc(job)
             _hand_over_var(job)
+            _lay_out_desktop(job)
             _describe(job)
             _add_image_kargs(job)
             _install_payload(job)
@@ -200,7 +205,8 @@ def _listed(job: Job) -> bool:
 
 def _import(job: Job, progress: Progress) -> None:
     # A /var that is no longer empty is never refilled, so later trees' /var is not read.
-    dropped = frozenset({"var"}) if any((job.stateroot / "var").iterdir()) else frozenset()
+    job.first_of_os = not any((job.stateroot / "var").iterdir())
+    dropped = frozenset() if job.first_of_os else frozenset({"var"})
     job.report = job.source.import_into(job.staging, job.sysroot.objects, progress, dropped)
     skipped = job.report.skipped
     if skipped:
@@ -235,6 +241,14 @@ def _hand_over_var(job: Job) -> None:
             os.chmod(shared, var.stat().st_mode & 0o7777)
         remove_path(var)
     var.mkdir(mode=0o755)
+
+
+def _lay_out_desktop(job: Job) -> None:
+    """home, root, opt, srv, mnt, media and usr/local become symlinks into /var, their
+    content moved there on the OS's first deploy (see `desktoplayout`)."""
+    assert job.report is not None
+    desktoplayout.lay_out(job.staging, job.stateroot / "var", job.sysroot.objects, job.report,
+                          first=job.first_of_os)
 
 
 def _describe(job: Job) -> None:

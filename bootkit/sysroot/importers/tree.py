@@ -78,6 +78,9 @@ class ImportReport:
     digest: str = ""  # identifies the tree's content (in its deployment's id)
     content_digest: str = ""  # the same for the same tree from any source (see contentdigest)
     os_digest: str = ""  # the same, without /etc: what fsck checks a deployment's tree against
+    # What the digests were made from, one line per entry (see contentdigest): a deploy
+    # that changes the tree after the import makes os_digest again from them.
+    notes: list[str] = field(default_factory=list, repr=False)
 
 
 class TreeBuilder:
@@ -181,4 +184,5 @@ class TreeBuilder:
         self.report.digest = tree_hash.hexdigest()
         self.report.content_digest = content_digest(self.notes)
         self.report.os_digest = os_digest(self.notes)
+        self.report.notes = self.notes
         return self.report
