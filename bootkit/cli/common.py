@@ -73,6 +73,7 @@ def status_json(s: DeploymentStatus) -> dict[str, Any]:
         "tries_done": s.counter.done,
         "path": d.path,
         "kargs": list(d.kargs),
+        "payload": d.payload,  # its directory under $BOOT/bootkit/<os>/
         "created": d.created,
         "content_digest": d.content_digest or None,  # None in metadata older than it
     }
