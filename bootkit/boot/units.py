@@ -41,11 +41,17 @@ BOOT_DROPIN = "50-bootkit-boot.conf"
 def bless_boot_dropin(boot_dir: str) -> str:
     # systemd-bless-boot looks for the ESP at /efi, /boot and /boot/efi of the
     # running system; in a deployment, $BOOT is below the physical root instead.
+    esp = f"{PHYSICAL_ROOT}{boot_dir}"
     return (
         "# Installed by bootkit: inside a deployment the ESP is mounted below the\n"
         "# physical root, where systemd-bless-boot does not look by itself.\n"
         "[Service]\n"
-        f"Environment={_systemd_quoted(f'SYSTEMD_ESP_PATH={PHYSICAL_ROOT}{boot_dir}')}\n"
+        f"Environment={_systemd_quoted(f'SYSTEMD_ESP_PATH={esp}')}\n"
+        "# The ESP may be mounted read-only: the service then gets a mount namespace of\n"
+        "# its own in which the ESP is writable, and the rest of the system still sees\n"
+        "# it read-only (that mount keeps its own read-only flag).\n"
+        "PrivateMounts=yes\n"
+        f"ExecStartPre=-mount -o remount,rw {_systemd_quoted(esp)}\n"
     )
 
 

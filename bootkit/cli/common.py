@@ -75,6 +75,7 @@ def status_json(s: DeploymentStatus) -> dict[str, Any]:
         "path": d.path,
         "kargs": list(d.kargs),  # the admin's
         "image_kargs": list(d.image_kargs),  # those the deployed image ships
+        "payload": d.payload,  # its directory under $BOOT/bootkit/<os>/
         "created": d.created,
         "content_digest": d.content_digest or None,  # None in metadata older than it
     }

@@ -24,8 +24,30 @@ STEP = Path(f"/sys/firmware/qemu_fw_cfg/by_name/{STEP_FW_CFG}/raw")
 UPDATE_DEVICE = Path(f"/dev/disk/by-label/{UPDATE_LABEL}")
 UPDATE_MOUNT = Path("/run/bootkit-update")
 TEST_DIR = "bootkit-test"
-# What marks a counted boot good once boot-complete.target is reached.
-MARK_GOOD_UNITS = ("systemd-bless-boot.service", "bootkit-mark-good.service")
+# What marks a counted boot good once boot-complete.target is reached, and what
+# finalizes a staged update at shutdown or reports that finalizing failed.
+BOOTKIT_UNITS = (
+    "systemd-bless-boot.service",
+    "bootkit-mark-good.service",
+    "bootkit-finalize-staged.service",
+    "bootkit-finalize-failed.service",
+)
+OS_NAME = "debian"
+BOOT = "/sysroot/efi"  # $BOOT, the ESP, mounted read-only by the guest's fstab
+DEPLOY_DIR = f"/sysroot/bootkit/deploy/{OS_NAME}/deploy"
+# What a person keeps on an atomic desktop: every update, rollback and cleanup keeps it.
+USER_DATA = (
+    "/home/alice/notes.txt",
+    "/root/notes.txt",
+    "/var/lib/flatpak/app/org.example.Notes/notes.txt",
+    "/var/lib/containers/storage/notes.txt",
+    "/usr/local/share/notes.txt",
+    "/opt/notes.txt",
+)
+# The atomic-desktop layout: these are symlinks into /var (or /run).
+LAYOUT = ("/home", "/root", "/opt", "/srv", "/mnt", "/media", "/usr/local")
+# The kernel argument the admin adds in the 'update' step.
+ADMIN_KARG = "bootkit.test.admin=1"
 
 
 def say(key: str, value: str = "") -> None:
@@ -89,6 +111,30 @@ def writable(path: str | Path) -> bool:
         return False
 
 
+def mount_options(path: str) -> str:
+    proc = run("findmnt", "--noheadings", "--raw", "--output", "VFS-OPTIONS", "--mountpoint", path)
+    return proc.stdout.strip()
+
+
+def listing(path: str) -> str:
+    try:
+        return " ".join(sorted(os.listdir(path)))
+    except OSError as err:
+        return f"({err.strerror})"
+
+
+def report_layout_and_data() -> None:
+    """The atomic-desktop symlinks, the user's data, and what bootkit keeps on disk."""
+    for path in LAYOUT:
+        say(f"link:{path}", os.readlink(path) if os.path.islink(path) else "(not a symlink)")
+    for path in USER_DATA:
+        say(f"data:{path}", read(path))
+    say("cmdline", read("/proc/cmdline"))
+    say("ls:deploy", listing(DEPLOY_DIR))
+    say("ls:boot-bootkit", listing(f"{BOOT}/bootkit"))
+    say("ls:payloads", listing(f"{BOOT}/bootkit/{OS_NAME}"))
+
+
 def report() -> Any:
     rel = os_release()
     say("version", rel.get("VERSION_ID", ""))
@@ -104,12 +150,12 @@ def report() -> Any:
         if len(fields) == 3:
             say(f"mount:{path}", f"root={fields[0]} options={fields[1]}")
             say(f"source:{path}", fields[2])
-    for path in ("/usr", "/etc", "/var", "/sysroot"):
+    for path in ("/usr", "/etc", "/var", "/sysroot", BOOT):
         say(f"write:{path}", "yes" if writable(path) else "no")
     say("multi-user", run("systemctl", "is-active", "multi-user.target").stdout.strip())
     # Where boot counting will look: boot-complete.target marks a boot good.
     say("boot-complete", run("systemctl", "is-active", "boot-complete.target").stdout.strip())
-    for unit in MARK_GOOD_UNITS:
+    for unit in BOOTKIT_UNITS:
         say(f"unit:{unit}", run("systemctl", "is-active", unit).stdout.strip())
         log = run("journalctl", "--boot", "--output=cat", "--no-pager", f"--unit={unit}")
         say(f"log:{unit}", one_line(log.stdout))
@@ -118,6 +164,7 @@ def report() -> Any:
     current = status()
     say("status", json.dumps(current))
     say("boot-times", boot_times())
+    report_layout_and_data()
     say("etc:site", read(f"/etc/{TEST_DIR}/site.conf"))
     say("etc:defaults", read(f"/etc/{TEST_DIR}/defaults.conf"))
     say("var:note", read(f"/var/lib/{TEST_DIR}/note"))
@@ -135,58 +182,113 @@ def step_name() -> str:
     return read(STEP) or "report"
 
 
-def update(current: Any) -> None:
-    """What an admin does: change a setting, keep some data, install the update."""
-    site = Path(f"/etc/{TEST_DIR}/site.conf")
-    site.write_text(site.read_text().replace("color=blue", "color=green"))
-    note = Path(f"/var/lib/{TEST_DIR}/note")
-    note.write_text(f"written by {os_release().get('VERSION_ID')} before the update\n")
+def mounted_update() -> Path:
+    """The update disk, mounted read-only; the archive on it is the update."""
     for _ in range(60):
         if UPDATE_DEVICE.exists():
             break
         time.sleep(0.5)
     UPDATE_MOUNT.mkdir(exist_ok=True)
-    proc = run("mount", "-o", "ro", str(UPDATE_DEVICE), str(UPDATE_MOUNT))
-    if proc.returncode != 0:
-        raise RuntimeError(f"cannot mount the update disk: {one_line(proc.stderr)}")
-    try:
-        booted = next(d for d in current["deployments"] if d["booted"])
-        kargs = [f"--karg={k}" for k in booted["kargs"]]
-        started = time.monotonic()
-        # Switched at once: this scenario reboots into B without a finalizing shutdown.
-        deployed = json.loads(
-            bootkit("deploy", "--json", "--no-stage", *kargs, str(UPDATE_MOUNT / UPDATE_TAR))
-        )
-        say("step-seconds", f"{time.monotonic() - started:.1f}")
-        say("deploy", json.dumps(deployed))
-    finally:
-        run("umount", str(UPDATE_MOUNT))
+    if not os.path.ismount(UPDATE_MOUNT):
+        proc = run("mount", "-o", "ro", str(UPDATE_DEVICE), str(UPDATE_MOUNT))
+        if proc.returncode != 0:
+            raise RuntimeError(f"cannot mount the update disk: {one_line(proc.stderr)}")
+    return UPDATE_MOUNT / UPDATE_TAR
 
 
-def rollback(_current: Any) -> None:
+def deploy(*options: str) -> Any:
+    """`bootkit deploy` of the update, as an admin runs it; what it printed, as JSON."""
     started = time.monotonic()
-    say("rollback", one_line(bootkit("rollback")))
+    deployed = json.loads(bootkit("deploy", "--json", *options, str(mounted_update())))
     say("step-seconds", f"{time.monotonic() - started:.1f}")
+    say("deploy", json.dumps(deployed))
+    return deployed
+
+
+def on_boot(*command: str) -> subprocess.CompletedProcess[str]:
+    """Run `command` with $BOOT writable, in a mount namespace of its own: what a person
+    does by hand on a machine whose ESP is mounted read-only."""
+    script = f"mount -o remount,rw {BOOT} && cd {BOOT} && " + " ".join(command)
+    return run("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
+
+
+def stage() -> None:
+    """An update staged while the system runs; the admin goes on using it, then reboots."""
+    deploy()
+    say("status-staged", json.dumps(status()))
+    site = Path(f"/etc/{TEST_DIR}/site.conf")
+    site.write_text(site.read_text().replace("color=blue", "color=green"))
+    Path(f"/var/lib/{TEST_DIR}/note").write_text(
+        f"written by {os_release().get('VERSION_ID')} before the update\n"
+    )
+    for path in USER_DATA:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(f"kept {path}\n")
+
+
+def crash() -> None:
+    """Stage an update, then the machine goes down without a shutdown (see main)."""
+    deploy("--stage")
+    say("status-staged", json.dumps(status()))
+
+
+def fail() -> None:
+    """Stage an update, then fill $BOOT so that finalizing it at shutdown fails."""
+    deploy("--stage")
+    say("status-staged", json.dumps(status()))
+    on_boot("dd if=/dev/zero of=fill bs=1M status=none; sync")
+    say("boot-free", on_boot("df --output=avail .").stdout.split()[-1])
+
+
+def update() -> None:
+    """Make room on $BOOT, update at once, add a kernel argument, clean up."""
+    proc = on_boot("rm -f fill")
+    if proc.returncode != 0:
+        raise RuntimeError(f"cannot empty $BOOT: {one_line(proc.stderr)}")
+    deployed = deploy("--no-stage")
+    say("kargs", one_line(bootkit("kargs", "--append", ADMIN_KARG, deployed["id"])))
+    say("cleanup", one_line(bootkit("cleanup")))
+
+
+def rollback() -> None:
+    say("rollback", one_line(bootkit("rollback")))
+
+
+STEPS = {"stage": stage, "crash": crash, "fail": fail, "update": update, "rollback": rollback}
+# Steps that leave an update staged: the shutdown after them must stop the services,
+# so that bootkit-finalize-staged.service finalizes it.
+CLEAN_SHUTDOWN = ("stage", "fail")
 
 
 def main() -> None:
+    step = ""
     try:
-        current = report()
+        report()
         step = step_name()
         say("step", step)
-        if step in ("update", "rollback"):
-            {"update": update, "rollback": rollback}[step](current)
+        if step in STEPS:
+            STEPS[step]()
             say("status-after", json.dumps(status()))
-            # bootkit wrote to /sysroot in a mount namespace of its own; here it stays read-only.
-            say("write-after:/sysroot", "yes" if writable("/sysroot") else "no")
+            # bootkit wrote to /sysroot and $BOOT in a mount namespace of its own; here
+            # both stay read-only.
+            for path in ("/sysroot", BOOT):
+                say(f"write-after:{path}", "yes" if writable(path) else "no")
+            say(f"mount-after:{BOOT}", mount_options(BOOT))
     except Exception as err:
         say("step-error", f"{type(err).__name__}: {one_line(str(err))}")
     finally:
+        if step == "crash":
+            say("done")
+            # Down at once, as on a power cut: no sync, no service is stopped.
+            Path("/proc/sysrq-trigger").write_text("b")
         os.sync()
         say("done")
-        # Straight to systemd-shutdown, which still unmounts or remounts every
-        # filesystem read-only: stopping each service first only costs time here.
-        run("systemctl", "--force", "poweroff")
+        if step in CLEAN_SHUTDOWN:
+            run("systemctl", "--no-block", "poweroff")
+        else:
+            # Straight to systemd-shutdown, which still unmounts or remounts every
+            # filesystem read-only: stopping each service first only costs time here.
+            run("systemctl", "--force", "poweroff")
 
 
 if __name__ == "__main__":

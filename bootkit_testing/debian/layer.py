@@ -53,6 +53,7 @@ class Variant:
     name: str
     os_release: OsRelease
     defaults: str  # etc/bootkit-test/defaults.conf
+    image_kargs: tuple[str, ...] = ()  # usr/lib/bootkit/kargs.d/50-test.conf
 
     @property
     def title(self) -> str:
@@ -65,6 +66,7 @@ TREE_A = Variant(
 TREE_B = Variant(
     "B", OsRelease("12.1", "12.1 (bookworm)", "Debian GNU/Linux 12.1 (bootkit test B)"),
     "tuning=new\n",
+    ("bootkit.test.image=b",),
 )
 # The file the guest edits before the update: the change must survive it.
 SITE_CONF = "color=blue\n"
@@ -74,7 +76,17 @@ SITE_CONF_EDITED = "color=green\n"
 
 FSTAB = f"""\
 # The physical root is at /sysroot (read-only); bootkit keeps $BOOT on the ESP at {BOOT_DIR} there.
-LABEL={ESP_LABEL} /sysroot{BOOT_DIR} vfat umask=0077,shortname=winnt 0 0
+# Read-only, as Fedora CoreOS mounts its /boot: only bootkit writes there, in a mount
+# namespace of its own.
+LABEL={ESP_LABEL} /sysroot{BOOT_DIR} vfat ro,umask=0077,shortname=winnt 0 0
+"""
+
+# What bootkit says while finalizing a staged update at shutdown also goes to the
+# console, where the test reads it (the journal does not outlive the boot).
+FINALIZE_DROPIN = """\
+[Service]
+StandardOutput=journal+console
+StandardError=journal+console
 """
 
 REPORT_UNIT = """\
@@ -148,10 +160,20 @@ def _configure(tree: Path, variant: Variant) -> None:
     _symlink(units / "multi-user.target.wants/bootkit-test-report.service",
              "/usr/lib/systemd/system/bootkit-test-report.service")
     _replace(tree / "usr/lib/bootkit-test/report", GUEST_REPORT.read_text(), 0o755)
+    _replace(units / "bootkit-finalize-staged.service.d/50-console.conf", FINALIZE_DROPIN)
+    _image_kargs(tree, variant)
     # The report owns the serial console; nobody logs in.
     _symlink(units / "serial-getty@ttyS0.service", "/dev/null")
     # The ESP is mounted by fstab where bootkit wants it, not also at /boot or /efi.
     _symlink(tree / "etc/systemd/system-generators/systemd-gpt-auto-generator", "/dev/null")
+
+
+def _image_kargs(tree: Path, variant: Variant) -> None:
+    conf = tree / "usr/lib/bootkit/kargs.d/50-test.conf"
+    if variant.image_kargs:
+        _replace(conf, "# Kernel arguments this image needs\n" + "".join(f"{k}\n" for k in variant.image_kargs))
+    elif conf.exists():
+        conf.unlink()
 
 
 def _copy_tree(src: Path, dest: Path) -> None:
@@ -176,6 +198,7 @@ def derive_tree(dest: Path, tree: Path, variant: Variant) -> Path:
     _copy_tree(tree, dest)
     _replace(dest / "usr/lib/os-release", variant.os_release.render())
     _replace(dest / "etc/bootkit-test/defaults.conf", variant.defaults)
+    _image_kargs(dest, variant)
     return dest
 
 

@@ -47,7 +47,11 @@ def test_bless_boot_looks_for_the_esp_below_the_physical_root(
     done = install_units(tmp_path, boot_dir)
 
     assert done.dropin == tmp_path / UNITS / "systemd-bless-boot.service.d/50-bootkit.conf"
-    assert _ini(done.dropin)["Service"]["Environment"] == f'"SYSTEMD_ESP_PATH={esp_path}"'
+    service = _ini(done.dropin)["Service"]
+    assert service["Environment"] == f'"SYSTEMD_ESP_PATH={esp_path}"'
+    # A read-only ESP is made writable for systemd-bless-boot alone.
+    assert service["PrivateMounts"] == "yes"
+    assert service["ExecStartPre"] == f'-mount -o remount,rw "{esp_path}"'
 
 
 def test_the_boot_dir_cannot_add_lines_or_specifiers_to_the_dropin(tmp_path: Path) -> None:

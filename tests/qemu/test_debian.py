@@ -1,14 +1,21 @@
 """Debian 12 with systemd, booted through dracut and bootkit's module, updated from inside.
 
-One image per bootloader, three boots, each a step of what an admin does on a
-running machine (see bootkit_testing/debian/guest_report.py for what the guest reports and does):
+One image per bootloader, five boots, each a step of what an admin does on a running
+atomic desktop whose ESP is mounted read-only (see
+bootkit_testing/debian/guest_report.py for what the guest reports and does):
 
-1. deployment A comes up to multi-user.target; inside it, a setting in /etc is
-   changed, a file written to /var, and `bootkit deploy` installs tree B from a tar
-   archive on a second disk;
-2. B comes up with the /etc change, the /var file and B's own new default; inside
-   it, `bootkit rollback`;
-3. A comes up again.
+1. `stage`: deployment A comes up; inside it, `bootkit deploy` stages tree B from a
+   tar archive on a second disk; afterwards /etc is edited and data written to
+   /home, /root, /usr/local, /opt and Flatpak's and Podman's /var; a clean shutdown
+   finalizes B;
+2. `crash`: B comes up with all of that; an update is staged, then the machine goes
+   down at once (sysrq), without finalizing;
+3. `fail`: B comes up again with nothing left of the staged update; an update is
+   staged, then $BOOT is filled, so finalizing fails at shutdown;
+4. `update`: B comes up again, a failed unit and `bootkit status` say why; inside,
+   an update at once (`--no-stage`), a kernel argument of the admin's, `cleanup`;
+5. `rollback`: C comes up with the data, its image's and the admin's kernel
+   arguments; inside, `bootkit rollback`.
 
 Each boot's console must show the initramfs switching into the deployment bootkit
 chose and systemd reaching multi-user.target there. Which step the guest runs is
@@ -34,6 +41,7 @@ import pytest
 
 from bootkit_testing import debian, harness, qemu
 from bootkit_testing.debian import SITE_CONF, SITE_CONF_EDITED, TREE_A, TREE_B, Variant
+from bootkit_testing.debian.guest_report import ADMIN_KARG, BOOT, LAYOUT, USER_DATA
 from bootkit_testing.harness import BootReport, Disk, Run, menu_titles
 from bootkit_testing.kernel import KernelTree
 from bootkit_testing.qemu import Machine
@@ -45,7 +53,7 @@ OS = "debian"
 VAR = f"/bootkit/deploy/{OS}/var"
 BOOTLOADERS = ("systemd-boot", "grub")
 # What the guest does in each boot, in order (see bootkit_testing/debian/guest_report.py).
-STEPS = ("update", "rollback", "report")
+STEPS = ("stage", "crash", "fail", "update", "rollback")
 # A boot with an update inside it, under TCG on a loaded machine.
 BOOT_TIMEOUT = 480.0
 # Seen on the console when a boot went wrong; waiting for the timeout would tell nothing more.
@@ -277,8 +285,9 @@ def assert_came_up_in(run: Run, report: BootReport, path: str, variant: Variant)
     assert report.values.get("step-error") is None, report.values["step-error"]
 
 
-def assert_mounts(report: BootReport, path: str) -> None:
-    """/ is the deployment, /usr read-only, /etc writable in it, /var shared, /sysroot read-only."""
+def assert_mounts(report: BootReport, path: str, failed: str = "") -> None:
+    """/ is the deployment, /usr read-only, /etc writable in it, /var shared, /sysroot and
+    $BOOT read-only; `failed`: the failed units expected."""
     root = report.mount("/")
     assert root is not None and root.root == path and not root.read_only, report.values
     usr = report.mount("/usr")
@@ -289,8 +298,9 @@ def assert_mounts(report: BootReport, path: str) -> None:
     assert var is not None and var.root == VAR and not var.read_only, report.values
     sysroot = report.mount("/sysroot")
     assert sysroot is not None and sysroot.root == "/" and sysroot.read_only, report.values
-    esp = report.mount("/sysroot/efi")
-    assert esp is not None and esp.root == "/", report.values
+    esp = report.mount(BOOT)
+    # As the guest's fstab says: bootkit writes there in a mount namespace of its own.
+    assert esp is not None and esp.root == "/" and esp.read_only, report.values
     assert report.values.get("source:/sysroot") == report.values.get("source:/"), report.values
     assert report.values.get("source:/sysroot/efi") != report.values.get("source:/"), report.values
     assert report.writable("/usr") is False
@@ -298,7 +308,8 @@ def assert_mounts(report: BootReport, path: str) -> None:
     assert report.writable("/var") is True
     # Read-only for everyone: only bootkit makes it writable, for itself.
     assert report.writable("/sysroot") is False
-    assert report.values.get("failed") == "", f"failed units: {report.values.get('failed')}"
+    assert report.writable(BOOT) is False
+    assert report.values.get("failed") == failed, f"failed units: {report.values.get('failed')}"
 
 
 def deployments(report: BootReport, key: str) -> list[dict]:
@@ -315,63 +326,146 @@ def assert_status(deps: list[dict], order: list[str], default: str, booted: str)
 # --- the scenario -------------------------------------------------------------------------
 
 
-def test_a_boots_and_deploys_b_from_inside(chain: Chain) -> None:
-    run, report = chain.boot("update")
+def status_of(report: BootReport, key: str) -> dict:
+    return json.loads(report.values[key])
+
+
+def assert_step_left_boot_read_only(report: BootReport) -> None:
+    assert report.values.get("step-error") is None, report.values["step-error"]
+    assert report.values["write-after:/sysroot"] == "no", "bootkit left /sysroot writable"
+    assert report.values[f"write-after:{BOOT}"] == "no", "bootkit left $BOOT writable"
+    assert "ro" in report.values[f"mount-after:{BOOT}"].split(","), report.values
+
+
+def assert_user_data(report: BootReport) -> None:
+    """The layout's symlinks are there, and what the admin wrote before the first update."""
+    links = {path: report.values[f"link:{path}"] for path in LAYOUT}
+    assert links == {
+        "/home": "var/home", "/root": "var/roothome", "/opt": "var/opt", "/srv": "var/srv",
+        "/mnt": "var/mnt", "/media": "run/media", "/usr/local": "../var/usrlocal",
+    }, links
+    for path in USER_DATA:
+        assert report.values[f"data:{path}"] == f"kept {path}", path
+    assert report.values["etc:site"] == SITE_CONF_EDITED.strip()
+    assert report.values["var:note"] == f"written by {TREE_A.os_release.version_id} before the update"
+
+
+def assert_nothing_staged(report: BootReport, kept: list[str]) -> None:
+    """No staged deployment, and nothing left of one: only `kept` paths' trees and payloads."""
+    current = status_of(report, "status")
+    assert current.get("staged") is None, current
+    names = {Path(p).name for p in kept}
+    assert report.values["ls:deploy"].split() == sorted(
+        [*names, *(f"{n}.json" for n in names)]
+    ), report.values["ls:deploy"]
+    payloads = sorted({d["payload"] for d in current["deployments"]})
+    assert report.values["ls:payloads"].split() == payloads, report.values["ls:payloads"]
+    assert "staged.json" not in report.values["ls:boot-bootkit"].split()
+
+
+def test_a_stages_an_update_that_shutdown_finalizes(chain: Chain) -> None:
+    run, report = chain.boot("stage")
     a = chain.paths["A"]
     assert_came_up_in(run, report, a, TREE_A)
     assert_mounts(report, a)
     assert_status(deployments(report, "status"), [a], default=a, booted=a)
     assert report.values["etc:site"] == SITE_CONF.strip()
     assert report.values["etc:defaults"] == TREE_A.defaults.strip()
-    assert report.values["var:note"] == ""
     assert report.history("var") == []
-    # The step: bootkit deploy inside the guest, on the read-only /sysroot.
-    assert report.values.get("step") == "update"
-    deployed = json.loads(report.values["deploy"])
-    assert deployed["version"] == TREE_B.os_release.version_id
-    assert deployed["default"] and not deployed["booted"]
-    b = deployed["path"]
-    after = deployments(report, "status-after")
-    assert_status(after, [b, a], default=b, booted=a)
-    assert after[0]["kargs"] == after[1]["kargs"]
-    assert report.values["write-after:/sysroot"] == "no", "bootkit left /sysroot writable"
+    # The first deploy moved the tree's /root into the shared /var: /root is a symlink.
+    assert report.values["link:/root"] == "var/roothome"
+    # Staged: on disk, not in the menu, switched at shutdown.
+    assert report.values.get("step") == "stage"
+    staged = status_of(report, "status-staged")
+    assert staged["staged"] is not None and not staged["staged"]["locked"], staged
+    assert_status(staged["deployments"], [a], default=a, booted=a)
+    b = staged["staged"]["path"]
+    assert staged["staged"]["version"] == TREE_B.os_release.version_id
+    assert_status(deployments(report, "status-after"), [a], default=a, booted=a)
+    assert_step_left_boot_read_only(report)
     chain.paths["B"] = b
-    chain.done.add("update")
+    chain.done.add("stage")
 
 
-def test_b_boots_with_local_changes_then_rolls_back(chain: Chain) -> None:
-    chain.require("update")
+def test_b_comes_up_with_what_was_changed_after_staging(chain: Chain) -> None:
+    chain.require("stage")
     a, b = chain.paths["A"], chain.paths["B"]
-    run, report = chain.boot("rollback")
+    run, report = chain.boot("crash")
     assert_came_up_in(run, report, b, TREE_B)
     assert_mounts(report, b)
     assert menu_titles(run.console, [TREE_A.title, TREE_B.title]) == [TREE_B.title, TREE_A.title]
     assert_status(deployments(report, "status"), [b, a], default=b, booted=b)
-    # The admin's change to /etc came along; the file they never touched has B's default.
-    assert report.values["etc:site"] == SITE_CONF_EDITED.strip()
+    # /etc was merged from A at shutdown: the edit made after staging came along.
+    assert_user_data(report)
     assert report.values["etc:defaults"] == TREE_B.defaults.strip()
-    # /var is shared by both deployments.
-    assert report.values["var:note"] == f"written by {TREE_A.os_release.version_id} before the update"
     assert report.history("var") == [TREE_A.os_release.version_id]
-    assert report.values.get("step") == "rollback"
-    assert_status(deployments(report, "status-after"), [a, b], default=a, booted=b)
-    assert report.values["write-after:/sysroot"] == "no", "bootkit left /sysroot writable"
-    chain.done.add("rollback")
+    # B's image ships a kernel argument; A's own arguments came along.
+    cmdline = report.values["cmdline"].split()
+    assert "bootkit.test.image=b" in cmdline and "console=ttyS0" in cmdline, cmdline
+    assert_nothing_staged(report, [a, b])
+    # The step: an update staged, then a crash.
+    staged = status_of(report, "status-staged")["staged"]
+    assert staged is not None, report.values["status-staged"]
+    chain.paths["crashed"] = staged["path"]
+    assert_step_left_boot_read_only(report)
+    chain.done.add("crash")
 
 
-def test_rollback_boots_a_again(chain: Chain) -> None:
-    chain.require("rollback")
+def test_a_crash_before_finalizing_boots_the_old_default_and_leaves_nothing(chain: Chain) -> None:
+    chain.require("crash")
     a, b = chain.paths["A"], chain.paths["B"]
-    run, report = chain.boot("report")
-    assert_came_up_in(run, report, a, TREE_A)
-    assert_mounts(report, a)
-    assert menu_titles(run.console, [TREE_A.title, TREE_B.title]) == [TREE_A.title, TREE_B.title]
-    assert_status(deployments(report, "status"), [a, b], default=a, booted=a)
-    # A's own /etc: the change made in it, and A's defaults.
-    assert report.values["etc:site"] == SITE_CONF_EDITED.strip()
-    assert report.values["etc:defaults"] == TREE_A.defaults.strip()
-    assert report.values["var:note"] == f"written by {TREE_A.os_release.version_id} before the update"
-    assert report.history("var") == [TREE_A.os_release.version_id, TREE_B.os_release.version_id]
+    run, report = chain.boot("fail")
+    assert_came_up_in(run, report, b, TREE_B)
+    assert_mounts(report, b)
+    assert_status(deployments(report, "status"), [b, a], default=b, booted=b)
+    assert chain.paths["crashed"] not in report.values["ls:deploy"]
+    assert_nothing_staged(report, [a, b])
+    assert "was not applied" in report.values["log:bootkit-finalize-staged.service"], (
+        report.values["log:bootkit-finalize-staged.service"]
+    )
+    assert_user_data(report)
+    # The step: an update staged, then $BOOT filled.
+    assert status_of(report, "status-staged")["staged"] is not None
+    assert int(report.values["boot-free"]) < 64, report.values["boot-free"]
+    assert_step_left_boot_read_only(report)
+    chain.done.add("fail")
+
+
+def test_a_failed_finalize_switches_nothing_and_is_shown(chain: Chain) -> None:
+    chain.require("fail")
+    a, b = chain.paths["A"], chain.paths["B"]
+    run, report = chain.boot("update")
+    assert_came_up_in(run, report, b, TREE_B)
+    assert_mounts(report, b, failed="bootkit-finalize-failed.service")
+    assert_status(deployments(report, "status"), [b, a], default=b, booted=b)
+    failure = status_of(report, "status")["finalize_failure"]
+    assert failure is not None and "space" in failure["reason"].lower(), failure
+    assert failure["reason"] in report.values["log:bootkit-finalize-failed.service"]
+    assert_nothing_staged(report, [a, b])
+    assert_user_data(report)
+    # The step: an update at once, an argument of the admin's, cleanup.
+    after = status_of(report, "status-after")
+    c = json.loads(report.values["deploy"])["path"]
+    assert_status(after["deployments"], [c, b], default=c, booted=b)
+    assert after["finalize_failure"] is None, after
+    assert ADMIN_KARG in next(d for d in after["deployments"] if d["path"] == c)["kargs"]
+    assert_step_left_boot_read_only(report)
+    chain.paths["C"] = c
+    chain.done.add("update")
+
+
+def test_the_update_keeps_the_data_and_both_kinds_of_kernel_arguments(chain: Chain) -> None:
+    chain.require("update")
+    b, c = chain.paths["B"], chain.paths["C"]
+    run, report = chain.boot("rollback")
+    assert_came_up_in(run, report, c, TREE_B)
+    assert_mounts(report, c)
+    assert_status(deployments(report, "status"), [c, b], default=c, booted=c)
+    assert_user_data(report)
+    cmdline = report.values["cmdline"].split()
+    assert {"bootkit.test.image=b", ADMIN_KARG, "console=ttyS0"} <= set(cmdline), cmdline
+    assert_status(deployments(report, "status-after"), [b, c], default=b, booted=c)
+    assert_step_left_boot_read_only(report)
 
 
 def assert_marked_good(bootloader: str, report: BootReport, dep: dict) -> None:
@@ -397,21 +491,17 @@ def assert_marked_good(bootloader: str, report: BootReport, dep: dict) -> None:
 
 def test_boots_marked_good_through_boot_complete(chain: Chain) -> None:
     """With boot counting on (3 tries), each deployment's first boot is counted, then
-    marked good once systemd reaches boot-complete.target; a good entry stays good
-    through later switches."""
-    chain.require("update")
+    marked good once systemd reaches boot-complete.target, with $BOOT read-only; a good
+    entry stays good through later switches."""
+    chain.require("stage")
     a, b = chain.paths["A"], chain.paths["B"]
-    _, first = chain.boot("update")
+    _, first = chain.boot("stage")
     (dep_a,) = deployments(first, "status")
     assert_marked_good(chain.bootloader, first, dep_a)
-    after = {d["path"]: d for d in deployments(first, "status-after")}
-    assert after[a]["boot"] == "good", after
-    assert (after[b]["boot"], after[b]["tries_left"]) == ("indeterminate", 3), after
-    # B's first boot: counted, then marked good before the report ran.
-    _, second = chain.boot("rollback")
+    # B's first boot, after finalizing: counted, then marked good before the report ran.
+    _, second = chain.boot("crash")
     dep_b = next(d for d in deployments(second, "status") if d["booted"])
     assert dep_b["path"] == b
     assert_marked_good(chain.bootloader, second, dep_b)
-    # The rollback is a new generation of entries: both stay good.
     after = {d["path"]: d for d in deployments(second, "status-after")}
     assert [after[a]["boot"], after[b]["boot"]] == ["good", "good"], after
