@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support.helpers import snapshot
 
-from bootkit.diskimage import ext4fs, fatfs
+from bootkit.diskimage import ext4fs, ext4xattrs, fatfs
 from bootkit.diskimage.edit import _copy_region
 from bootkit.errors import BootkitError
 
@@ -63,7 +63,7 @@ def _set_xattrs(path: Path, attrs: dict[str, bytes]) -> None:
             pytest.skip(f"cannot set {name} here: {err.strerror}")
 
 
-def _xattrs_by_path(root: Path, xattrs: ext4fs.Xattrs) -> dict[str, dict[str, bytes]]:
+def _xattrs_by_path(root: Path, xattrs: ext4xattrs.Xattrs) -> dict[str, dict[str, bytes]]:
     out = {}
     for path in [root, *root.rglob("*")]:
         attrs = xattrs.get(path.lstat().st_ino)
@@ -106,7 +106,7 @@ def test_ext4_round_trip_carries_extended_attributes(tmp_path: Path) -> None:
     with open(again, "wb") as f:
         f.truncate(40 * MIB)
     ext4fs.make_ext4(again, MIB, 32 * MIB, out, "xattrs", uuid.uuid4())
-    ext4fs.write_xattrs(again, MIB, out, xattrs)
+    ext4xattrs.write_xattrs(again, MIB, out, xattrs)
     out2 = tmp_path / "out2"
     out2.mkdir()
     assert _xattrs_by_path(out2, ext4fs.extract_tree(again, MIB, out2)) == expected
