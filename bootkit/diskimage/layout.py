@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkit.base.confined import Tree
+from bootkit.base.filetypes import FileType
 from bootkit.contract import is_valid_name
 from bootkit.diskimage import ext4fs, fatfs
 from bootkit.diskimage.reporting import Report
@@ -126,16 +126,16 @@ _THROUGH_DIRS = ("the image may be malicious: bootkit works on an image's sysroo
 
 
 def check_staged_sysroot(image: Path, root: Path) -> None:
-    """Refuse a staged root whose /bootkit records, or /efi, are reached through a symlink:
+    """Refuse a staged root whose /bootkit records are reached through a symlink:
     the sysroot's work on them would land outside the staging directory."""
-    if not Tree(root).real_dir("bootkit", _THROUGH_DIRS):
+    if not _real_dir(image, root, "bootkit"):
         raise BootkitError(f"{image}: the root filesystem holds no /bootkit",
                            hint="only disk images made by bootkit can be read this way")
     dirs = [""]
     for pattern in _RECORD_DIRS:
         name = pattern.rpartition("/")[2]
         dirs = [f"{d}/{n}".lstrip("/") for d in dirs for n in _names(root, d) if name in ("*", n)]
-        dirs = [d for d in dirs if stat.S_ISDIR(os.lstat(root / d).st_mode)]
+        dirs = [d for d in dirs if _real_dir(image, root, d)]
         for d in dirs:
             for n in _names(root, d):
                 if os.path.islink(root / d / n):
@@ -147,12 +147,25 @@ def _names(root: Path, rel: str) -> list[str]:
     return sorted(os.listdir(root / rel)) if rel else sorted(os.listdir(root))
 
 
+def _real_dir(image: Path, root: Path, rel: str) -> bool:
+    """Whether `rel` is a directory (False when missing); an error when it is anything else,
+    a symlink to a directory included. Its parents must have been checked already."""
+    try:
+        mode = os.lstat(root / rel).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(mode):
+        kind = FileType.of_mode(mode).description
+        raise BootkitError(f"{image}: /{rel} in the root filesystem is a {kind}, not a directory",
+                           hint=_THROUGH_DIRS)
+    return True
+
+
 def esp_mountpoint(image: Path, root: Path) -> Path:
     """Where the ESP goes in the staged root: /efi, a real and empty directory (made
     if missing), so the ESP's files land nowhere else and mix with nothing."""
-    tree = Tree(root)
     rel = BOOT_DIR.lstrip("/")
-    if not tree.real_dir(rel, _THROUGH_DIRS):
+    if not _real_dir(image, root, rel):
         os.mkdir(root / rel, 0o755)
     if os.listdir(root / rel):
         raise BootkitError(
