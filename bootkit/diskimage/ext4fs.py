@@ -1,15 +1,13 @@
 """ext4 filesystems inside a disk image file, made and read with e2fsprogs (no mounts).
 
 `mke2fs -d` fills a new filesystem from a directory; `debugfs rdump` copies one
-back out. e2fsprogs tools address a filesystem that starts `offset` bytes into a
-file as `image?offset=N`. rdump keeps modes, owners, times and symlinks but
-writes every hard link as a separate file and skips FIFOs and device nodes, so
-`extract_tree` restores those from a listing of inode numbers: deployments rely
-on hard links to share identical files. rdump drops extended attributes too
-(file capabilities, SELinux labels, what a guest's programs set): `extract_tree`
-reads them with `ea_list`/`ea_get`, and `write_xattrs` sets them again in the new
-filesystem with `ea_set`, which needs no privilege, unlike setting security.* on
-the host's copy.
+back out. The filesystem is whatever the image's guest left, so `extract_tree`
+lists it strictly first (`ext4tree`) and lets rdump write only a tree that holds
+plain, unique names. rdump keeps modes, owners, times and symlinks but writes every
+hard link as a separate file, skips FIFOs and device nodes and leaves symlinks
+owned by whoever runs it, so `extract_tree` then restores those from the listing,
+through directory descriptors (`staged`): deployments rely on hard links to share
+identical files. rdump drops extended attributes too; `ext4xattrs` carries them.
 """
 
 from __future__ import annotations
@@ -159,6 +157,11 @@ def extract_tree(image: Path, offset: int, dest: Path, xattrs: bool = True) -> e
         devices = _device_numbers(image, offset, [e.inode for e in special if not stat.S_ISFIFO(e.mode)])
         for entry in special:
             _make_special(top, entry, devices.get(entry.inode, 0))
+        if os.geteuid() == 0:
+            for entry in entries:
+                if entry.kind is FileType.SYMLINK and (entry.uid, entry.gid) != (0, 0):
+                    with staged.parent(top, entry.path) as (dir_fd, name):
+                        os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
         for path, st in times.items():
             with staged.directory(top, path) as fd:
                 os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
