@@ -2,7 +2,11 @@
 
 `layout` says what goes where, `create` makes an image, `edit` changes or reads
 one through a staged sysroot; `ext4fs` and `fatfs` write and read the two
-filesystems with e2fsprogs and mtools.
+filesystems with e2fsprogs and mtools (`debugfs` is the one door to debugfs,
+`ext4tree` lists a root filesystem strictly before it is copied out, `ext4xattrs`
+carries its extended attributes, `staged` changes the copy by directory
+descriptors). Every image is read as hostile: what its guest wrote never leads a
+read or a write outside bootkit's staging directory.
 """
 
 from bootkit.diskimage.create import ImageSpec, create_image

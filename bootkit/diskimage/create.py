@@ -137,7 +137,6 @@ def _write_image(
     spec: ImageSpec, layout: DiskLayout, root: Path, esp_tree: Path, report: Report
 ) -> None:
     with replacing(spec.output) as image:
-        with open(image, "wb") as f:
-            f.truncate(spec.size)
-        gpt.write_partition_table(image, layout.table)
-        write_filesystems(image, layout, FilesystemIds.new(), root, esp_tree, report)
+        os.ftruncate(image.fd, spec.size)
+        gpt.write_partition_table(image.path, layout.table)
+        write_filesystems(image.path, layout, FilesystemIds.new(), root, esp_tree, report)

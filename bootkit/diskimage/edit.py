@@ -11,18 +11,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from bootkit.base import process
-from bootkit.base.files import fsync_dir, temp_name
-from bootkit.diskimage import ext4fs, fatfs
+from bootkit.base.files import fsync_dir
+from bootkit.diskimage import ext4fs, ext4xattrs, fatfs
 from bootkit.diskimage.layout import (
     BOOT_DIR,
     DiskLayout,
     FilesystemIds,
+    check_staged_sysroot,
+    esp_mountpoint,
     split_boot,
     write_filesystems,
 )
@@ -34,6 +38,8 @@ from bootkit.sysroot.importers import open_source
 from bootkit.sysroot.layout import Sysroot
 
 T = TypeVar("T")
+# Share the extents of one file with another (linux/fs.h).
+_FICLONE = 0x40049409
 
 
 @contextlib.contextmanager
@@ -53,10 +59,10 @@ def edit_image(image: Path, report: Report = quiet) -> Iterator[Sysroot]:
         with replacing(image) as copy:
             yield sr
             # A copy keeps whatever else the disk holds (other partitions, the GPT).
-            _copy_sparse(image, copy)
+            copy.fill_from(image)
             esp_tree = split_boot(sr.path, work)
-            write_filesystems(copy, layout, ids, sr.path, esp_tree, report)
-            ext4fs.write_xattrs(copy, layout.root.offset, sr.path, xattrs)
+            write_filesystems(copy.path, layout, ids, sr.path, esp_tree, report)
+            ext4xattrs.write_xattrs(copy.path, layout.root.offset, sr.path, xattrs)
 
 
 @contextlib.contextmanager
@@ -87,26 +93,57 @@ def change_image(image: Path, change: Callable[[Sysroot], T], report: Report = q
         return change(sr)
 
 
+@dataclass(frozen=True)
+class Replacement:
+    """The file that is to replace an image: `path` names it for the tools that write
+    into it, `fd` is it, open for writing."""
+
+    path: Path
+    fd: int
+
+    def fill_from(self, src: Path) -> None:
+        """Make it a copy of `src`: shared extents where the filesystem can, else the
+        data without the holes."""
+        with open(src, "rb") as fin:
+            size = os.fstat(fin.fileno()).st_size
+            try:
+                fcntl.ioctl(self.fd, _FICLONE, fin.fileno())
+            except OSError:
+                os.ftruncate(self.fd, 0)
+                _copy_data(fin.fileno(), 0, size, self.fd)
+            os.ftruncate(self.fd, size)
+
+
 @contextlib.contextmanager
-def replacing(image: Path) -> Iterator[Path]:
-    """A temp file beside `image` that becomes `image` only if the block succeeds."""
-    tmp = temp_name(image)
-    tmp.unlink(missing_ok=True)
+def replacing(image: Path) -> Iterator[Replacement]:
+    """A new file beside `image` that becomes `image` only if the block succeeds.
+
+    It is made exclusively in a directory of its own, made for this change and open
+    to no one else, so nothing planted beside the image (at a name bootkit would use)
+    is ever written through.
+    """
+    holder = Path(tempfile.mkdtemp(prefix=f".{image.name}.", suffix=".bootkit-tmp", dir=image.parent))
+    path = holder / image.name
     try:
-        yield tmp
-        _sync_file(tmp)
-        os.rename(tmp, image)
-        fsync_dir(image.parent)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        try:
+            yield Replacement(path, fd)
+            with contextlib.suppress(FileNotFoundError):  # an image replaced keeps its mode
+                os.fchmod(fd, stat.S_IMODE(os.stat(image).st_mode))
+            os.fsync(fd)
+            if not _same_file(os.lstat(path), os.fstat(fd)):
+                raise BootkitError(f"{path} was replaced while bootkit wrote it",
+                                   hint="nothing else may write beside the image during a change")
+            os.rename(path, image)
+            fsync_dir(image.parent)
+        finally:
+            os.close(fd)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(holder, ignore_errors=True)
 
 
-def _sync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _read_layout(image: Path) -> DiskLayout:
@@ -117,7 +154,7 @@ def _read_layout(image: Path) -> DiskLayout:
 
 @contextlib.contextmanager
 def _locked(image: Path) -> Iterator[None]:
-    """One change at a time per image: they share the temp file beside it."""
+    """One change at a time per image: a second would undo what the first wrote."""
     fd = os.open(image, os.O_RDONLY)
     try:
         try:
@@ -136,13 +173,14 @@ def _locked(image: Path) -> Iterator[None]:
 
 def _stage(
     image: Path, layout: DiskLayout, work: Path, for_edit: bool = False
-) -> tuple[Sysroot, ext4fs.Xattrs]:
+) -> tuple[Sysroot, ext4xattrs.Xattrs]:
     fs_file, offset = _readable_root(image, layout, work)
     root = work / "root"
     root.mkdir()
     xattrs = ext4fs.extract_tree(fs_file, offset, root, xattrs=for_edit)
     if fs_file != image:
         fs_file.unlink()
+    check_staged_sysroot(image, root)
     sr = Sysroot(root)
     boot_dir = sr.config.boot_dir
     if boot_dir != BOOT_DIR:
@@ -150,8 +188,7 @@ def _stage(
             f"{image}: the sysroot keeps $BOOT at {boot_dir}, not on the ESP at {BOOT_DIR}",
             hint="only disk images made by bootkit can be read this way",
         )
-    sr.boot_path.mkdir(exist_ok=True)
-    fatfs.copy_tree_out(image, layout.esp.offset, sr.boot_path)
+    fatfs.copy_tree_out(image, layout.esp.offset, esp_mountpoint(image, root))
     return sr, xattrs
 
 
@@ -170,29 +207,29 @@ def _readable_root(image: Path, layout: DiskLayout, work: Path) -> tuple[Path, i
     return copy, 0
 
 
-def _copy_sparse(src: Path, dest: Path) -> None:
-    # cp knows how to skip holes and to share extents (reflink) where the filesystem can.
-    process.run(["cp", "--sparse=always", "--reflink=auto", "--", src, dest], f"copying {src}")
-
-
 def _copy_region(src: Path, offset: int, size: int, dest: Path) -> None:
     """Copy `size` bytes of `src` from `offset` into the new file `dest`, keeping holes."""
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
+    with open(src, "rb") as fin, open(dest, "xb") as fout:
         fout.truncate(size)
-        pos, end = offset, offset + size
-        while pos < end:
-            try:
-                data = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
-            except OSError:  # no data after pos (ENXIO)
+        _copy_data(fin.fileno(), offset, size, fout.fileno(), base=offset)
+
+
+def _copy_data(fin: int, offset: int, size: int, fout: int, base: int = 0) -> None:
+    """Copy what holds data in `fin` between `offset` and `offset + size` to the same
+    places in `fout`, less `base`; holes are skipped."""
+    pos, end = offset, offset + size
+    while pos < end:
+        try:
+            data = os.lseek(fin, pos, os.SEEK_DATA)
+        except OSError:  # no data after pos (ENXIO)
+            break
+        if data >= end:
+            break
+        hole = min(os.lseek(fin, data, os.SEEK_HOLE), end)
+        while data < hole:
+            chunk = os.pread(fin, min(hole - data, 1 << 20), data)
+            if not chunk:
                 break
-            if data >= end:
-                break
-            hole = min(os.lseek(fin.fileno(), data, os.SEEK_HOLE), end)
-            fin.seek(data)
-            fout.seek(data - offset)
-            left = hole - data
-            while left:
-                chunk = fin.read(min(left, 1 << 20))
-                fout.write(chunk)
-                left -= len(chunk)
-            pos = hole
+            os.pwrite(fout, chunk, data - base)
+            data += len(chunk)
+        pos = hole

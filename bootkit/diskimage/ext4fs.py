@@ -1,23 +1,19 @@
 """ext4 filesystems inside a disk image file, made and read with e2fsprogs (no mounts).
 
 `mke2fs -d` fills a new filesystem from a directory; `debugfs rdump` copies one
-back out. e2fsprogs tools address a filesystem that starts `offset` bytes into a
-file as `image?offset=N`. rdump keeps modes, owners, times and symlinks but
-writes every hard link as a separate file and skips FIFOs and device nodes, so
-`extract_tree` restores those from a listing of inode numbers: deployments rely
-on hard links to share identical files. rdump drops extended attributes too
-(file capabilities, SELinux labels, what a guest's programs set): `extract_tree`
-reads them with `ea_list`/`ea_get`, and `write_xattrs` sets them again in the new
-filesystem with `ea_set`, which needs no privilege, unlike setting security.* on
-the host's copy.
+back out. The filesystem is whatever the image's guest left, so `extract_tree`
+lists it strictly first (`ext4tree`) and lets rdump write only a tree that holds
+plain, unique names. rdump keeps modes, owners, times and symlinks but writes every
+hard link as a separate file, skips FIFOs and device nodes and leaves symlinks
+owned by whoever runs it, so `extract_tree` then restores those from the listing,
+through directory descriptors (`staged`): deployments rely on hard links to share
+identical files. rdump drops extended attributes too; `ext4xattrs` carries them.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import stat
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +22,7 @@ from construct import Bytes, Const, Int16ul, Int32ul, PaddedString, Padding, Str
 
 from bootkit.base import process
 from bootkit.base.filetypes import FileType
+from bootkit.diskimage import debugfs, ext4tree, ext4xattrs, staged
 from bootkit.errors import BootkitError
 
 BLOCK_SIZE = 4096
@@ -60,10 +57,6 @@ class SuperblockInfo:
     last_write: int
     clean: bool
     needs_recovery: bool
-
-
-def _device(image: Path, offset: int) -> str:
-    return f"{image}?offset={offset}"
 
 
 def _as_mapped_root(argv: list[str]) -> list[str]:
@@ -130,70 +123,10 @@ def replay_journal(fs_file: Path) -> None:
                     "replaying the root filesystem's journal")
 
 
-@dataclass(frozen=True)
-class _Entry:
-    inode: int
-    mode: int
-    uid: int
-    gid: int
-    path: str
-
-
-_ROOT = _Entry(ROOT_INODE, stat.S_IFDIR, 0, 0, "")
-
-
-def _debugfs_script(image: Path, offset: int, commands: list[str], write: bool = False) -> str:
-    """Run `commands` in one debugfs; its output. With `write`, the filesystem is changed,
-    and any complaint (debugfs exits 0 whatever a command did) is an error."""
-    what = "changing the root filesystem" if write else "reading the root filesystem"
-    with tempfile.NamedTemporaryFile("w", prefix="bootkit-debugfs-", suffix=".cmd") as script:
-        script.write("\n".join(commands) + "\n")
-        script.flush()
-        proc = process.run(
-            ["debugfs", *(["-w"] if write else []), "-f", script.name, _device(image, offset)],
-            what,
-        )
-    if write:
-        errors = [line for line in proc.stderr.decode(errors="replace").splitlines()
-                  if line.strip() and not line.startswith("debugfs ")]
-        if errors:
-            raise BootkitError(f"{what} failed: {errors[0]}")
-    return proc.stdout.decode("utf-8", errors="surrogateescape")
-
-
-def _list_tree(image: Path, offset: int) -> list[_Entry]:
-    """Every name in the filesystem with its inode number, one debugfs run per tree level."""
-    entries: list[_Entry] = []
-    level = {ROOT_INODE: ""}
-    while level:
-        order = list(level.items())
-        # Addressing directories by inode number avoids quoting names.
-        output = _debugfs_script(image, offset, [f"ls -p <{ino}>" for ino, _ in order])
-        chunks = output.split("debugfs: ls -p <")[1:]
-        if len(chunks) != len(order):
-            raise BootkitError("debugfs printed an unexpected listing of the root filesystem")
-        next_level: dict[int, str] = {}
-        for (_, parent), chunk in zip(order, chunks, strict=True):
-            for line in chunk.splitlines()[1:]:
-                fields = line.split("/")
-                # "/inode/mode/uid/gid/name/size/"; a name never contains "/".
-                if len(fields) != 8 or fields[5] in (".", ".."):
-                    continue
-                inode, mode = int(fields[1]), int(fields[2], 8)
-                path = f"{parent}/{fields[5]}" if parent else fields[5]
-                entries.append(_Entry(inode, mode, int(fields[3]), int(fields[4]), path))
-                if stat.S_ISDIR(mode):
-                    next_level[inode] = path
-        level = next_level
-    return entries
-
-
 def _device_numbers(image: Path, offset: int, inodes: list[int]) -> dict[int, int]:
-    if not inodes:
-        return {}
-    output = _debugfs_script(image, offset, [f"stat <{ino}>" for ino in inodes])
+    outputs = debugfs.answers(image, offset, [f"stat <{ino}>" for ino in inodes])
     numbers = {}
-    for ino, chunk in zip(inodes, output.split("debugfs: stat <")[1:], strict=True):
+    for ino, chunk in zip(inodes, outputs, strict=True):
         for line in chunk.splitlines():
             if line.startswith("Device major/minor number:"):
                 major, minor = line.split(":", 1)[1].split("(")[0].strip().split(":")
@@ -201,137 +134,94 @@ def _device_numbers(image: Path, offset: int, inodes: list[int]) -> dict[int, in
     return numbers
 
 
-Attrs = tuple[tuple[str, bytes], ...]
-# By inode number of the extracted copy on the host: hard links share them, and an
-# edit that replaces a file gives it a new inode, so the old attributes do not follow.
-Xattrs = dict[int, Attrs]
-
-# ea_list prints "  NAME (LENGTH)" and, for values under 40 bytes, " = VALUE": a
-# quoted string with \", \\ and \ooo escapes, or hex bytes.
-_XATTR_LINE = re.compile(r"\A  (?P<name>\S+) \((?P<length>\d+)\)(?: = (?P<value>.*))?\Z")
-_ESCAPE = re.compile(rb'\\([0-7]{3}|["\\])')
-# Names that pass through debugfs's command line unquoted.
-_SAFE_NAME = re.compile(r"\A[A-Za-z0-9._@:+-]+\Z")
-# How ext4 stores small files inline: mke2fs decides that again for the new filesystem.
-_INTERNAL = frozenset({"system.data"})
-
-
-def _xattr_value(text: str) -> bytes:
-    if text.startswith('"') and text.endswith('"') and len(text) >= 2:
-        raw = text[1:-1].encode("utf-8", "surrogateescape")
-        return _ESCAPE.sub(
-            lambda m: bytes([int(m[1], 8)]) if len(m[1]) == 3 else m[1], raw
-        )
-    return bytes.fromhex(text)
-
-
-def _read_xattrs(image: Path, offset: int, inodes: list[int]) -> dict[int, Attrs]:
-    """The extended attributes of each inode (only those that have any)."""
-    if not inodes:
-        return {}
-    output = _debugfs_script(image, offset, [f"ea_list <{ino}>" for ino in inodes])
-    chunks = output.split("debugfs: ea_list <")[1:]
-    if len(chunks) != len(inodes):
-        raise BootkitError("debugfs printed an unexpected list of extended attributes")
-    found: dict[int, list[tuple[str, bytes | None]]] = {}
-    for ino, chunk in zip(inodes, chunks, strict=True):
-        for line in chunk.splitlines()[1:]:
-            m = _XATTR_LINE.match(line)
-            if m is None or m["name"] in _INTERNAL:
-                continue
-            name, length = m["name"], int(m["length"])
-            if not _SAFE_NAME.match(name):
-                raise BootkitError(
-                    f"cannot carry the extended attribute {name!r} of inode {ino}",
-                    hint="remove it in the guest, or change the image from inside the guest",
-                )
-            value = _xattr_value(m["value"] or "") if m["value"] is not None or not length else None
-            if value is not None and len(value) != length:
-                value = None  # not what debugfs meant to print: fetched below instead
-            found.setdefault(ino, []).append((name, value))
-    # Long values are not printed: fetch those one by one into files.
-    missing = [(ino, name) for ino, attrs in found.items() for name, value in attrs if value is None]
-    fetched: dict[tuple[int, str], bytes] = {}
-    if missing:
-        with tempfile.TemporaryDirectory(prefix="bootkit-xattrs-") as tmp:
-            files = [f"{tmp}/{n}" for n in range(len(missing))]
-            _debugfs_script(image, offset, [f"ea_get -f {f} <{ino}> {name}"
-                                            for f, (ino, name) in zip(files, missing, strict=True)])
-            for f, key in zip(files, missing, strict=True):
-                try:
-                    fetched[key] = Path(f).read_bytes()
-                except FileNotFoundError:
-                    raise BootkitError(
-                        f"debugfs could not read the extended attribute {key[1]} of inode {key[0]}"
-                    ) from None
-    return {
-        ino: tuple((name, value if value is not None else fetched[(ino, name)]) for name, value in attrs)
-        for ino, attrs in found.items()
-    }
-
-
-def write_xattrs(image: Path, offset: int, tree: Path, xattrs: Xattrs) -> None:
-    """Set, in the filesystem made from `tree`, the attributes `extract_tree` read."""
-    if not xattrs:
-        return
-    commands: list[str] = []
-    done: set[int] = set()
-    with tempfile.TemporaryDirectory(prefix="bootkit-xattrs-") as tmp:
-        for entry in [_ROOT, *_list_tree(image, offset)]:
-            if entry.inode in done:
-                continue
-            done.add(entry.inode)
-            for name, value in xattrs.get(os.lstat(tree / entry.path).st_ino, ()):
-                value_file = f"{tmp}/{len(commands)}"
-                Path(value_file).write_bytes(value)
-                commands.append(f"ea_set -f {value_file} <{entry.inode}> {name}")
-        if commands:
-            _debugfs_script(image, offset, commands, write=True)
-
-
-def extract_tree(image: Path, offset: int, dest: Path, xattrs: bool = True) -> Xattrs:
+def extract_tree(image: Path, offset: int, dest: Path, xattrs: bool = True) -> ext4xattrs.Xattrs:
     """Copy the whole filesystem into the empty directory `dest`, hard links included.
 
-    Returns the extended attributes, which the copy lacks, for `write_xattrs` (none
-    are read without `xattrs`: a copy that is only looked at does not need them).
+    The tree is listed, and refused if it holds what no kernel makes, before rdump
+    writes anything; the copy is then checked to be what was listed, and finished by
+    directory descriptors (see `staged`). Returns the extended attributes, which the
+    copy lacks, for `write_xattrs` (none are read without `xattrs`: a copy that is
+    only looked at does not need them).
     """
-    process.run(["debugfs", "-R", f"rdump / {dest}", _device(image, offset)],
+    entries = ext4tree.list_tree(image, offset)
+    process.run(["debugfs", "-R", f"rdump / {dest}", debugfs.device(image, offset)],
                 "reading the root filesystem")
-    entries = _list_tree(image, offset)
-    by_inode: dict[int, list[_Entry]] = {}
-    for entry in entries:
-        if stat.S_ISREG(entry.mode):
-            by_inode.setdefault(entry.inode, []).append(entry)
-    links = [names for names in by_inode.values() if len(names) > 1]
-    special = [e for e in entries if _is_special(e.mode)]
-    # Relinking and creating names touches directories; keep the times rdump gave them.
-    touched = {(dest / e.path).parent for e in special}
-    touched.update((dest / e.path).parent for names in links for e in names[1:])
-    times = {d: os.stat(d) for d in touched}
-    for names in links:
-        first = dest / names[0].path
-        for other in names[1:]:
-            target = dest / other.path
-            os.unlink(target)
-            os.link(first, target)
-    devices = _device_numbers(image, offset, [e.inode for e in special if not stat.S_ISFIFO(e.mode)])
-    for entry in special:
-        target = dest / entry.path
-        if stat.S_ISFIFO(entry.mode):
-            os.mkfifo(target, stat.S_IMODE(entry.mode))
-        else:
-            os.mknod(target, entry.mode, devices[entry.inode])
+    with staged.opened(dest) as top:
+        _check_copy(top, entries)
+        special = [e for e in entries if _is_special(e.mode)]
+        links = _hard_links(entries)
+        # Relinking and making names touches directories; keep the times rdump gave them.
+        touched = {e.parent for e in special} | {e.parent for names in links for e in names[1:]}
+        times = {d: staged.lstat(top, d) for d in touched}
+        _restore_links(top, links)
+        devices = _device_numbers(image, offset, [e.inode for e in special if not stat.S_ISFIFO(e.mode)])
+        for entry in special:
+            _make_special(top, entry, devices.get(entry.inode, 0))
         if os.geteuid() == 0:
-            os.chown(target, entry.uid, entry.gid)
-    for directory, st in times.items():
-        os.utime(directory, ns=(st.st_atime_ns, st.st_mtime_ns))
-    if not xattrs:
-        return {}
-    kept = [_ROOT, *(e for e in entries if not _is_special(e.mode) and not stat.S_ISSOCK(e.mode))]
-    found = _read_xattrs(image, offset, sorted({e.inode for e in kept}))
-    return {
-        os.lstat(dest / e.path).st_ino: found[e.inode] for e in kept if e.inode in found
-    }
+            for entry in entries:
+                if entry.kind is FileType.SYMLINK and (entry.uid, entry.gid) != (0, 0):
+                    with staged.parent(top, entry.path) as (dir_fd, name):
+                        os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
+        for path, st in times.items():
+            with staged.directory(top, path) as fd:
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        if not xattrs:
+            return {}
+        kept = [ext4tree.ROOT, *(e for e in entries if not e.kind.special)]
+        found = ext4xattrs.read_xattrs(image, offset, sorted({e.inode for e in kept}))
+        return {
+            staged.lstat(top, e.path).st_ino: found[e.inode] for e in kept if e.inode in found
+        }
+
+
+def _check_copy(top: int, entries: list[ext4tree.Entry]) -> None:
+    """Each directory of the copy holds the names listed (but the special files rdump
+    leaves out), each of the kind listed, and nothing else."""
+    expected: dict[str, dict[str, FileType]] = {"": {}}
+    for e in entries:
+        if e.kind is FileType.DIR:
+            expected.setdefault(e.path, {})
+        if not e.kind.special:
+            expected.setdefault(e.parent, {})[e.name] = e.kind
+    for path, names in expected.items():
+        with staged.directory(top, path) as fd, os.scandir(fd) as it:
+            found = {d.name: FileType.of_mode(d.stat(follow_symlinks=False).st_mode) for d in it}
+        if found != names:
+            raise BootkitError(
+                f"the copy of {ext4tree.shown(path)} from the root filesystem is not what "
+                "the filesystem lists there",
+                hint="the image changed while it was read, or debugfs reads it otherwise; "
+                "check it with e2fsck",
+            )
+
+
+def _hard_links(entries: list[ext4tree.Entry]) -> list[list[ext4tree.Entry]]:
+    by_inode: dict[int, list[ext4tree.Entry]] = {}
+    for entry in entries:
+        if entry.kind is FileType.FILE:
+            by_inode.setdefault(entry.inode, []).append(entry)
+    return [names for names in by_inode.values() if len(names) > 1]
+
+
+def _restore_links(top: int, links: list[list[ext4tree.Entry]]) -> None:
+    """rdump wrote each name of a file as a file of its own: make them one again."""
+    for first, *others in links:
+        with staged.parent(top, first.path) as (src_dir, src_name):
+            for other in others:
+                with staged.parent(top, other.path) as (dir_fd, name):
+                    os.unlink(name, dir_fd=dir_fd)
+                    os.link(src_name, name, src_dir_fd=src_dir, dst_dir_fd=dir_fd,
+                            follow_symlinks=False)
+
+
+def _make_special(top: int, entry: ext4tree.Entry, device: int) -> None:
+    with staged.parent(top, entry.path) as (dir_fd, name):
+        if entry.kind is FileType.FIFO:
+            os.mkfifo(name, stat.S_IMODE(entry.mode), dir_fd=dir_fd)
+        else:
+            os.mknod(name, entry.mode, device, dir_fd=dir_fd)
+        if os.geteuid() == 0:
+            os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _is_special(mode: int) -> bool:

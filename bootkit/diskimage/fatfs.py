@@ -7,6 +7,7 @@ mtools addresses a filesystem that starts `offset` bytes into a file as
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from construct import Bytes, Const, Int32ul, Padding, Struct
@@ -61,12 +62,17 @@ def format_fat32(image: Path, offset: int, size: int, label: str, serial: int) -
     )
 
 
-def _check_case_clashes(tree: Path) -> None:
-    # FAT compares names case-insensitively: two names differing only by
-    # case would silently become one file.
+def _check_tree(tree: Path) -> None:
+    """Refuse what FAT cannot hold, and never follow a symlink out of `tree` (mcopy would)."""
     for dirpath, dirnames, filenames in os.walk(tree):
         seen: dict[str, str] = {}
         for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            mode = path.lstat().st_mode
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise BootkitError(f"{path}: FAT holds only regular files and directories")
+            # FAT compares names case-insensitively: two names differing only by
+            # case would silently become one file.
             other = seen.setdefault(name.lower(), name)
             if other != name:
                 raise BootkitError(
@@ -76,11 +82,8 @@ def _check_case_clashes(tree: Path) -> None:
 
 def copy_tree_in(image: Path, offset: int, tree: Path) -> None:
     """Copy the content of directory `tree` into the root of the FAT filesystem."""
-    _check_case_clashes(tree)
+    _check_tree(tree)
     entries = sorted(tree.iterdir())
-    for entry in entries:
-        if entry.is_symlink() or not (entry.is_dir() or entry.is_file()):
-            raise BootkitError(f"{entry}: FAT holds only regular files and directories")
     if not entries:
         return
     process.run(

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from bootkit.base.filetypes import FileType
 from bootkit.contract import is_valid_name
 from bootkit.diskimage import ext4fs, fatfs
 from bootkit.diskimage.reporting import Report
@@ -116,14 +118,75 @@ def default_os_name(source: Path) -> str:
     return "linux"
 
 
+# The directories of bootkit's own records, from the root, "*" for any name: none of
+# them, and nothing directly in them, may be a symlink (a deployment's tree may hold any).
+_RECORD_DIRS = ("bootkit", "bootkit/deploy", "bootkit/deploy/*", "bootkit/deploy/*/deploy")
+_THROUGH_DIRS = ("the image may be malicious: bootkit works on an image's sysroot "
+                 "only through real directories")
+
+
+def check_staged_sysroot(image: Path, root: Path) -> None:
+    """Refuse a staged root whose /bootkit records are reached through a symlink:
+    the sysroot's work on them would land outside the staging directory."""
+    if not _real_dir(image, root, "bootkit"):
+        raise BootkitError(f"{image}: the root filesystem holds no /bootkit",
+                           hint="only disk images made by bootkit can be read this way")
+    dirs = [""]
+    for pattern in _RECORD_DIRS:
+        name = pattern.rpartition("/")[2]
+        dirs = [f"{d}/{n}".lstrip("/") for d in dirs for n in _names(root, d) if name in ("*", n)]
+        # Each was found in a directory already checked to hold no symlink.
+        dirs = [d for d in dirs if stat.S_ISDIR(os.lstat(root / d).st_mode)]
+        for d in dirs:
+            for n in _names(root, d):
+                if os.path.islink(root / d / n):
+                    raise BootkitError(f"{image}: /{d}/{n} in the root filesystem is a symlink",
+                                       hint=_THROUGH_DIRS)
+
+
+def _names(root: Path, rel: str) -> list[str]:
+    return sorted(os.listdir(root / rel))
+
+
+def _real_dir(image: Path, root: Path, rel: str) -> bool:
+    """Whether `rel` is a directory (False when missing); an error when it is anything else,
+    a symlink to a directory included. Its parents must have been checked already."""
+    try:
+        mode = os.lstat(root / rel).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(mode):
+        kind = FileType.of_mode(mode).description
+        raise BootkitError(f"{image}: /{rel} in the root filesystem is a {kind}, not a directory",
+                           hint=_THROUGH_DIRS)
+    return True
+
+
+def esp_mountpoint(image: Path, root: Path) -> Path:
+    """Where the ESP goes in the staged root: /efi, a real and empty directory (made
+    if missing), so the ESP's files land nowhere else and mix with nothing."""
+    rel = BOOT_DIR.lstrip("/")
+    if not _real_dir(image, root, rel):
+        os.mkdir(root / rel, 0o755)
+    if os.listdir(root / rel):
+        raise BootkitError(
+            f"{image}: {BOOT_DIR} in the root filesystem is not empty",
+            hint=f"the ESP is mounted there: move what the guest wrote under {BOOT_DIR} elsewhere",
+        )
+    return root / rel
+
+
 def split_boot(root: Path, work: Path) -> Path:
     """Move the staged $BOOT out of the root tree, leaving the empty mountpoint behind."""
     boot = root / BOOT_DIR.lstrip("/")
     esp_tree = work / "esp"
-    mode = boot.stat().st_mode & 0o7777
+    st = os.lstat(boot)
+    if not stat.S_ISDIR(st.st_mode):
+        raise BootkitError(f"{BOOT_DIR} in the staged root is no longer a directory",
+                           hint="nothing else may change the staged image while bootkit works")
     os.rename(boot, esp_tree)
-    boot.mkdir()
-    os.chmod(boot, mode)
+    os.mkdir(boot, 0o700)
+    os.chmod(boot, stat.S_IMODE(st.st_mode))
     return esp_tree
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support.helpers import snapshot
 
-from bootkit.diskimage import ext4fs, fatfs
+from bootkit.diskimage import ext4fs, ext4xattrs, fatfs
 from bootkit.diskimage.edit import _copy_region
 from bootkit.errors import BootkitError
 
@@ -63,7 +63,7 @@ def _set_xattrs(path: Path, attrs: dict[str, bytes]) -> None:
             pytest.skip(f"cannot set {name} here: {err.strerror}")
 
 
-def _xattrs_by_path(root: Path, xattrs: ext4fs.Xattrs) -> dict[str, dict[str, bytes]]:
+def _xattrs_by_path(root: Path, xattrs: ext4xattrs.Xattrs) -> dict[str, dict[str, bytes]]:
     out = {}
     for path in [root, *root.rglob("*")]:
         attrs = xattrs.get(path.lstat().st_ino)
@@ -106,7 +106,7 @@ def test_ext4_round_trip_carries_extended_attributes(tmp_path: Path) -> None:
     with open(again, "wb") as f:
         f.truncate(40 * MIB)
     ext4fs.make_ext4(again, MIB, 32 * MIB, out, "xattrs", uuid.uuid4())
-    ext4fs.write_xattrs(again, MIB, out, xattrs)
+    ext4xattrs.write_xattrs(again, MIB, out, xattrs)
     out2 = tmp_path / "out2"
     out2.mkdir()
     assert _xattrs_by_path(out2, ext4fs.extract_tree(again, MIB, out2)) == expected
@@ -124,6 +124,43 @@ def test_fat_refuses_names_that_differ_only_by_case(tmp_path: Path) -> None:
     with pytest.raises(BootkitError, match="same file on FAT"):
         fatfs.copy_tree_in(image, 0, tree)
     assert fatfs.read_volume_id(image, 0) == (0x1234ABCD, "ESP")
+
+
+def test_fat_never_follows_a_symlink_out_of_the_tree(tmp_path: Path) -> None:
+    secret = tmp_path / "host/secret"
+    secret.parent.mkdir()
+    secret.write_text("the host's\n")
+    tree = tmp_path / "esp"
+    (tree / "EFI/BOOT").mkdir(parents=True)
+    (tree / "EFI/BOOT/leak").symlink_to(secret)
+    image = tmp_path / "fat.img"
+    with open(image, "wb") as f:
+        f.truncate(40 * MIB)
+    fatfs.format_fat32(image, 0, 40 * MIB, "ESP", 0x1234ABCD)
+    with pytest.raises(BootkitError, match="EFI/BOOT/leak: FAT holds only regular files"):
+        fatfs.copy_tree_in(image, 0, tree)
+    out = tmp_path / "out"
+    out.mkdir()
+    fatfs.copy_tree_out(image, 0, out)
+    assert list(out.iterdir()) == []
+
+
+def test_ext4_copy_keeps_the_owners_of_symlinks(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("owners need root")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "link").symlink_to("/nowhere")
+    os.chown(src / "link", 1000, 1001, follow_symlinks=False)
+    image = tmp_path / "fs.img"
+    with open(image, "wb") as f:
+        f.truncate(32 * MIB)
+    ext4fs.make_ext4(image, 0, 32 * MIB, src, "links", uuid.uuid4())
+    out = tmp_path / "out"
+    out.mkdir()
+    ext4fs.extract_tree(image, 0, out)
+    st = (out / "link").lstat()
+    assert (st.st_uid, st.st_gid) == (1000, 1001)
 
 
 def test_partition_copy_keeps_data_and_holes(tmp_path: Path) -> None:
