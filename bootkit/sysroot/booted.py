@@ -28,6 +28,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,7 @@ MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
 MS_REMOUNT = 0x20
 MS_NOATIME = 0x400
 MS_NODIRATIME = 0x800
@@ -49,6 +51,7 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SLAVE = 0x80000
 MS_RELATIME = 0x200000
+MS_LAZYTIME = 0x2000000
 
 # A bind remount replaces all of the mount's own flags; these are carried over
 # (statvfs reports them with values of its own).
@@ -70,6 +73,11 @@ def _check(result: int, what: str) -> None:
     if result != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+# A remount of the filesystem (not a bind remount) also sets these flags of the
+# filesystem anew, as /proc/self/mountinfo names them among its options.
+_FILESYSTEM_FLAGS = {"sync": MS_SYNCHRONOUS, "lazytime": MS_LAZYTIME}
 
 
 def is_read_only(path: Path) -> bool:
@@ -100,7 +108,8 @@ def remount(path: Path, read_only: bool, bind: bool) -> None:
     filesystem's read-only state changes too; other mounts of it that are
     flagged read-only themselves stay read-only. The filesystem's options (a
     FAT's umask, ext4's commit interval) stay as they are (seen with vfat, ext4
-    and tmpfs: the kernel neither needs nor re-reads them on a remount).
+    and tmpfs: the kernel neither needs nor re-reads them on a remount), but
+    for the generic `sync` and `lazytime`, which it would clear.
     """
     current = os.statvfs(path).f_flag
     flags = MS_REMOUNT | (MS_BIND if bind else 0) | (MS_RDONLY if read_only else 0)
@@ -109,7 +118,25 @@ def remount(path: Path, read_only: bool, bind: bool) -> None:
     for st_flag, ms_flag in _KEPT_FLAGS:
         if current & st_flag:
             flags |= ms_flag
+    if not bind:
+        options = filesystem_options(path)
+        for option, ms_flag in _FILESYSTEM_FLAGS.items():
+            if option in options:
+                flags |= ms_flag
     _check(_libc().mount(None, os.fsencode(path), None, flags, None), f"remounting {path}")
+
+
+def filesystem_options(mount: Path) -> list[str]:
+    """The options of the filesystem mounted at `mount` (the topmost mount there)."""
+    found: list[str] = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as lines:
+        for line in lines:
+            # ID PARENT DEV ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER-OPTIONS
+            fields = line.split()
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            if point == str(mount):
+                found = fields[-1].split(",")
+    return found
 
 
 def make_writable(path: Path) -> bool:
