@@ -16,6 +16,7 @@ from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
 from bootkit.secureboot import signing
 from bootkit.sysroot import staged, transaction
+from bootkit.sysroot.booted import writable_boot
 from bootkit.sysroot.layout import Sysroot
 
 log = logging.getLogger("bootkit")
@@ -112,6 +113,7 @@ def mark_good(sr: Sysroot, ident: str | None = None) -> tuple[Deployment, list[s
 
     Only $BOOT changes, by renames and grubenv's in-place write, as the bootloader
     and systemd-bless-boot change it; so no lock, and a read-only sysroot is fine.
+    A read-only $BOOT is made writable for this process alone while it does so.
     """
     state = sr.state()
     dep = sr.resolve(ident, state) if ident is not None else _booted(sr, state)
@@ -121,7 +123,8 @@ def mark_good(sr: Sysroot, ident: str | None = None) -> tuple[Deployment, list[s
             f"no boot configuration at {boot.path}: is $BOOT mounted there?",
             hint="mount it (the ESP, for example by an /etc/fstab line) and retry",
         )
-    return dep, boot.mark_good(dep)
+    with writable_boot(sr):
+        return dep, boot.mark_good(dep)
 
 
 def _booted(sr: Sysroot, state: State) -> Deployment:
