@@ -25,6 +25,7 @@ from bootkit.records.deployment import Deployment
 from bootkit.records.staged import StagedRecord
 from bootkit.records.state import State
 from bootkit.sysroot import inventory, leftovers, transaction
+from bootkit.sysroot.booted import writable_boot
 from bootkit.sysroot.layout import Sysroot
 
 log = logging.getLogger("bootkit")
@@ -114,7 +115,9 @@ def _unused(sr: Sysroot, state: State, payload: Payload) -> bool:
 
 def forget_failure(sr: Sysroot) -> bool:
     """Remove the record of a failed finalize from $BOOT; False if there was none."""
-    with contextlib.suppress(BootkitError):
+    # It takes no lock (finalizing calls it under its own), so it makes a read-only
+    # $BOOT writable for itself.
+    with writable_boot(sr), contextlib.suppress(BootkitError):
         return records.forget_failure(sr.boot_path)
     return False
 
