@@ -43,6 +43,10 @@ def _parts(path: Rel) -> list[str]:
     return [p for p in str(path).split("/") if p not in ("", ".")]
 
 
+class _Unresolvable(BootkitError):
+    """A path that leads out of the tree, or into a symlink loop."""
+
+
 @dataclass(frozen=True)
 class _Found:
     """Where a lookup ended: the directory holding the object (an open descriptor, the
@@ -79,8 +83,8 @@ class Tree:
                 part = todo.pop()
                 if part == "..":
                     if len(held) == 1:
-                        raise BootkitError(f"{self.describe(rel)} leads out of the tree",
-                                           hint=_MALICIOUS)
+                        raise _Unresolvable(f"{self.describe(rel)} leads out of the tree",
+                                            hint=_MALICIOUS)
                     os.close(held.pop())
                     names.pop()
                     continue
@@ -92,7 +96,8 @@ class Tree:
                 if stat.S_ISLNK(st.st_mode):
                     links += 1
                     if links > MAX_SYMLINKS:
-                        raise BootkitError(f"{self.describe(rel)} is a symlink loop", hint=_MALICIOUS)
+                        raise _Unresolvable(f"{self.describe(rel)} is a symlink loop",
+                                            hint=_MALICIOUS)
                     target = os.readlink(part, dir_fd=held[-1])
                     if target.startswith("/"):
                         while len(held) > 1:
@@ -121,12 +126,24 @@ class Tree:
         finally:
             os.close(found.parent)
 
-    def kind(self, rel: Rel) -> FileType | None:
-        """What `rel` is, symlinks followed inside the tree; None if it is not there."""
+    def kind(self, rel: Rel, *, strict: bool = False) -> FileType | None:
+        """What `rel` is, symlinks followed inside the tree; None if it is not there.
+
+        A symlink that would lead out of the tree, or into a loop, leads nowhere inside
+        it: it is dangling, as far as the tree goes (None), not an error. A symlink is
+        data that a tree may well ship (a kernel's `build` link to the host's sources);
+        only following it is confined, and what follows it (`open`, `resolve`, ...)
+        refuses it by name. `strict` refuses it here already, for a caller that asks
+        about a path it means to follow.
+        """
         try:
             with self._found(rel) as found:
                 return FileType.of_mode(found.st.st_mode)
         except (FileNotFoundError, NotADirectoryError):
+            return None
+        except _Unresolvable:
+            if strict:
+                raise
             return None
 
     def resolve(self, rel: Rel) -> PurePosixPath:
