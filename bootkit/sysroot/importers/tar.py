@@ -18,6 +18,7 @@ from bootkit.base import process
 from bootkit.base.filetypes import FileType
 from bootkit.base.xattrs import Xattrs
 from bootkit.errors import BootkitError
+from bootkit.sysroot.importers.tarheaders import BoundedTarInfo
 from bootkit.sysroot.importers.tree import (
     IMPORT_ERRORS,
     ImportReport,
@@ -77,14 +78,15 @@ def _open_tar_stream(src: Path, progress: Progress) -> Iterator[tarfile.TarFile]
         raw.seek(0)
         counted = _CountingReader(raw, progress)
         if magic != _ZSTD_MAGIC:
-            with tarfile.open(fileobj=counted, mode="r|*") as tf:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=counted, mode="r|*",  # type: ignore[call-overload]
+                              tarinfo=BoundedTarInfo) as tf:
                 yield tf
             return
         # Python's tarfile cannot read zstd; the zstd program decompresses it on the way.
         with process.filtered(
             ["zstd", "-dcq"], f"decompressing {src}", counted,
             hint="the archive may be truncated or corrupt",
-        ) as out, tarfile.open(fileobj=out, mode="r|") as tf:
+        ) as out, tarfile.open(fileobj=out, mode="r|", tarinfo=BoundedTarInfo) as tf:
             yield tf
 
 
