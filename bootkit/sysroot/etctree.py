@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from bootkit.base.filetypes import FileType
+from bootkit.base.seen import open_file
 from bootkit.base.xattrs import Xattrs, read_xattrs
 from bootkit.errors import BootkitError
 
@@ -124,15 +125,18 @@ def path_order(rel: str) -> list[str]:
 # --- comparing -------------------------------------------------------------------
 
 
-def _same_content(a: Path, b: Path) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
+def _same_content(a: Node, b: Node) -> bool:
+    # Read from the inodes that were walked: a live /etc may change meanwhile.
+    with open_file(a.path, a.dev_ino) as fa, open_file(b.path, b.dev_ino) as fb:
+        offset = 0
         while True:
-            block_a = fa.read(_CHUNK)
-            block_b = fb.read(_CHUNK)
+            block_a = os.pread(fa, _CHUNK, offset)
+            block_b = os.pread(fb, _CHUNK, offset)
             if block_a != block_b:
                 return False
             if not block_a:
                 return True
+            offset += len(block_a)
 
 
 def _admin_xattrs(node: Node) -> Xattrs:
@@ -145,7 +149,7 @@ def differences(default: Node, live: Node) -> tuple[str, ...]:
         return ("type",)
     found: list[str] = []
     if default.type is FileType.FILE and default.dev_ino != live.dev_ino:
-        if default.size != live.size or not _same_content(default.path, live.path):
+        if default.size != live.size or not _same_content(default, live):
             found.append("content")
     elif default.type is FileType.SYMLINK and default.target != live.target:
         found.append("target")

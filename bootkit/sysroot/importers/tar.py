@@ -16,6 +16,7 @@ from typing import IO
 
 from bootkit.base import process
 from bootkit.base.filetypes import FileType
+from bootkit.base.seen import CREATE_FLAGS
 from bootkit.base.xattrs import Xattrs
 from bootkit.errors import BootkitError
 from bootkit.sysroot.importers.tarheaders import BoundedTarInfo
@@ -26,7 +27,7 @@ from bootkit.sysroot.importers.tree import (
     TreeBuilder,
     import_error,
 )
-from bootkit.sysroot.store import FileMeta, ObjectStore
+from bootkit.sysroot.store import FileMeta, ObjectStore, apply_meta, create_file
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -94,10 +95,14 @@ def _open_tar_stream(src: Path, progress: Progress) -> Iterator[tarfile.TarFile]
 _IN_MEMORY = 1 << 20
 
 
-def _writer(data: bytes) -> Callable[[str], None]:
+def _writer(data: bytes, meta: FileMeta) -> Callable[[str], None]:
+    def write(fd: int) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
     def fill(dst: str) -> None:
-        with open(dst, "xb") as out:
-            out.write(data)
+        create_file(dst, meta, write)
 
     return fill
 
@@ -107,17 +112,25 @@ def _add_spooled(
 ) -> None:
     """Add a large member: spooled to `tmp` while hashed, then renamed into place if new."""
     h = hashlib.sha256()
-    with open(tmp, "wb") as out:
+    fd = os.open(tmp, CREATE_FLAGS, 0o600)
+    try:
         while block := f.read(1 << 20):
             h.update(block)
-            out.write(block)
+            view = memoryview(block)
+            while view:
+                view = view[os.write(fd, view) :]
+        apply_meta(fd, meta)
+    finally:
+        os.close(fd)
 
     def fill(dst: str) -> None:
         os.rename(tmp, dst)
 
-    imp.add_file(name, meta, h.hexdigest(), fill, size)
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
+    try:
+        imp.add_file(name, meta, h.hexdigest(), fill, size)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 class TarSource:
@@ -235,8 +248,8 @@ class _TarImport:
             # Most files of a tree are small and most are stored already:
             # hashing them in memory spares a file written and removed.
             data = f.read()
-            self.tree.add_file(str(rel), meta, hashlib.sha256(data).hexdigest(), _writer(data),
-                               m.size)
+            self.tree.add_file(str(rel), meta, hashlib.sha256(data).hexdigest(),
+                               _writer(data, meta), m.size)
         else:
             _add_spooled(self.tree, str(rel), meta, f, m.size, self.spool)
         self.seen_files[rel] = (meta, m.size)

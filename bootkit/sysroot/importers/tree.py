@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bootkit.base.seen import copy_fd
 from bootkit.errors import BootkitError, from_os_error
 from bootkit.sysroot.contentdigest import content_digest, os_digest
-from bootkit.sysroot.store import FileMeta, ObjectStore, apply_meta, dedup_eligible, object_key
+from bootkit.sysroot.store import (
+    FileMeta,
+    ObjectStore,
+    apply_meta,
+    create_file,
+    dedup_eligible,
+    object_key,
+)
 
 Progress = Callable[[int], None]
 # What a file's import may fail with because of what the source holds.
@@ -127,12 +134,14 @@ class TreeBuilder:
     def store_file(
         self, rel: str, meta: FileMeta, content_hash: str, fill: Callable[[str], None]
     ) -> bool:
-        """Put one regular file in place; True if it reused a stored object. Thread-safe."""
+        """Put one regular file in place; True if it reused a stored object. Thread-safe.
+
+        `fill(path)` makes the new file at `path` with its content and `meta` (see
+        `store.create_file`)."""
         path = f"{self.dest}/{rel}"
         if dedup_eligible(rel):
-            return self.store.link_into(object_key(content_hash, meta), path, fill, meta)
+            return self.store.link_into(object_key(content_hash, meta), path, fill)
         fill(path)
-        apply_meta(path, meta)
         return False
 
     def count_file(
@@ -168,8 +177,8 @@ class TreeBuilder:
             os.link(src, dst)
         else:
             self.space.claim(rel, size)
-            shutil.copyfile(src, dst, follow_symlinks=False)
-            apply_meta(dst, meta)
+            with open(src, "rb") as f:
+                create_file(dst, meta, lambda fd: copy_fd(f.fileno(), fd))
         self._note(rel, f"h{target}")
 
     def finish(self) -> ImportReport:
