@@ -39,12 +39,14 @@ def content_digest(notes: Iterable[str], leave_out: Iterable[str] = ("var",)) ->
     links: dict[str, str] = {}
     for note in notes:
         rel, _, kind = note.removesuffix("\n").partition("\0")
-        if not rel or rel == "." or any(rel == p or rel.startswith(p + "/") for p in prefixes):
+        if not rel or rel == ".":
             continue
         if kind.startswith("h"):
             links[rel] = kind[1:]
         else:
             what[rel] = kind
+    # Links are resolved before anything is left out: a file kept may be a link to one
+    # left out (usr/share/x to usr/etc/x), and on disk it is that file.
     for rel, target in links.items():
         seen = {rel}
         while target in links and target not in seen:  # a link to an earlier link
@@ -53,6 +55,8 @@ def content_digest(notes: Iterable[str], leave_out: Iterable[str] = ("var",)) ->
         what[rel] = what.get(target, f"h{target}")
     h = hashlib.sha256()
     for rel in sorted(what, key=lambda r: r.encode(*_ENCODING)):
+        if any(rel == p or rel.startswith(p + "/") for p in prefixes):
+            continue
         h.update(rel.encode(*_ENCODING) + b"\0" + what[rel].encode(*_ENCODING) + b"\n")
     return h.hexdigest()
 

@@ -172,9 +172,11 @@ class _TarImport:
         self.seen_files: dict[PurePosixPath, tuple[FileMeta, int]] = {}
         self.known_dirs: set[str] = set()
         self.spool = os.path.join(store.tmp, f"member.{os.getpid()}")
-        self.root_meta: FileMeta | None = None
 
     def run(self) -> ImportReport:
+        # The root, until a member names it (see IMPLICIT_DIR_MODE). An archive's root
+        # has never been part of its notes, so that ids stay what they were.
+        self.tree.add_dir(".", _implicit_dir(self.archive.stat().st_mtime), noted=False)
         try:
             with _open_tar_stream(self.archive, self.tree.progress) as tf:
                 for member in tf:
@@ -184,8 +186,6 @@ class _TarImport:
                 f"{self.archive} is not a readable tar archive: {err}",
                 hint="check the file; it may be truncated or corrupt",
             ) from None
-        if self.root_meta is not None:
-            self.tree.dir_meta.insert(0, (str(self.dest), self.root_meta))
         return self.tree.finish()
 
     def add_checked(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
@@ -203,9 +203,9 @@ class _TarImport:
         meta = FileMeta(m.mode | _format_bits(kind), m.uid, m.gid, _pax_xattrs(m), float(m.mtime))
         if str(rel) == ".":
             if kind is FileType.DIR:
-                self.root_meta = meta
+                self.tree.add_dir(".", meta)
             return
-        _check_parents(self.dest, rel, m.name, self.known_dirs)
+        self.check_parents(rel, m)
         _check_new(self.dest, rel, m)
         if kind is FileType.DIR:
             self.tree.add_dir(str(rel), meta)
@@ -217,6 +217,34 @@ class _TarImport:
             self.add_file(rel, m, meta, tf)
         else:
             self.tree.skip(str(rel), kind.description if kind else "special file")
+
+    def check_parents(self, rel: PurePosixPath, m: tarfile.TarInfo) -> None:
+        """Refuse a member whose parent directories are symlinks or files; make those that
+        are missing, as implicit directories (see IMPLICIT_DIR_MODE).
+
+        `known_dirs` holds the parents checked already: a directory stays one, since no
+        later member may take a path that exists (see _check_new).
+        """
+        parent = str(rel.parent)
+        if parent == "." or parent in self.known_dirs:
+            return
+        done = ""
+        for part in rel.parent.parts:
+            done = f"{done}/{part}" if done else part
+            if done in self.known_dirs:
+                continue
+            try:
+                st = os.lstat(f"{self.dest}/{done}")
+            except FileNotFoundError:
+                self.tree.add_dir(done, _implicit_dir(m.mtime))
+            else:
+                if not stat.S_ISDIR(st.st_mode):
+                    raise BootkitError(
+                        f"tar member {m.name!r} would be written through {done}, "
+                        "which is not a directory",
+                        hint="the archive may be malicious; rebuild it",
+                    )
+            self.known_dirs.add(done)
 
     def add_symlink(self, rel: PurePosixPath, m: tarfile.TarInfo, meta: FileMeta) -> None:
         if _escapes(rel, m.linkname):
@@ -266,6 +294,18 @@ _MEMBER_TYPES = {
 }
 
 
+# A directory that an archive leaves out but holds members of (`tar -cf x.tar $(find
+# -type f)`, many OCI layers) is made as tar makes it, but with a mode and owner that
+# do not depend on who extracts it or their umask: 0755, root's. Its note is the
+# same as for a directory of that mode in a directory source, so the content digest
+# of the tree does not depend on whether the archive listed its directories.
+IMPLICIT_DIR_MODE = 0o755
+
+
+def _implicit_dir(mtime: float) -> FileMeta:
+    return FileMeta(stat.S_IFDIR | IMPLICIT_DIR_MODE, 0, 0, (), float(mtime))
+
+
 def _format_bits(kind: FileType | None) -> int:
     # Only directories, symlinks and files are imported; their notes carry these bits.
     if kind is FileType.DIR or kind is FileType.SYMLINK:
@@ -282,35 +322,6 @@ def _pax_xattrs(m: tarfile.TarInfo) -> Xattrs:
             if k.startswith(prefix)
         )
     )
-
-
-def _check_parents(dest: Path, rel: PurePosixPath, name: str, known_dirs: set[str]) -> None:
-    """Refuse a member whose parent directories are missing or are symlinks.
-
-    `known_dirs` holds the parents checked already: a directory stays one, since no
-    later member may take a path that exists (see _check_new).
-    """
-    parent = str(rel.parent)
-    if parent == "." or parent in known_dirs:
-        return
-    cur = str(dest)
-    done = ""
-    for part in rel.parent.parts:
-        cur = f"{cur}/{part}"
-        done = f"{done}/{part}" if done else part
-        if done in known_dirs:
-            continue
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            os.mkdir(cur, 0o755)
-        else:
-            if not stat.S_ISDIR(st.st_mode):
-                raise BootkitError(
-                    f"tar member {name!r} would be written through {done}, which is not a directory",
-                    hint="the archive may be malicious; rebuild it",
-                )
-        known_dirs.add(done)
 
 
 def _check_new(dest: Path, rel: PurePosixPath, m: tarfile.TarInfo) -> None:

@@ -46,6 +46,10 @@ def same_area(rel: str, target: str) -> bool:
     return "/" in rel and rel.split("/", 1)[0] == target.split("/", 1)[0]
 
 
+def _in_var(rel: str) -> bool:
+    return rel == "var" or rel.startswith("var/")
+
+
 def _size(n: int) -> str:
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
@@ -99,10 +103,14 @@ class TreeBuilder:
         self.space = FreeSpace(dest)
         self.notes: list[str] = []  # what identifies the tree, one line per entry, in walk order
         self.dir_meta: list[tuple[str, FileMeta]] = []
+        self.dirs: dict[str, tuple[int, int | None]] = {}  # rel: index in dir_meta, note slot
+        self.var_files: dict[str, str] = {}  # what the notes would say of /var's files
 
     def _note(self, rel: str, what: str, slot: int | None = None) -> None:
         # /var is handed to the shared /var or dropped, so it is no part of the tree's identity.
-        if rel == "var" or rel.startswith("var/"):
+        if _in_var(rel):
+            if what.startswith("f"):
+                self.var_files[rel] = what  # for a hardlink to it from outside /var
             return
         if slot is None:
             self.notes.append(f"{rel}\0{what}\n")
@@ -117,13 +125,28 @@ class TreeBuilder:
     def skip(self, rel: str, kind: str) -> None:
         self.report.skipped.append(f"/{rel} ({kind})")
 
-    def add_dir(self, rel: str, meta: FileMeta) -> None:
+    def add_dir(self, rel: str, meta: FileMeta, *, noted: bool = True) -> None:
+        """Add directory `rel` (with a note unless not `noted`); named again (a tar member
+        after the implicit parent of an earlier one, or twice), it takes the metadata
+        named last, as with tar."""
         path = f"{self.dest}/{rel}"
-        if not os.path.isdir(path) or os.path.islink(path):
+        what = f"d{meta.mode:o}:{meta.uid}:{meta.gid}"
+        known = self.dirs.get(rel)
+        if known is not None:
+            index, slot = known
+            self.dir_meta[index] = (path, meta)
+            if slot is not None:
+                self._note(rel, what, slot)
+            return
+        if rel != ".":
             os.mkdir(path, 0o700)
         # Modes are applied at the end: a read-only directory must still take its children.
         self.dir_meta.append((path, meta))
-        self._note(rel, f"d{meta.mode:o}:{meta.uid}:{meta.gid}")
+        if noted and not _in_var(rel):
+            self.dirs[rel] = (len(self.dir_meta) - 1, len(self.notes))
+            self._note(rel, what)
+        else:
+            self.dirs[rel] = (len(self.dir_meta) - 1, None)
 
     def add_symlink(self, rel: str, target: str, meta: FileMeta) -> None:
         path = f"{self.dest}/{rel}"
@@ -179,7 +202,8 @@ class TreeBuilder:
             self.space.claim(rel, size)
             with open(src, "rb") as f:
                 create_file(dst, meta, lambda fd: copy_fd(f.fileno(), fd))
-        self._note(rel, f"h{target}")
+        # A link to a file of /var, which has no note: this name notes the file itself.
+        self._note(rel, self.var_files.get(target, f"h{target}"))
 
     def finish(self) -> ImportReport:
         for path, meta in reversed(self.dir_meta):
