@@ -17,6 +17,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import secrets
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,12 +53,41 @@ class FileMeta:
 
 
 def object_key(content_hash: str, meta: FileMeta) -> str:
-    """The name of the object holding this content with this metadata."""
-    h = hashlib.sha256(content_hash.encode())
-    h.update(f"\0{stat.S_IMODE(meta.mode):o}\0{meta.uid}\0{meta.gid}".encode())
+    """The name of the object holding this content with this metadata.
+
+    Each extended attribute is length-prefixed: a value may hold any byte, so with
+    separators alone one attribute could be made to read as two. A file without
+    any has the key it always had; one with some a key that cannot be mistaken for
+    an older one (`legacy_object_key`), whose encoding starts with a NUL byte there.
+    """
+    h = _key_start(content_hash, meta)
+    if meta.xattrs:
+        h.update(b"\1")
+        for name, value in meta.xattrs:
+            encoded = name.encode()
+            h.update(len(encoded).to_bytes(8, "big") + encoded)
+            h.update(len(value).to_bytes(8, "big") + value)
+    return h.hexdigest()
+
+
+def legacy_object_key(content_hash: str, meta: FileMeta) -> str:
+    """The key older versions gave this content and metadata: objects they stored keep
+    their names, so that fsck can still check them (see `key_matches`)."""
+    h = _key_start(content_hash, meta)
     for name, value in meta.xattrs:
         h.update(b"\0" + name.encode() + b"=" + value)
     return h.hexdigest()
+
+
+def key_matches(key: str, content_hash: str, meta: FileMeta) -> bool:
+    """Whether `key` names this content with this metadata, in either encoding."""
+    return key in (object_key(content_hash, meta), legacy_object_key(content_hash, meta))
+
+
+def _key_start(content_hash: str, meta: FileMeta) -> hashlib._Hash:
+    h = hashlib.sha256(content_hash.encode())
+    h.update(f"\0{stat.S_IMODE(meta.mode):o}\0{meta.uid}\0{meta.gid}".encode())
+    return h
 
 
 def apply_meta(path: str | Path | int, meta: FileMeta, *, symlink: bool = False) -> None:
@@ -140,7 +170,9 @@ class ObjectStore:
             os.link(dest, obj)
         except FileExistsError:
             # Another thread stored the same content first: share its object instead.
-            tmp = f"{dest}.bootkit-tmp"
+            # The link is made under a name of the store's own: a name beside `dest`
+            # could be one the tree holds, which another thread may be filling.
+            tmp = f"{self.tmp}/link.{secrets.token_hex(16)}"
             try:
                 os.link(obj, tmp)
             except OSError as err:
