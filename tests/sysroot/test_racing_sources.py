@@ -179,3 +179,12 @@ def test_etc_merge_copies_the_file_it_walked_never_a_symlink_put_in_its_place(
         etcmerge.copy_etc(defaults, tmp_path / "etc")
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600
     assert not (tmp_path / "etc/motd").exists()
+
+
+def test_a_source_named_through_a_symlink_is_still_read(tmp_path: Path) -> None:
+    """Only what is below the source is read without following symlinks."""
+    src = make_tree(tmp_path / "src")
+    (tmp_path / "link").symlink_to(src)
+    sr = init_sysroot(tmp_path / "sys")
+    dep = deploy_tree(sr, tmp_path / "link")
+    assert (sr.tree(dep) / "usr/bin/hello").read_bytes() == (src / "usr/bin/hello").read_bytes()

@@ -62,6 +62,8 @@ def _walk(src: str, rel: str, seen: os.stat_result, prune: frozenset[str]) -> It
 
 # Files up to this size are read into memory once, rather than hashed and copied.
 SMALL_FILE = 1 << 20
+
+
 def _read_hash(fd: int) -> tuple[str, bytes | None]:
     """The content hash of the open file `fd`, and its content if small: such a file is
     read once, so the bytes hashed are the bytes written."""
@@ -142,7 +144,8 @@ class _DirectoryImport:
         self, root: Path, dest: Path, store: ObjectStore, progress: Progress,
         cache: HashCache | None,
     ) -> None:
-        self.root = str(root)
+        # The source may be named through a symlink; below it, none is followed.
+        self.root = str(root.resolve())
         self.tree = TreeBuilder(dest, store, progress)
         self.cache = cache
 
@@ -153,7 +156,7 @@ class _DirectoryImport:
         and file creation both let go of the GIL), while their notes keep their place
         in the walk order.
         """
-        root_st = os.stat(self.root)
+        root_st = os.lstat(self.root)
         self.tree.add_dir(".", _dir_meta(self.root, root_st))
         files: list[_File] = []
         rel = "."
