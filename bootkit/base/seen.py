@@ -88,9 +88,13 @@ def open_file(path: str | os.PathLike[str], dev_ino: tuple[int, int]) -> Iterato
 
 def read_all(fd: int, limit: int) -> bytes | None:
     """The whole content of `fd` from its start, or None when it is over `limit` bytes."""
-    data = os.pread(fd, limit + 1, 0)
+    size = os.fstat(fd).st_size
+    if size > limit:
+        return None
+    # Reads go on until one returns nothing: the file may have grown since fstat.
+    data = os.pread(fd, size, 0)
     while len(data) <= limit:
-        block = os.pread(fd, limit + 1 - len(data), len(data))
+        block = os.pread(fd, min(1 << 16, limit + 1 - len(data)), len(data))
         if not block:
             return data
         data += block

@@ -139,6 +139,8 @@ class TarSource:
     Every member is checked before it is written: no absolute paths, no '..', no
     symlink that leads out of the tree or is written through, no hardlink to
     anything but an earlier file, no path twice. Device nodes and fifos are skipped.
+    A directory the archive holds members of but does not list is made 0755, owned
+    by root (see IMPLICIT_DIR_MODE).
     """
 
     def __init__(self, archive: Path) -> None:
