@@ -86,6 +86,13 @@ def open_file(path: str | os.PathLike[str], dev_ino: tuple[int, int]) -> Iterato
         os.close(fd)
 
 
+def entry_path(dir_fd: int, name: str) -> str:
+    """A path that names `name` in the directory open as `dir_fd`, for the calls that take
+    no descriptor (extended attributes of a symlink): through /proc, the directory is
+    the one held, whatever its path names now; its last component is `name` itself."""
+    return f"/proc/self/fd/{dir_fd}/{name}"
+
+
 def read_all(fd: int, limit: int) -> bytes | None:
     """The whole content of `fd` from its start, or None when it is over `limit` bytes."""
     size = os.fstat(fd).st_size

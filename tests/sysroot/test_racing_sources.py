@@ -15,7 +15,7 @@ import pytest
 from support.helpers import cli, deploy_tree, init_sysroot, make_tree
 
 from bootkit.base.seen import FileChanged
-from bootkit.sysroot import etcmerge
+from bootkit.sysroot import etcmerge, etctree
 from bootkit.sysroot.etctree import Node
 from bootkit.sysroot.hashcache import HashCache
 from bootkit.sysroot.importers import directory
@@ -188,3 +188,26 @@ def test_a_source_named_through_a_symlink_is_still_read(tmp_path: Path) -> None:
     sr = init_sysroot(tmp_path / "sys")
     dep = deploy_tree(sr, tmp_path / "link")
     assert (sr.tree(dep) / "usr/bin/hello").read_bytes() == (src / "usr/bin/hello").read_bytes()
+
+
+def test_etc_merge_never_walks_a_directory_swapped_for_a_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, victim: Path
+) -> None:
+    """A user who owns a directory of the live /etc swaps it for a link to one of root's
+    while bootkit walks: the new /etc would get copies of root's files."""
+    live = tmp_path / "live"
+    (live / "app").mkdir(parents=True)
+    (live / "app/conf").write_text("x\n")
+    real = etctree._listing
+
+    def list_then_swap(root: Path, seen: os.stat_result) -> list[tuple[str, os.stat_result, Node]]:
+        found = real(root, seen)
+        if root == live:
+            (live / "app").rename(tmp_path / "app-aside")
+            (live / "app").symlink_to(victim.parent)
+        return found
+
+    monkeypatch.setattr(etctree, "_listing", list_then_swap)
+    with pytest.raises(FileChanged, match="app"):
+        etcmerge.copy_etc(live, tmp_path / "etc")
+    assert not (tmp_path / "etc/app/host-secret").exists()

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootkit.base.filetypes import FileType
-from bootkit.base.seen import FileChanged, copy_verified, open_seen, read_all, sha256_of
+from bootkit.base.seen import (
+    FileChanged,
+    copy_verified,
+    entry_path,
+    open_seen,
+    read_all,
+    sha256_of,
+)
 from bootkit.base.xattrs import read_xattrs
 from bootkit.sysroot.hashcache import HashCache
 from bootkit.sysroot.importers.tree import (
@@ -35,8 +42,16 @@ def _dir_meta(path: str, seen: os.stat_result) -> FileMeta:
         return _meta_of(fd, os.fstat(fd))
 
 
-# One entry of a directory: name, lstat, and a symlink's target (read with the listing).
-_Entry = tuple[str, os.stat_result, str | None]
+@dataclass(frozen=True)
+class _Link:
+    """A symlink, read with its directory's listing: nothing to open later."""
+
+    target: str
+    meta: FileMeta
+
+
+# One entry of a directory: name, lstat, and what a symlink is.
+_Entry = tuple[str, os.stat_result, _Link | None]
 
 
 def _listing(path: str, seen: os.stat_result) -> list[_Entry]:
@@ -46,16 +61,18 @@ def _listing(path: str, seen: os.stat_result) -> list[_Entry]:
         found = []
         for name in sorted(os.listdir(fd)):
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            target = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
-            found.append((name, st, target))
+            link = None
+            if stat.S_ISLNK(st.st_mode):
+                link = _Link(os.readlink(name, dir_fd=fd), _meta_of(entry_path(fd, name), st))
+            found.append((name, st, link))
         return found
 
 
 def _walk(src: str, rel: str, seen: os.stat_result, prune: frozenset[str]) -> Iterator[_Entry]:
-    """(rel, lstat, symlink target) of everything below the directory `rel`, parents first."""
-    for name, st, target in _listing(f"{src}/{rel}" if rel else src, seen):
+    """(rel, lstat, symlink) of everything below the directory `rel`, parents first."""
+    for name, st, link in _listing(f"{src}/{rel}" if rel else src, seen):
         child = f"{rel}/{name}" if rel else name
-        yield child, st, target
+        yield child, st, link
         if stat.S_ISDIR(st.st_mode) and child not in prune:
             yield from _walk(src, child, st, prune)
 
@@ -161,20 +178,20 @@ class _DirectoryImport:
         files: list[_File] = []
         rel = "."
         try:
-            for rel, st, target in _walk(self.root, "", root_st, dropped):
-                self.add(rel, st, target, files)
+            for rel, st, link in _walk(self.root, "", root_st, dropped):
+                self.add(rel, st, link, files)
         except IMPORT_ERRORS as err:
             raise import_error(f"{rel} from {self.root}", err) from None
         return files
 
-    def add(self, rel: str, st: os.stat_result, target: str | None, files: list[_File]) -> None:
+    def add(self, rel: str, st: os.stat_result, link: _Link | None, files: list[_File]) -> None:
         path = f"{self.root}/{rel}"
         kind = FileType.of_mode(st.st_mode)
         if kind is FileType.DIR:
             self.tree.add_dir(rel, _dir_meta(path, st))
         elif kind is FileType.SYMLINK:
-            assert target is not None
-            self.tree.add_symlink(rel, target, _meta_of(path, st))
+            assert link is not None
+            self.tree.add_symlink(rel, link.target, link.meta)
         elif kind is FileType.FILE:
             files.append(_File(self.tree.reserve_note(), rel, path, st))
         else:
