@@ -26,13 +26,11 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import BinaryIO
 
 from bootkit.base.filetypes import FileType
+from bootkit.base.seen import DIR_FLAGS, READ_FLAGS, same_file
 from bootkit.errors import BootkitError
 
 # As many symlinks as Linux follows in one path lookup.
 MAX_SYMLINKS = 40
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: should a fifo be swapped in after the check, opening it does not hang.
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _MALICIOUS = "the tree may be malicious: bootkit reads a tree only as its own root (/)"
 _ROOT = PurePosixPath("/")
 
@@ -41,6 +39,10 @@ Rel = str | PurePath
 
 def _parts(path: Rel) -> list[str]:
     return [p for p in str(path).split("/") if p not in ("", ".")]
+
+
+class _Unresolvable(BootkitError):
+    """A path that leads out of the tree, or into a symlink loop."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,8 @@ class Tree:
                 part = todo.pop()
                 if part == "..":
                     if len(held) == 1:
-                        raise BootkitError(f"{self.describe(rel)} leads out of the tree",
-                                           hint=_MALICIOUS)
+                        raise _Unresolvable(f"{self.describe(rel)} leads out of the tree",
+                                            hint=_MALICIOUS)
                     os.close(held.pop())
                     names.pop()
                     continue
@@ -92,7 +94,8 @@ class Tree:
                 if stat.S_ISLNK(st.st_mode):
                     links += 1
                     if links > MAX_SYMLINKS:
-                        raise BootkitError(f"{self.describe(rel)} is a symlink loop", hint=_MALICIOUS)
+                        raise _Unresolvable(f"{self.describe(rel)} is a symlink loop",
+                                            hint=_MALICIOUS)
                     target = os.readlink(part, dir_fd=held[-1])
                     if target.startswith("/"):
                         while len(held) > 1:
@@ -105,7 +108,7 @@ class Tree:
                     raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR),
                                              self.describe(rel))
                 else:
-                    held.append(os.open(part, _DIR_FLAGS, dir_fd=held[-1]))
+                    held.append(os.open(part, DIR_FLAGS, dir_fd=held[-1]))
                     names.append(part)
             top = held.pop()
             return _Found(top, ".", os.fstat(top), _ROOT.joinpath(*names))
@@ -121,12 +124,24 @@ class Tree:
         finally:
             os.close(found.parent)
 
-    def kind(self, rel: Rel) -> FileType | None:
-        """What `rel` is, symlinks followed inside the tree; None if it is not there."""
+    def kind(self, rel: Rel, *, strict: bool = False) -> FileType | None:
+        """What `rel` is, symlinks followed inside the tree; None if it is not there.
+
+        A symlink that would lead out of the tree, or into a loop, leads nowhere inside
+        it: it is dangling, as far as the tree goes (None), not an error. A symlink is
+        data that a tree may well ship (a kernel's `build` link to the host's sources);
+        only following it is confined, and what follows it (`open`, `resolve`, ...)
+        refuses it by name. `strict` refuses it here already, for a caller that asks
+        about a path it means to follow.
+        """
         try:
             with self._found(rel) as found:
                 return FileType.of_mode(found.st.st_mode)
         except (FileNotFoundError, NotADirectoryError):
+            return None
+        except _Unresolvable:
+            if strict:
+                raise
             return None
 
     def resolve(self, rel: Rel) -> PurePosixPath:
@@ -196,9 +211,9 @@ class Tree:
                     f"{self.describe(rel)} is a {kind.description}, not a regular file",
                     hint="ship a regular file there",
                 )
-            fd = os.open(found.name, _FILE_FLAGS, dir_fd=found.parent)
+            fd = os.open(found.name, READ_FLAGS, dir_fd=found.parent)
             with os.fdopen(fd, "rb") as f:
-                if not _same_file(os.fstat(fd), found.st):
+                if not same_file(os.fstat(fd), found.st):
                     raise BootkitError(f"{self.describe(rel)} changed while it was read",
                                        hint="nothing may write into the tree while bootkit reads it")
                 yield found, f
@@ -222,7 +237,7 @@ class Tree:
 
     def _open_dir(self, rel: Rel) -> int:
         with self._found(rel) as found:
-            return os.open(found.name, _DIR_FLAGS, dir_fd=found.parent)
+            return os.open(found.name, DIR_FLAGS, dir_fd=found.parent)
 
     # --- taking things out ------------------------------------------------------------
 
@@ -256,12 +271,8 @@ class Tree:
                 os.close(fd)
 
 
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
 def _take_named(dir_fd: int, name: str, dest: Path) -> None:
-    fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
     with os.fdopen(fd, "rb") as f:
         if stat.S_ISREG(os.fstat(fd).st_mode):
             _take(dir_fd, name, f, dest)
@@ -276,7 +287,7 @@ def _take(dir_fd: int, name: str, f: BinaryIO, dest: Path) -> None:
     opened = os.fstat(f.fileno())
     with contextlib.suppress(OSError):
         os.link(name, dest, src_dir_fd=dir_fd, follow_symlinks=False)
-        if _same_file(os.lstat(dest), opened):
+        if same_file(os.lstat(dest), opened):
             return
         os.unlink(dest)
     with open(dest, "xb") as out:

@@ -1,5 +1,6 @@
 """Extended attributes of one filesystem object (symlinks not followed), read and written
-with one policy each.
+with one policy each. The object is named by a path or given as an open descriptor (which
+is what a file that someone else may swap must be read through).
 
 Reading: a filesystem without xattr support has none; an attribute removed between
 listing and reading is left out; any other error (no permission, a missing path)
@@ -17,14 +18,22 @@ import stat
 Xattrs = tuple[tuple[str, bytes], ...]  # (name, value) pairs, sorted by name
 
 StrPath = str | os.PathLike[str]
+# A path (its last component never followed) or an open descriptor.
+Target = StrPath | int
 
 _UNSUPPORTED = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
-def read_xattrs(path: StrPath) -> Xattrs:
+def _follow(target: Target) -> bool:
+    # A path's last component is never followed. A descriptor is the object itself,
+    # and Python refuses follow_symlinks=False with one.
+    return isinstance(target, int)
+
+
+def read_xattrs(path: Target) -> Xattrs:
     """The extended attributes of `path` itself, sorted by name."""
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(path, follow_symlinks=_follow(path))
     except OSError as err:
         if err.errno in _UNSUPPORTED:
             return ()
@@ -32,7 +41,7 @@ def read_xattrs(path: StrPath) -> Xattrs:
     found = []
     for name in sorted(names):
         try:
-            found.append((name, os.getxattr(path, name, follow_symlinks=False)))
+            found.append((name, os.getxattr(path, name, follow_symlinks=_follow(path))))
         except OSError as err:
             # ENODATA: removed since it was listed.
             if err.errno != errno.ENODATA and err.errno not in _UNSUPPORTED:
@@ -40,11 +49,11 @@ def read_xattrs(path: StrPath) -> Xattrs:
     return tuple(found)
 
 
-def write_xattrs(path: StrPath, xattrs: Xattrs) -> None:
+def write_xattrs(path: Target, xattrs: Xattrs) -> None:
     """Set each of `xattrs` on `path` itself, leaving out what the destination refuses."""
     for name, value in xattrs:
         try:
-            os.setxattr(path, name, value, follow_symlinks=False)
+            os.setxattr(path, name, value, follow_symlinks=_follow(path))
         except OSError as err:
             if err.errno in _UNSUPPORTED:
                 continue
@@ -53,5 +62,6 @@ def write_xattrs(path: StrPath, xattrs: Xattrs) -> None:
             raise
 
 
-def _is_symlink(path: StrPath) -> bool:
-    return stat.S_ISLNK(os.lstat(path).st_mode)
+def _is_symlink(path: Target) -> bool:
+    st = os.fstat(path) if isinstance(path, int) else os.lstat(path)
+    return stat.S_ISLNK(st.st_mode)

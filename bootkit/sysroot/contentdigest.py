@@ -63,19 +63,21 @@ def _resolved(notes: Iterable[str], leave_out: tuple[str, ...]) -> dict[str, str
     links: dict[str, str] = {}
     for note in notes:
         rel, _, kind = note.removesuffix("\n").partition("\0")
-        if not rel or rel == "." or _under(rel, leave_out):
+        if not rel or rel == ".":
             continue
         if kind.startswith("h"):
             links[rel] = kind[1:]
         else:
             what[rel] = kind
+    # Links are resolved before anything is left out: a file kept may be a link to one
+    # left out (usr/share/x to usr/etc/x), and on disk it is that file.
     for rel, target in links.items():
         seen = {rel}
         while target in links and target not in seen:  # a link to an earlier link
             seen.add(target)
             target = links[target]
         what[rel] = what.get(target, f"h{target}")
-    return what
+    return {rel: kind for rel, kind in what.items() if not _under(rel, leave_out)}
 
 
 def _digest(what: dict[str, str]) -> str:

@@ -21,13 +21,13 @@ whole deployment, syncs the filesystem once, and discards the destination on fai
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from pathlib import Path
 
 from bootkit.base.confined import Tree
 from bootkit.base.files import remove_path
 from bootkit.base.filetypes import FileType
+from bootkit.base.seen import CREATE_FLAGS, copy_fd, open_file
 from bootkit.base.xattrs import write_xattrs
 from bootkit.errors import BootkitError
 from bootkit.sysroot.etctree import (
@@ -43,15 +43,32 @@ from bootkit.sysroot.etctree import (
 # --- writing ---------------------------------------------------------------------
 
 
-def _set_metadata(path: Path, node: Node) -> None:
-    # Owner first (chown clears setuid/setgid), mode last (an ACL xattr rewrites
-    # the group bits), times at the very end.
+def _set_metadata(path: Path | int, node: Node) -> None:
+    """Give `path` (or an open descriptor) the metadata of `node`, never through a symlink.
+
+    Owner first (chown clears setuid/setgid), mode last (an ACL xattr rewrites the
+    group bits), times at the very end.
+    """
+    fd = isinstance(path, int)
     if os.geteuid() == 0:
-        os.chown(path, node.uid, node.gid, follow_symlinks=False)
+        os.chown(path, node.uid, node.gid, follow_symlinks=fd)
     write_xattrs(path, node.xattrs)
     if node.type is not FileType.SYMLINK:
-        os.chmod(path, node.mode)
-    os.utime(path, ns=node.times_ns, follow_symlinks=False)
+        os.chmod(path, node.mode, follow_symlinks=fd)
+    os.utime(path, ns=node.times_ns, follow_symlinks=fd)
+
+
+def _copy_file(path: Path, node: Node) -> None:
+    """Make `path` a copy of the regular file `node`, read from the very inode that was
+    walked (a live /etc may change meanwhile) and given its metadata through its own
+    descriptor."""
+    with open_file(node.path, node.dev_ino) as src:
+        fd = os.open(path, CREATE_FLAGS, 0o600)
+        try:
+            copy_fd(src, fd)
+            _set_metadata(fd, node)
+        finally:
+            os.close(fd)
 
 
 def _create(path: Path, node: Node) -> None:
@@ -63,11 +80,12 @@ def _create(path: Path, node: Node) -> None:
     if node.type is FileType.DIR:
         os.mkdir(path, 0o700)
         return
+    if node.type is FileType.FILE:
+        _copy_file(path, node)
+        return
     if node.type is FileType.SYMLINK:
         assert node.target is not None
         os.symlink(node.target, path)
-    elif node.type is FileType.FILE:
-        shutil.copyfile(node.path, path, follow_symlinks=False)
     else:
         os.mknod(path, node.type.format_bits | 0o600, node.rdev)
     _set_metadata(path, node)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from bootkit.base.filetypes import FileType
+from bootkit.base.seen import entry_path, open_file, open_seen
 from bootkit.base.xattrs import Xattrs, read_xattrs
 from bootkit.errors import BootkitError
 
@@ -80,8 +81,7 @@ class EtcChange:
 # --- reading trees ---------------------------------------------------------------
 
 
-def read_node(path: Path) -> Node:
-    st = os.lstat(path)
+def _node(path: Path, st: os.stat_result, target: str | None, xattrs: Xattrs) -> Node:
     kind = FileType.of_mode(st.st_mode)
     return Node(
         path=path,
@@ -90,30 +90,47 @@ def read_node(path: Path) -> Node:
         uid=st.st_uid,
         gid=st.st_gid,
         size=st.st_size,
-        target=os.readlink(path) if kind is FileType.SYMLINK else None,
+        target=target,
         rdev=st.st_rdev if kind.special else 0,
-        xattrs=read_xattrs(path),
+        xattrs=xattrs,
         dev_ino=(st.st_dev, st.st_ino),
         times_ns=(st.st_atime_ns, st.st_mtime_ns),
     )
 
 
-def _walk(root: Path, prefix: str = "") -> Iterator[tuple[str, Node]]:
-    with os.scandir(root) as entries:
-        names = sorted(entry.name for entry in entries)
-    for name in names:
+def read_node(path: Path) -> Node:
+    st = os.lstat(path)
+    target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+    return _node(path, st, target, read_xattrs(path))
+
+
+def _listing(root: Path, seen: os.stat_result) -> list[tuple[str, os.stat_result, Node]]:
+    """The objects in directory `root`, read through a descriptor of the directory the
+    walk saw: a live /etc may change meanwhile, and a directory swapped for a symlink
+    must not lead the walk (and the copies made of what it finds) out of it."""
+    with open_seen(str(root), seen) as fd:
+        found = []
+        for name in sorted(os.listdir(fd)):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            target = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
+            xattrs = read_xattrs(entry_path(fd, name))
+            found.append((name, st, _node(root / name, st, target, xattrs)))
+        return found
+
+
+def _walk(root: Path, seen: os.stat_result, prefix: str = "") -> Iterator[tuple[str, Node]]:
+    for name, st, node in _listing(root, seen):
         rel = f"{prefix}{name}"
-        node = read_node(root / name)
         yield rel, node
         if node.is_dir:
-            yield from _walk(root / name, f"{rel}/")
+            yield from _walk(root / name, st, f"{rel}/")
 
 
 def read_tree(root: Path) -> dict[str, Node]:
     """Every object under `root` by its path relative to `root` (not `root` itself)."""
     if not root.is_dir() or root.is_symlink():
         raise BootkitError(f"{root} is not a directory", hint="expected an /etc tree")
-    return dict(_walk(root))
+    return dict(_walk(root, os.lstat(root)))
 
 
 def path_order(rel: str) -> list[str]:
@@ -124,15 +141,18 @@ def path_order(rel: str) -> list[str]:
 # --- comparing -------------------------------------------------------------------
 
 
-def _same_content(a: Path, b: Path) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
+def _same_content(a: Node, b: Node) -> bool:
+    # Read from the inodes that were walked: a live /etc may change meanwhile.
+    with open_file(a.path, a.dev_ino) as fa, open_file(b.path, b.dev_ino) as fb:
+        offset = 0
         while True:
-            block_a = fa.read(_CHUNK)
-            block_b = fb.read(_CHUNK)
+            block_a = os.pread(fa, _CHUNK, offset)
+            block_b = os.pread(fb, _CHUNK, offset)
             if block_a != block_b:
                 return False
             if not block_a:
                 return True
+            offset += len(block_a)
 
 
 def _admin_xattrs(node: Node) -> Xattrs:
@@ -145,7 +165,7 @@ def differences(default: Node, live: Node) -> tuple[str, ...]:
         return ("type",)
     found: list[str] = []
     if default.type is FileType.FILE and default.dev_ino != live.dev_ino:
-        if default.size != live.size or not _same_content(default.path, live.path):
+        if default.size != live.size or not _same_content(default, live):
             found.append("content")
     elif default.type is FileType.SYMLINK and default.target != live.target:
         found.append("target")

@@ -33,12 +33,15 @@ class TreeKernel:
     modules_dir: Path | None
 
 
+# Strict: a boot file that leads out of the tree is refused by name, not passed over.
 def _file(tree: Tree, *candidates: str) -> Path | None:
-    return next((tree.path(c) for c in candidates if tree.kind(c) is FileType.FILE), None)
+    return next((tree.path(c) for c in candidates if tree.kind(c, strict=True) is FileType.FILE),
+                None)
 
 
 def _dir(tree: Tree, *candidates: str) -> Path | None:
-    return next((tree.path(c) for c in candidates if tree.kind(c) is FileType.DIR), None)
+    return next((tree.path(c) for c in candidates if tree.kind(c, strict=True) is FileType.DIR),
+                None)
 
 
 def _kernels(tree: Tree) -> dict[str, TreeKernel]:
@@ -83,7 +86,7 @@ def find_kernel(root: Path) -> TreeKernel:
 def os_release_data(root: Path) -> bytes | None:
     """The content of the tree's os-release file, if it has one."""
     tree = Tree(root)
-    rel = next((rel for rel in OS_RELEASE if tree.kind(rel) is FileType.FILE), None)
+    rel = next((rel for rel in OS_RELEASE if tree.kind(rel, strict=True) is FileType.FILE), None)
     return tree.read(rel, OS_RELEASE_LIMIT) if rel is not None else None
 
 

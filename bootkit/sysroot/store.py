@@ -17,12 +17,14 @@ import contextlib
 import errno
 import hashlib
 import os
+import secrets
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from bootkit.base.files import fsync_dir, remove_tree
+from bootkit.base.seen import CREATE_FLAGS
 from bootkit.base.xattrs import Xattrs, write_xattrs
 
 IS_ROOT = os.geteuid() == 0
@@ -51,23 +53,73 @@ class FileMeta:
 
 
 def object_key(content_hash: str, meta: FileMeta) -> str:
-    """The name of the object holding this content with this metadata."""
-    h = hashlib.sha256(content_hash.encode())
-    h.update(f"\0{stat.S_IMODE(meta.mode):o}\0{meta.uid}\0{meta.gid}".encode())
+    """The name of the object holding this content with this metadata.
+
+    Each extended attribute is length-prefixed: a value may hold any byte, so with
+    separators alone one attribute could be made to read as two. A file without
+    any has the key it always had; one with some a key that cannot be mistaken for
+    an older one (`legacy_object_key`), whose encoding starts with a NUL byte there.
+    """
+    h = _key_start(content_hash, meta)
+    if meta.xattrs:
+        h.update(b"\1")
+        for name, value in meta.xattrs:
+            encoded = name.encode()
+            h.update(len(encoded).to_bytes(8, "big") + encoded)
+            h.update(len(value).to_bytes(8, "big") + value)
+    return h.hexdigest()
+
+
+def legacy_object_key(content_hash: str, meta: FileMeta) -> str:
+    """The key older versions gave this content and metadata: objects they stored keep
+    their names, so that fsck can still check them (see `key_matches`)."""
+    h = _key_start(content_hash, meta)
     for name, value in meta.xattrs:
         h.update(b"\0" + name.encode() + b"=" + value)
     return h.hexdigest()
 
 
-def apply_meta(path: str | Path, meta: FileMeta, *, symlink: bool = False) -> None:
-    """Give `path` the owner (as root), attributes, mode (not on a symlink) and mtime."""
+def key_matches(key: str, content_hash: str, meta: FileMeta) -> bool:
+    """Whether `key` names this content with this metadata, in either encoding."""
+    return key in (object_key(content_hash, meta), legacy_object_key(content_hash, meta))
+
+
+def _key_start(content_hash: str, meta: FileMeta) -> hashlib._Hash:
+    h = hashlib.sha256(content_hash.encode())
+    h.update(f"\0{stat.S_IMODE(meta.mode):o}\0{meta.uid}\0{meta.gid}".encode())
+    return h
+
+
+def apply_meta(path: str | Path | int, meta: FileMeta, *, symlink: bool = False) -> None:
+    """Give `path` (or an open descriptor) the owner (as root), attributes, mode (not on
+    a symlink) and mtime; a path's last component is never followed."""
+    fd = isinstance(path, int)
     if IS_ROOT:
-        os.chown(path, meta.uid, meta.gid, follow_symlinks=False)
+        os.chown(path, meta.uid, meta.gid, follow_symlinks=fd)
     write_xattrs(path, meta.xattrs)
-    if not symlink:
+    if fd:
         # chmod after chown: chown clears setuid/setgid bits.
         os.chmod(path, stat.S_IMODE(meta.mode))
-    os.utime(path, (meta.mtime, meta.mtime), follow_symlinks=False)
+    elif not symlink:
+        # Linux cannot chmod a symlink itself: refused rather than followed, should the
+        # path have become one.
+        os.chmod(path, stat.S_IMODE(meta.mode), follow_symlinks=False)
+    os.utime(path, (meta.mtime, meta.mtime), follow_symlinks=fd)
+
+
+def create_file(dest: str, meta: FileMeta, write: Callable[[int], object]) -> None:
+    """Make `dest`, a new regular file, with what `write` writes to its descriptor and
+    with `meta`, applied through that descriptor: never through a symlink or into a
+    file that was there before."""
+    fd = os.open(dest, CREATE_FLAGS, 0o600)
+    try:
+        write(fd)
+        apply_meta(fd, meta)
+    except BaseException:
+        os.unlink(dest)  # so that the name can be filled again, or the error reported
+        raise
+    finally:
+        os.close(fd)
 
 
 def dedup_eligible(rel: str) -> bool:
@@ -91,8 +143,9 @@ class ObjectStore:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / key[2:]
 
-    def link_into(self, key: str, dest: str, fill: Callable[[str], None], meta: FileMeta) -> bool:
-        """Hardlink object `key` to `dest`, storing it first with `fill` if new. True if reused."""
+    def link_into(self, key: str, dest: str, fill: Callable[[str], None]) -> bool:
+        """Hardlink object `key` to `dest`, storing it first if new: `fill` makes `dest`
+        with the content and metadata the key stands for. True if reused."""
         obj = f"{self.root}/{key[:2]}/{key[2:]}"
         try:
             os.link(obj, dest)
@@ -104,13 +157,11 @@ class ObjectStore:
                 raise
             # Too many links to one inode (empty files, say): keep a private copy.
             fill(dest)
-            apply_meta(dest, meta)
             return False
         # New content: the tree's own copy becomes the stored object. Until the tree is
         # synced and recorded, nothing else links to it, so after a crash the orphaned
         # tree goes and the prune that follows takes the object with it.
         fill(dest)
-        apply_meta(dest, meta)
         subdir = obj[: obj.rindex("/")]
         if subdir not in self._subdirs:
             os.makedirs(subdir, exist_ok=True)
@@ -119,7 +170,9 @@ class ObjectStore:
             os.link(dest, obj)
         except FileExistsError:
             # Another thread stored the same content first: share its object instead.
-            tmp = f"{dest}.bootkit-tmp"
+            # The link is made under a name of the store's own: a name beside `dest`
+            # could be one the tree holds, which another thread may be filling.
+            tmp = f"{self.tmp}/link.{secrets.token_hex(16)}"
             try:
                 os.link(obj, tmp)
             except OSError as err:

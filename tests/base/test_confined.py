@@ -82,10 +82,15 @@ def test_relative_symlinks_are_followed(tmp_path: Path) -> None:
 def test_dot_dot_above_the_root_is_refused(tmp_path: Path, host_file: Path, target: str) -> None:
     root = _tree(tmp_path)
     (root / "usr/lib/up").symlink_to(f"{target}{host_file}")
-    with pytest.raises(BootkitError, match="leads out of the tree"):
-        Tree(root).kind("usr/lib/up")
-    with pytest.raises(BootkitError, match="leads out of the tree"):
-        Tree(root).kind("../tree/usr")
+    tree = Tree(root)
+    for following in (tree.resolve, tree.path, lambda rel: tree.read(rel, 100),
+                      lambda rel: tree.kind(rel, strict=True)):
+        with pytest.raises(BootkitError, match="leads out of the tree"):
+            following("usr/lib/up")
+        with pytest.raises(BootkitError, match="leads out of the tree"):
+            following("../tree/usr")
+    # Asking what it is follows nothing: it leads nowhere inside the tree.
+    assert tree.kind("usr/lib/up") is None
 
 
 def test_a_symlink_loop_is_refused(tmp_path: Path) -> None:
@@ -93,7 +98,27 @@ def test_a_symlink_loop_is_refused(tmp_path: Path) -> None:
     (root / "usr/lib/a").symlink_to("b")
     (root / "usr/lib/b").symlink_to("/usr/lib/a")
     with pytest.raises(BootkitError, match="symlink loop"):
-        Tree(root).kind("usr/lib/a")
+        Tree(root).resolve("usr/lib/a")
+    with pytest.raises(BootkitError, match="symlink loop"):
+        Tree(root).kind("usr/lib/a", strict=True)
+    assert Tree(root).kind("usr/lib/a") is None
+
+
+def test_a_symlink_that_leads_nowhere_in_the_tree_does_not_stop_a_mirror(tmp_path: Path) -> None:
+    """A kernel's modules directory ships `build` and `source` links to the host's sources,
+    which may climb above the root or loop: they are data, left out of a mirror."""
+    root = _tree(tmp_path)
+    mods = root / "usr/lib/modules/6.1"
+    mods.mkdir(parents=True)
+    (mods / "modules.order").write_bytes(b"")
+    (mods / "build").symlink_to("../../../../../usr/src/linux")  # one '..' too many
+    (mods / "source").symlink_to("source")  # a loop
+    tree = Tree(root)
+    assert tree.kind("usr/lib/modules/6.1/build") is None
+    assert tree.kind("usr/lib/modules/6.1/source") is None
+    assert tree.listdir("usr/lib/modules/6.1/build") == []
+    tree.mirror("usr/lib/modules/6.1", tmp_path / "mirror")
+    assert sorted(p.name for p in (tmp_path / "mirror").iterdir()) == ["modules.order"]
 
 
 def test_only_regular_files_are_opened(tmp_path: Path) -> None:

@@ -178,13 +178,13 @@ def test_redeploy_reads_only_changed_files(tmp_path: Path, monkeypatch: pytest.M
     sr = init_sysroot(tmp_path / "sys")
     deploy_tree(sr, tree)
     hashed: list[str] = []
-    real_hash = directory._hash_file
+    real_hash = directory._read_hash
 
-    def counting_hash(path: str) -> str:
-        hashed.append(path)
-        return real_hash(path)
+    def counting_hash(fd: int) -> tuple[str, bytes | None]:
+        hashed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_hash(fd)
 
-    monkeypatch.setattr(directory, "_hash_file", counting_hash)
+    monkeypatch.setattr(directory, "_read_hash", counting_hash)
     time.sleep(0.05)
     # Same size, same mtime, new content: only the ctime tells.
     target = tree / "usr/share/f3"

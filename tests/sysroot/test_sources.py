@@ -90,13 +90,13 @@ def test_a_dropped_directory_is_not_read(
 ) -> None:
     tree = make_tree(tmp_path / "tree", files={"var/cache/big": b"v" * 4096})
     hashed: list[str] = []
-    real_hash = directory_source._hash_file
+    real_hash = directory_source._read_hash
 
-    def counting_hash(path: str) -> str:
-        hashed.append(os.path.relpath(path, tree))
-        return real_hash(path)
+    def counting_hash(fd: int) -> tuple[str, bytes | None]:
+        hashed.append(os.path.relpath(os.readlink(f"/proc/self/fd/{fd}"), tree))
+        return real_hash(fd)
 
-    monkeypatch.setattr(directory_source, "_hash_file", counting_hash)
+    monkeypatch.setattr(directory_source, "_read_hash", counting_hash)
     whole = open_source(tree)
     _import(whole, tmp_path / "whole")
     assert "var/cache/big" in hashed

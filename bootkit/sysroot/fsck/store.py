@@ -1,7 +1,7 @@
 """fsck of the content store: every object against the digest its name stands for, and
 the deployment files that share one.
 
-An object's name is a digest of its content and metadata (see `store.object_key`),
+An object's name is a digest of its content and metadata (see `store.object_key`; older objects keep the names older versions gave them),
 so it is checked by computing that digest again from what is on disk. A deployment
 file hardlinked to an object *is* that object: a write into it, or a chmod, changes
 the file in every deployment that shares it. That is what this finds, naming each
@@ -33,7 +33,7 @@ from bootkit.sysroot.fsck.findings import Kind, Report
 from bootkit.sysroot.fsck.records import rel
 from bootkit.sysroot.fsck.trees import ContentHashes
 from bootkit.sysroot.layout import Sysroot
-from bootkit.sysroot.store import FileMeta, apply_meta, dedup_eligible, object_key
+from bootkit.sysroot.store import FileMeta, apply_meta, dedup_eligible, key_matches
 
 _SUBDIR = re.compile(r"[0-9a-f]{2}")
 _REST = re.compile(r"[0-9a-f]{62}")
@@ -113,7 +113,7 @@ def _matches_name(obj: Path, st: os.stat_result, digest: str) -> bool:
     given = tuple(x for x in xattrs if x[0] not in _AUTOMATIC_XATTRS)
     key = obj.parent.name + obj.name
     return any(
-        object_key(digest, FileMeta(st.st_mode, st.st_uid, st.st_gid, candidate, 0.0)) == key
+        key_matches(key, digest, FileMeta(st.st_mode, st.st_uid, st.st_gid, candidate, 0.0))
         for candidate in dict.fromkeys((xattrs, given))
     )
 

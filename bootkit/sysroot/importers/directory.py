@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootkit.base.filetypes import FileType
+from bootkit.base.seen import (
+    FileChanged,
+    copy_verified,
+    entry_path,
+    open_seen,
+    read_all,
+    sha256_of,
+)
 from bootkit.base.xattrs import read_xattrs
 from bootkit.sysroot.hashcache import HashCache
 from bootkit.sysroot.importers.tree import (
@@ -22,26 +29,63 @@ from bootkit.sysroot.importers.tree import (
     TreeBuilder,
     import_error,
 )
-from bootkit.sysroot.store import FileMeta, ObjectStore, dedup_eligible
+from bootkit.sysroot.store import FileMeta, ObjectStore, create_file, dedup_eligible
 
 
-def _meta_of(path: str, st: os.stat_result) -> FileMeta:
-    return FileMeta(st.st_mode, st.st_uid, st.st_gid, read_xattrs(path), st.st_mtime)
+def _meta_of(what: str | int, st: os.stat_result) -> FileMeta:
+    return FileMeta(st.st_mode, st.st_uid, st.st_gid, read_xattrs(what), st.st_mtime)
 
 
-def _hash_file(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _dir_meta(path: str, seen: os.stat_result) -> FileMeta:
+    """A directory's metadata, read through a descriptor of the directory the walk saw."""
+    with open_seen(path, seen) as fd:
+        return _meta_of(fd, os.fstat(fd))
 
 
-def _walk(src: str, rel: str, prune: frozenset[str]) -> Iterator[tuple[str, os.DirEntry[str]]]:
-    with os.scandir(f"{src}/{rel}" if rel else src) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        child = f"{rel}/{entry.name}" if rel else entry.name
-        yield child, entry
-        if entry.is_dir(follow_symlinks=False) and child not in prune:
-            yield from _walk(src, child, prune)
+@dataclass(frozen=True)
+class _Link:
+    """A symlink, read with its directory's listing: nothing to open later."""
+
+    target: str
+    meta: FileMeta
+
+
+# One entry of a directory: name, lstat, and what a symlink is.
+_Entry = tuple[str, os.stat_result, _Link | None]
+
+
+def _listing(path: str, seen: os.stat_result) -> list[_Entry]:
+    """The entries of directory `path`, sorted by name; FileChanged unless `path` is still
+    the directory the walk saw (not a symlink put in its place)."""
+    with open_seen(path, seen) as fd:
+        found = []
+        for name in sorted(os.listdir(fd)):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            link = None
+            if stat.S_ISLNK(st.st_mode):
+                link = _Link(os.readlink(name, dir_fd=fd), _meta_of(entry_path(fd, name), st))
+            found.append((name, st, link))
+        return found
+
+
+def _walk(src: str, rel: str, seen: os.stat_result, prune: frozenset[str]) -> Iterator[_Entry]:
+    """(rel, lstat, symlink) of everything below the directory `rel`, parents first."""
+    for name, st, link in _listing(f"{src}/{rel}" if rel else src, seen):
+        child = f"{rel}/{name}" if rel else name
+        yield child, st, link
+        if stat.S_ISDIR(st.st_mode) and child not in prune:
+            yield from _walk(src, child, st, prune)
+
+
+# Files up to this size are read into memory once, rather than hashed and copied.
+SMALL_FILE = 1 << 20
+
+
+def _read_hash(fd: int) -> tuple[str, bytes | None]:
+    """The content hash of the open file `fd`, and its content if small: such a file is
+    read once, so the bytes hashed are the bytes written."""
+    data = read_all(fd, SMALL_FILE)
+    return (hashlib.sha256(data).hexdigest() if data is not None else sha256_of(fd)), data
 
 
 # Below this many files one thread is quicker than starting more.
@@ -117,7 +161,8 @@ class _DirectoryImport:
         self, root: Path, dest: Path, store: ObjectStore, progress: Progress,
         cache: HashCache | None,
     ) -> None:
-        self.root = str(root)
+        # The source may be named through a symlink; below it, none is followed.
+        self.root = str(root.resolve())
         self.tree = TreeBuilder(dest, store, progress)
         self.cache = cache
 
@@ -128,23 +173,25 @@ class _DirectoryImport:
         and file creation both let go of the GIL), while their notes keep their place
         in the walk order.
         """
-        self.tree.add_dir(".", _meta_of(self.root, os.stat(self.root)))
+        root_st = os.lstat(self.root)
+        self.tree.add_dir(".", _dir_meta(self.root, root_st))
         files: list[_File] = []
-        for rel, entry in _walk(self.root, "", dropped):
-            try:
-                self.add(rel, entry, files)
-            except IMPORT_ERRORS as err:
-                raise import_error(f"{rel} from {self.root}", err) from None
+        rel = "."
+        try:
+            for rel, st, link in _walk(self.root, "", root_st, dropped):
+                self.add(rel, st, link, files)
+        except IMPORT_ERRORS as err:
+            raise import_error(f"{rel} from {self.root}", err) from None
         return files
 
-    def add(self, rel: str, entry: os.DirEntry[str], files: list[_File]) -> None:
-        path = entry.path
-        st = entry.stat(follow_symlinks=False)
+    def add(self, rel: str, st: os.stat_result, link: _Link | None, files: list[_File]) -> None:
+        path = f"{self.root}/{rel}"
         kind = FileType.of_mode(st.st_mode)
         if kind is FileType.DIR:
-            self.tree.add_dir(rel, _meta_of(path, st))
+            self.tree.add_dir(rel, _dir_meta(path, st))
         elif kind is FileType.SYMLINK:
-            self.tree.add_symlink(rel, os.readlink(path), _meta_of(path, st))
+            assert link is not None
+            self.tree.add_symlink(rel, link.target, link.meta)
         elif kind is FileType.FILE:
             files.append(_File(self.tree.reserve_note(), rel, path, st))
         else:
@@ -174,30 +221,58 @@ class _DirectoryImport:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def place(self, file: _File, digest: str | None = None) -> _Placed:
-        """Hash (unless known) and put one file in place. Thread-safe."""
+        """Hash (unless known) and put one file in place. Thread-safe.
+
+        The file is opened once and everything is taken from that descriptor (see
+        `bootkit.base.seen`). A hash from the cache that the content no longer has is
+        dropped and the file read again."""
         try:
-            # A copy takes room only if the content is new, but a sparse file claims it
-            # before it is read: one that declares terabytes is refused at once.
-            claimed = digest is None and file.st.st_blocks * 512 < file.st.st_size
-            if claimed:
-                self.tree.space.claim(file.rel, file.st.st_size)
-            if digest is None:
-                digest = _hash_file(file.path)
-                if self.cache:
-                    self.cache.put(file.rel, file.st, digest)
-            meta = _meta_of(file.path, file.st)
-            linked = self.tree.store_file(file.rel, meta, digest, self.copier(file, claimed))
+            with open_seen(file.path, file.st) as fd:
+                try:
+                    return self.place_opened(file, fd, digest)
+                except FileChanged:
+                    if digest is None:
+                        raise
+                    return self.place_opened(file, fd, None)
         except IMPORT_ERRORS as err:
             raise import_error(f"{file.rel} from {self.root}", err) from None
+
+    def place_opened(self, file: _File, fd: int, digest: str | None) -> _Placed:
+        st = os.fstat(fd)
+        meta = _meta_of(fd, st)
+        # A copy takes room only if the content is new, but a sparse file claims it
+        # before it is read: one that declares terabytes is refused at once.
+        claimed = digest is None and st.st_blocks * 512 < st.st_size
+        if claimed:
+            self.tree.space.claim(file.rel, st.st_size)
+        data = None
+        if digest is None:
+            digest, data = _read_hash(fd)
+            if self.cache:
+                self.cache.put(file.rel, st, digest)
+        fill = self.copier(file, fd, meta, digest, data, claimed)
+        linked = self.tree.store_file(file.rel, meta, digest, fill)
         return _Placed(file, meta, digest, linked)
 
-    def copier(self, file: _File, claimed: bool) -> Callable[[str], None]:
-        """What copies `file` when its content is new, claiming its room unless `claimed`."""
+    def copier(
+        self, file: _File, fd: int, meta: FileMeta, digest: str, data: bytes | None,
+        claimed: bool,
+    ) -> Callable[[str], None]:
+        """What makes the copy of `file` when its content is new: `data` when it was read
+        whole, else the content of `fd`, checked against `digest` as it is copied."""
+
+        def write(out: int) -> None:
+            if data is None:
+                copy_verified(fd, out, digest, f"{file.rel} in {self.root}")
+                return
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view) :]
 
         def fill(dst: str) -> None:
             if not claimed:
                 self.tree.space.claim(file.rel, file.st.st_size)
-            shutil.copyfile(file.path, dst, follow_symlinks=False)
+            create_file(dst, meta, write)
 
         return fill
 

@@ -16,8 +16,10 @@ from typing import IO
 
 from bootkit.base import process
 from bootkit.base.filetypes import FileType
+from bootkit.base.seen import CREATE_FLAGS
 from bootkit.base.xattrs import Xattrs
 from bootkit.errors import BootkitError
+from bootkit.sysroot.importers.tarheaders import BoundedTarInfo
 from bootkit.sysroot.importers.tree import (
     IMPORT_ERRORS,
     ImportReport,
@@ -25,7 +27,7 @@ from bootkit.sysroot.importers.tree import (
     TreeBuilder,
     import_error,
 )
-from bootkit.sysroot.store import FileMeta, ObjectStore
+from bootkit.sysroot.store import FileMeta, ObjectStore, apply_meta, create_file
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -77,14 +79,15 @@ def _open_tar_stream(src: Path, progress: Progress) -> Iterator[tarfile.TarFile]
         raw.seek(0)
         counted = _CountingReader(raw, progress)
         if magic != _ZSTD_MAGIC:
-            with tarfile.open(fileobj=counted, mode="r|*") as tf:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=counted, mode="r|*",  # type: ignore[call-overload]
+                              tarinfo=BoundedTarInfo) as tf:
                 yield tf
             return
         # Python's tarfile cannot read zstd; the zstd program decompresses it on the way.
         with process.filtered(
             ["zstd", "-dcq"], f"decompressing {src}", counted,
             hint="the archive may be truncated or corrupt",
-        ) as out, tarfile.open(fileobj=out, mode="r|") as tf:
+        ) as out, tarfile.open(fileobj=out, mode="r|", tarinfo=BoundedTarInfo) as tf:
             yield tf
 
 
@@ -92,10 +95,14 @@ def _open_tar_stream(src: Path, progress: Progress) -> Iterator[tarfile.TarFile]
 _IN_MEMORY = 1 << 20
 
 
-def _writer(data: bytes) -> Callable[[str], None]:
+def _writer(data: bytes, meta: FileMeta) -> Callable[[str], None]:
+    def write(fd: int) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
     def fill(dst: str) -> None:
-        with open(dst, "xb") as out:
-            out.write(data)
+        create_file(dst, meta, write)
 
     return fill
 
@@ -105,17 +112,25 @@ def _add_spooled(
 ) -> None:
     """Add a large member: spooled to `tmp` while hashed, then renamed into place if new."""
     h = hashlib.sha256()
-    with open(tmp, "wb") as out:
+    fd = os.open(tmp, CREATE_FLAGS, 0o600)
+    try:
         while block := f.read(1 << 20):
             h.update(block)
-            out.write(block)
+            view = memoryview(block)
+            while view:
+                view = view[os.write(fd, view) :]
+        apply_meta(fd, meta)
+    finally:
+        os.close(fd)
 
     def fill(dst: str) -> None:
         os.rename(tmp, dst)
 
-    imp.add_file(name, meta, h.hexdigest(), fill, size)
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
+    try:
+        imp.add_file(name, meta, h.hexdigest(), fill, size)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 class TarSource:
@@ -124,6 +139,8 @@ class TarSource:
     Every member is checked before it is written: no absolute paths, no '..', no
     symlink that leads out of the tree or is written through, no hardlink to
     anything but an earlier file, no path twice. Device nodes and fifos are skipped.
+    A directory the archive holds members of but does not list is made 0755, owned
+    by root (see IMPLICIT_DIR_MODE).
     """
 
     def __init__(self, archive: Path) -> None:
@@ -157,9 +174,11 @@ class _TarImport:
         self.seen_files: dict[PurePosixPath, tuple[FileMeta, int]] = {}
         self.known_dirs: set[str] = set()
         self.spool = os.path.join(store.tmp, f"member.{os.getpid()}")
-        self.root_meta: FileMeta | None = None
 
     def run(self) -> ImportReport:
+        # The root, until a member names it (see IMPLICIT_DIR_MODE). An archive's root
+        # has never been part of its notes, so that ids stay what they were.
+        self.tree.add_dir(".", _implicit_dir(self.archive.stat().st_mtime), noted=False)
         try:
             with _open_tar_stream(self.archive, self.tree.progress) as tf:
                 for member in tf:
@@ -169,8 +188,6 @@ class _TarImport:
                 f"{self.archive} is not a readable tar archive: {err}",
                 hint="check the file; it may be truncated or corrupt",
             ) from None
-        if self.root_meta is not None:
-            self.tree.dir_meta.insert(0, (str(self.dest), self.root_meta))
         return self.tree.finish()
 
     def add_checked(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
@@ -188,9 +205,9 @@ class _TarImport:
         meta = FileMeta(m.mode | _format_bits(kind), m.uid, m.gid, _pax_xattrs(m), float(m.mtime))
         if str(rel) == ".":
             if kind is FileType.DIR:
-                self.root_meta = meta
+                self.tree.add_dir(".", meta)
             return
-        _check_parents(self.dest, rel, m.name, self.known_dirs)
+        self.check_parents(rel, m)
         _check_new(self.dest, rel, m)
         if kind is FileType.DIR:
             self.tree.add_dir(str(rel), meta)
@@ -202,6 +219,34 @@ class _TarImport:
             self.add_file(rel, m, meta, tf)
         else:
             self.tree.skip(str(rel), kind.description if kind else "special file")
+
+    def check_parents(self, rel: PurePosixPath, m: tarfile.TarInfo) -> None:
+        """Refuse a member whose parent directories are symlinks or files; make those that
+        are missing, as implicit directories (see IMPLICIT_DIR_MODE).
+
+        `known_dirs` holds the parents checked already: a directory stays one, since no
+        later member may take a path that exists (see _check_new).
+        """
+        parent = str(rel.parent)
+        if parent == "." or parent in self.known_dirs:
+            return
+        done = ""
+        for part in rel.parent.parts:
+            done = f"{done}/{part}" if done else part
+            if done in self.known_dirs:
+                continue
+            try:
+                st = os.lstat(f"{self.dest}/{done}")
+            except FileNotFoundError:
+                self.tree.add_dir(done, _implicit_dir(m.mtime))
+            else:
+                if not stat.S_ISDIR(st.st_mode):
+                    raise BootkitError(
+                        f"tar member {m.name!r} would be written through {done}, "
+                        "which is not a directory",
+                        hint="the archive may be malicious; rebuild it",
+                    )
+            self.known_dirs.add(done)
 
     def add_symlink(self, rel: PurePosixPath, m: tarfile.TarInfo, meta: FileMeta) -> None:
         if _escapes(rel, m.linkname):
@@ -233,8 +278,8 @@ class _TarImport:
             # Most files of a tree are small and most are stored already:
             # hashing them in memory spares a file written and removed.
             data = f.read()
-            self.tree.add_file(str(rel), meta, hashlib.sha256(data).hexdigest(), _writer(data),
-                               m.size)
+            self.tree.add_file(str(rel), meta, hashlib.sha256(data).hexdigest(),
+                               _writer(data, meta), m.size)
         else:
             _add_spooled(self.tree, str(rel), meta, f, m.size, self.spool)
         self.seen_files[rel] = (meta, m.size)
@@ -249,6 +294,18 @@ _MEMBER_TYPES = {
     tarfile.BLKTYPE: FileType.BLOCK,
     tarfile.FIFOTYPE: FileType.FIFO,
 }
+
+
+# A directory that an archive leaves out but holds members of (`tar -cf x.tar $(find
+# -type f)`, many OCI layers) is made as tar makes it, but with a mode and owner that
+# do not depend on who extracts it or their umask: 0755, root's. Its note is the
+# same as for a directory of that mode in a directory source, so the content digest
+# of the tree does not depend on whether the archive listed its directories.
+IMPLICIT_DIR_MODE = 0o755
+
+
+def _implicit_dir(mtime: float) -> FileMeta:
+    return FileMeta(stat.S_IFDIR | IMPLICIT_DIR_MODE, 0, 0, (), float(mtime))
 
 
 def _format_bits(kind: FileType | None) -> int:
@@ -267,35 +324,6 @@ def _pax_xattrs(m: tarfile.TarInfo) -> Xattrs:
             if k.startswith(prefix)
         )
     )
-
-
-def _check_parents(dest: Path, rel: PurePosixPath, name: str, known_dirs: set[str]) -> None:
-    """Refuse a member whose parent directories are missing or are symlinks.
-
-    `known_dirs` holds the parents checked already: a directory stays one, since no
-    later member may take a path that exists (see _check_new).
-    """
-    parent = str(rel.parent)
-    if parent == "." or parent in known_dirs:
-        return
-    cur = str(dest)
-    done = ""
-    for part in rel.parent.parts:
-        cur = f"{cur}/{part}"
-        done = f"{done}/{part}" if done else part
-        if done in known_dirs:
-            continue
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            os.mkdir(cur, 0o755)
-        else:
-            if not stat.S_ISDIR(st.st_mode):
-                raise BootkitError(
-                    f"tar member {name!r} would be written through {done}, which is not a directory",
-                    hint="the archive may be malicious; rebuild it",
-                )
-        known_dirs.add(done)
 
 
 def _check_new(dest: Path, rel: PurePosixPath, m: tarfile.TarInfo) -> None:

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bootkit.base.seen import copy_fd
 from bootkit.errors import BootkitError, from_os_error
 from bootkit.sysroot.contentdigest import content_digest, os_digest
-from bootkit.sysroot.store import FileMeta, ObjectStore, apply_meta, dedup_eligible, object_key
+from bootkit.sysroot.store import (
+    FileMeta,
+    ObjectStore,
+    apply_meta,
+    create_file,
+    dedup_eligible,
+    object_key,
+)
 
 Progress = Callable[[int], None]
 # What a file's import may fail with because of what the source holds.
@@ -37,6 +44,10 @@ def same_area(rel: str, target: str) -> bool:
     store), so only names below the same top-level directory share an inode.
     """
     return "/" in rel and rel.split("/", 1)[0] == target.split("/", 1)[0]
+
+
+def _in_var(rel: str) -> bool:
+    return rel == "var" or rel.startswith("var/")
 
 
 def _size(n: int) -> str:
@@ -95,10 +106,14 @@ class TreeBuilder:
         self.space = FreeSpace(dest)
         self.notes: list[str] = []  # what identifies the tree, one line per entry, in walk order
         self.dir_meta: list[tuple[str, FileMeta]] = []
+        self.dirs: dict[str, tuple[int, int | None]] = {}  # rel: index in dir_meta, note slot
+        self.var_files: dict[str, str] = {}  # what the notes would say of /var's files
 
     def _note(self, rel: str, what: str, slot: int | None = None) -> None:
         # /var is handed to the shared /var or dropped, so it is no part of the tree's identity.
-        if rel == "var" or rel.startswith("var/"):
+        if _in_var(rel):
+            if what.startswith("f"):
+                self.var_files[rel] = what  # for a hardlink to it from outside /var
             return
         if slot is None:
             self.notes.append(f"{rel}\0{what}\n")
@@ -113,13 +128,28 @@ class TreeBuilder:
     def skip(self, rel: str, kind: str) -> None:
         self.report.skipped.append(f"/{rel} ({kind})")
 
-    def add_dir(self, rel: str, meta: FileMeta) -> None:
+    def add_dir(self, rel: str, meta: FileMeta, *, noted: bool = True) -> None:
+        """Add directory `rel` (with a note unless not `noted`); named again (a tar member
+        after the implicit parent of an earlier one, or twice), it takes the metadata
+        named last, as with tar."""
         path = f"{self.dest}/{rel}"
-        if not os.path.isdir(path) or os.path.islink(path):
+        what = f"d{meta.mode:o}:{meta.uid}:{meta.gid}"
+        known = self.dirs.get(rel)
+        if known is not None:
+            index, slot = known
+            self.dir_meta[index] = (path, meta)
+            if slot is not None:
+                self._note(rel, what, slot)
+            return
+        if rel != ".":
             os.mkdir(path, 0o700)
         # Modes are applied at the end: a read-only directory must still take its children.
         self.dir_meta.append((path, meta))
-        self._note(rel, f"d{meta.mode:o}:{meta.uid}:{meta.gid}")
+        if noted and not _in_var(rel):
+            self.dirs[rel] = (len(self.dir_meta) - 1, len(self.notes))
+            self._note(rel, what)
+        else:
+            self.dirs[rel] = (len(self.dir_meta) - 1, None)
 
     def add_symlink(self, rel: str, target: str, meta: FileMeta) -> None:
         path = f"{self.dest}/{rel}"
@@ -130,12 +160,14 @@ class TreeBuilder:
     def store_file(
         self, rel: str, meta: FileMeta, content_hash: str, fill: Callable[[str], None]
     ) -> bool:
-        """Put one regular file in place; True if it reused a stored object. Thread-safe."""
+        """Put one regular file in place; True if it reused a stored object. Thread-safe.
+
+        `fill(path)` makes the new file at `path` with its content and `meta` (see
+        `store.create_file`)."""
         path = f"{self.dest}/{rel}"
         if dedup_eligible(rel):
-            return self.store.link_into(object_key(content_hash, meta), path, fill, meta)
+            return self.store.link_into(object_key(content_hash, meta), path, fill)
         fill(path)
-        apply_meta(path, meta)
         return False
 
     def count_file(
@@ -171,9 +203,10 @@ class TreeBuilder:
             os.link(src, dst)
         else:
             self.space.claim(rel, size)
-            shutil.copyfile(src, dst, follow_symlinks=False)
-            apply_meta(dst, meta)
-        self._note(rel, f"h{target}")
+            with open(src, "rb") as f:
+                create_file(dst, meta, lambda fd: copy_fd(f.fileno(), fd))
+        # A link to a file of /var, which has no note: this name notes the file itself.
+        self._note(rel, self.var_files.get(target, f"h{target}"))
 
     def finish(self) -> ImportReport:
         for path, meta in reversed(self.dir_meta):
