@@ -48,7 +48,7 @@ from bootkit.base.filetypes import FileType
 from bootkit.base.xattrs import read_xattrs
 from bootkit.sysroot.contentdigest import note_of, os_digest
 from bootkit.sysroot.importers import ImportReport
-from bootkit.sysroot.store import FileMeta, ObjectStore, apply_meta, object_key
+from bootkit.sysroot.store import FileMeta, ObjectStore, apply_meta, create_file, object_key
 
 log = logging.getLogger("bootkit")
 
@@ -284,10 +284,9 @@ def _write_tmpfiles(tree: Path, store: ObjectStore) -> None:
     meta = FileMeta(stat.S_IFREG | 0o644, os.geteuid(), os.getegid(), (), time.time())
 
     def fill(path: str) -> None:
-        with open(path, "xb") as f:
-            f.write(data)
+        create_file(path, meta, lambda fd: os.write(fd, data))
 
-    store.link_into(object_key(hashlib.sha256(data).hexdigest(), meta), str(dest), fill, meta)
+    store.link_into(object_key(hashlib.sha256(data).hexdigest(), meta), str(dest), fill)
 
 
 def _file_hash(path: str, st: os.stat_result) -> str:
