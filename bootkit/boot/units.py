@@ -45,13 +45,13 @@ def bless_boot_dropin(boot_dir: str) -> str:
     return (
         "# Installed by bootkit: inside a deployment the ESP is mounted below the\n"
         "# physical root, where systemd-bless-boot does not look by itself.\n"
+        "[Unit]\n"
+        "# With the ESP mounted read-only, bootkit-mark-good.service renames the entry\n"
+        "# instead, from a mount namespace of its own where the ESP is writable.\n"
+        f"ConditionPathIsReadWrite={esp.replace('%', '%%')}\n"
+        "\n"
         "[Service]\n"
         f"Environment={_systemd_quoted(f'SYSTEMD_ESP_PATH={esp}')}\n"
-        "# The ESP may be mounted read-only: the service then gets a mount namespace of\n"
-        "# its own in which the ESP is writable, and the rest of the system still sees\n"
-        "# it read-only (that mount keeps its own read-only flag).\n"
-        "PrivateMounts=yes\n"
-        f"ExecStartPre=-mount -o remount,rw {_systemd_quoted(esp)}\n"
     )
 
 

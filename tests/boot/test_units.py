@@ -47,11 +47,10 @@ def test_bless_boot_looks_for_the_esp_below_the_physical_root(
     done = install_units(tmp_path, boot_dir)
 
     assert done.dropin == tmp_path / UNITS / "systemd-bless-boot.service.d/50-bootkit.conf"
-    service = _ini(done.dropin)["Service"]
-    assert service["Environment"] == f'"SYSTEMD_ESP_PATH={esp_path}"'
-    # A read-only ESP is made writable for systemd-bless-boot alone.
-    assert service["PrivateMounts"] == "yes"
-    assert service["ExecStartPre"] == f'-mount -o remount,rw "{esp_path}"'
+    dropin = _ini(done.dropin)
+    assert dropin["Service"]["Environment"] == f'"SYSTEMD_ESP_PATH={esp_path}"'
+    # On a read-only ESP it gives way to bootkit-mark-good.service.
+    assert dropin["Unit"]["ConditionPathIsReadWrite"] == esp_path
 
 
 def test_the_boot_dir_cannot_add_lines_or_specifiers_to_the_dropin(tmp_path: Path) -> None:
@@ -62,6 +61,8 @@ def test_the_boot_dir_cannot_add_lines_or_specifiers_to_the_dropin(tmp_path: Pat
     done = install_units(tmp_path, '/my efi/"x"%h')
     (line,) = [x for x in done.dropin.read_text().splitlines() if x.startswith("Environment=")]
     assert line == 'Environment="SYSTEMD_ESP_PATH=/sysroot/my efi/\\"x\\"%%h"'
+    (line,) = [x for x in done.dropin.read_text().splitlines() if x.startswith("Condition")]
+    assert line == 'ConditionPathIsReadWrite=/sysroot/my efi/"x"%%h'
 
 
 def test_installing_again_replaces_what_is_there(tmp_path: Path) -> None:
