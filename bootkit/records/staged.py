@@ -43,6 +43,9 @@ class StagedRecord:
     locked: bool = False  # finalizing refuses until unlocked (or forced)
     staged_at: float = 0.0
     booted: str | None = None  # the booted deployment's ref when it was staged
+    # The deploy named its kernel arguments; else the admin's are taken when it is
+    # finalized, from the deployment it follows then.
+    kargs_given: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

@@ -378,7 +378,8 @@ def _record_staged(job: Job) -> Deployment:
     # Its serial number is taken even if it is discarded: ids and failure records name it.
     state = sysroot.state()
     state.with_changes(serial=max(state.serial, job.serial)).save(sysroot.state_path)
-    staged.record(sysroot, job.deployment, request.make_default, request.tries, request.lock)
+    staged.record(sysroot, job.deployment, request.make_default, request.tries, request.lock,
+                  kargs_given=request.kargs is not None)
     return job.deployment
 
 

@@ -19,6 +19,7 @@ import logging
 import time
 
 from bootkit.base.files import remove_tree
+from bootkit.boot.entries import options_for
 from bootkit.boot.payloads import Payload
 from bootkit.errors import BootkitError, from_os_error
 from bootkit.records import staged as records
@@ -59,7 +60,9 @@ def finalize(sr: Sysroot, now: bool = False, at_shutdown: bool = False) -> Deplo
         try:
             transaction.repair(sr)
             state = sr.state()
-            _merge_etc(sr, state, dep)
+            source = mergesource.merge_source(sr, state, dep.os)
+            _merge_etc(sr, dep, source)
+            dep = _take_kargs(sr, dep, source, rec)
             _list(sr, state, dep, rec)
         except Exception as err:  # any failure is recorded the same way
             raise _failed(sr, state, dep, err) from None
@@ -89,13 +92,31 @@ def _locked(sr: Sysroot, rec: StagedRecord, at_shutdown: bool) -> None:
     )
 
 
-def _merge_etc(sr: Sysroot, state: State, dep: Deployment) -> None:
+def _merge_etc(sr: Sysroot, dep: Deployment, source: Deployment | None) -> None:
     """The staged tree's /etc: its defaults plus the admin's changes, as they are now."""
     tree = sr.tree(dep)
     dest = tree / "etc"
     if dest.is_dir() and not dest.is_symlink():
         remove_tree(dest)  # what an earlier attempt left
-    mergesource.build_etc(sr, mergesource.merge_source(sr, state, dep.os), tree, dest)
+    mergesource.build_etc(sr, source, tree, dest)
+
+
+def _take_kargs(sr: Sysroot, dep: Deployment, source: Deployment | None,
+                rec: StagedRecord) -> Deployment:
+    """The admin's kernel arguments as they are now, like /etc: a 'bootkit kargs' change
+    made after staging carries over. Not when the deploy named them, nor into a UKI,
+    whose command line was signed when it was staged."""
+    if rec.kargs_given or source is None or source.kargs == dep.kargs:
+        return dep
+    if dep.uki:
+        log.warning("%s boots a UKI with the kernel arguments of when it was staged (%s); "
+                    "deploy again for those of %s", dep.ref, " ".join(dep.kargs) or "none",
+                    source.ref)
+        return dep
+    new = dep.with_changes(kargs=source.kargs)
+    options_for(sr.config, new)  # the whole command line, checked before it is written
+    new.save(sr.metadata_path(new.os, new.id))  # still in flight: no entry reads it yet
+    return new
 
 
 def _list(sr: Sysroot, state: State, dep: Deployment, rec: StagedRecord) -> None:

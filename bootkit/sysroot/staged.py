@@ -53,12 +53,13 @@ def should_stage(sr: Sysroot, state: State, requested: bool | None, lock: bool) 
 
 
 def record(sr: Sysroot, dep: Deployment, make_default: bool, tries: int | None,
-           lock: bool) -> StagedRecord:
+           lock: bool, kargs_given: bool = False) -> StagedRecord:
     """Record `dep`, settled and in flight, as staged: the marker on $BOOT first, then
     the run record that keeps it (a marker alone is removed at the next boot)."""
     rec = StagedRecord(
         sysroot=str(sr.path.resolve()), ref=dep.ref, make_default=make_default, tries=tries,
         locked=lock, staged_at=time.time(), booted=booted_here(sr, sr.state()),
+        kargs_given=kargs_given,
     )
     boot = sr.boot_path
     records.write_marker(boot, rec)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 from support.helpers import (
+    bls_entries,
     booted,
     deploy_tree,
+    grub_slot_text,
     init_sysroot,
     make_tree,
     snapshot,
@@ -20,12 +22,14 @@ from support.helpers import (
 )
 
 from bootkit.boot.bootdir import BootDir
+from bootkit.boot.entries import options_for
 from bootkit.boot.payloads import Payload
 from bootkit.errors import BootkitError
 from bootkit.records import staged as records
 from bootkit.records.deployment import Deployment
 from bootkit.sysroot import operations, staged
 from bootkit.sysroot.finalize import finalize
+from bootkit.sysroot.kargs import KargsEdit, change_kargs
 from bootkit.sysroot.layout import Sysroot
 from bootkit.sysroot.status import status
 
@@ -163,6 +167,28 @@ def test_finalize_merges_etc_from_the_booted_deployment_as_it_is_then(
     assert status(sr).staged is None
     assert untidy(sr) == []
     assert finalize(sr) is None  # nothing staged any more
+
+
+def test_finalize_takes_the_admins_kernel_arguments_as_they_are_then(
+    sr: Sysroot, tmp_path: Path
+) -> None:
+    one, two = _two(sr, tmp_path)
+    with booted(two.path):
+        three = deploy_tree(sr, _tree(tmp_path, 3))
+        assert three.kargs == ("two=2",)
+        change_kargs(sr, None, KargsEdit(append=("quiet",)))
+        done = finalize(sr)
+    assert done is not None and done.ref == three.ref
+    assert sr.load(three.ref).kargs == ("two=2", "quiet")
+    assert options_for(sr.config, sr.load(three.ref)).endswith("two=2 quiet")
+    menu = "".join(e.options for _, e in bls_entries(sr.boot_path))
+    assert "two=2 quiet" in menu + (grub_slot_text(sr.boot_path) or "")
+    # Arguments the deploy named stay as they were named.
+    with booted(three.path):
+        four_given = deploy_tree(sr, _tree(tmp_path, 4), kargs=["given=1"])
+        change_kargs(sr, None, KargsEdit(append=("later",)))
+        finalize(sr)
+    assert sr.load(four_given.ref).kargs == ("given=1",)
 
 
 def test_finalize_keeps_the_default_for_a_no_default_deploy(sr: Sysroot, tmp_path: Path) -> None:
