@@ -172,7 +172,7 @@ def test_finalize_merges_etc_from_the_booted_deployment_as_it_is_then(
 def test_finalize_takes_the_admins_kernel_arguments_as_they_are_then(
     sr: Sysroot, tmp_path: Path
 ) -> None:
-    one, two = _two(sr, tmp_path)
+    _, two = _two(sr, tmp_path)
     with booted(two.path):
         three = deploy_tree(sr, _tree(tmp_path, 3))
         assert three.kargs == ("two=2",)
