@@ -1,14 +1,7 @@
-"""A bootkit sysroot: where things are on the physical root, and reading what is recorded there.
+"""A bootkit sysroot: reading what is recorded on the physical root.
 
-    /bootkit/config.json                    what `bootkit init` decided
-    /bootkit/state.json                     the deployments and the default
-    /bootkit/objects/                       files stored once (see `store`)
-    /bootkit/deploy/<os>/var/               the /var every deployment of <os> shares
-    /bootkit/deploy/<os>/deploy/<id>/       one deployment's tree
-    /bootkit/deploy/<os>/deploy/<id>.json   its metadata
-    /bootkit/damaged/                       records `bootkit fsck --repair` replaced, kept
-
-Changing any of it goes through `bootkit.sysroot.transaction`, under `locked()`.
+Where each record lives is `bootkit.sysroot.paths`; changing any of it goes through
+`bootkit.sysroot.transaction`, under `locked()`.
 """
 
 from __future__ import annotations

@@ -274,3 +274,18 @@ def entry_name(filename: str) -> EntryName:
     name = EntryName.parse(filename)
     assert name is not None, filename
     return name
+
+
+# --- staged deployments --------------------------------------------------------------
+
+
+def numbered_tree(tmp_path: Path, n: int, **options: Any) -> Path:
+    """Test tree number `n`: its version and kernel say `n`, so each deploys apart."""
+    return make_tree(tmp_path / f"tree{n}", version=str(n), kernel=f"kernel {n}\n".encode(),
+                     **options)
+
+
+def bootloader_files(sr: Sysroot) -> dict[str, object]:
+    """What the bootloaders read: $BOOT without bootkit's staged records and payloads."""
+    return {k: v for k, v in snapshot(sr.boot_path).items() if not k.startswith("bootkit/test")
+            and k not in ("bootkit/staged.json", "bootkit/finalize-failed.json")}

@@ -12,10 +12,11 @@ import pytest
 from support.helpers import (
     bls_entries,
     booted,
+    bootloader_files,
     deploy_tree,
     grub_slot_text,
     init_sysroot,
-    make_tree,
+    numbered_tree,
     snapshot,
     status_refs,
     untidy,
@@ -39,23 +40,15 @@ def sr(request: pytest.FixtureRequest, tmp_path: Path) -> Sysroot:
     return init_sysroot(tmp_path / "sys", request.param)
 
 
-def _tree(tmp_path: Path, n: int, **kw: object) -> Path:
-    return make_tree(tmp_path / f"tree{n}", version=str(n), kernel=f"kernel {n}\n".encode(), **kw)  # type: ignore[arg-type]
-
 
 def _two(sr: Sysroot, tmp_path: Path) -> tuple[Deployment, Deployment]:
     """Deployments 1 and 2 (the default), each with an /etc edit of its own."""
-    one = deploy_tree(sr, _tree(tmp_path, 1), kargs=["one=1"])
-    two = deploy_tree(sr, _tree(tmp_path, 2), kargs=["two=2"])
+    one = deploy_tree(sr, numbered_tree(tmp_path, 1), kargs=["one=1"])
+    two = deploy_tree(sr, numbered_tree(tmp_path, 2), kargs=["two=2"])
     (sr.tree(one) / "etc/edited").write_text("in one\n")
     (sr.tree(two) / "etc/edited").write_text("in two\n")
     return one, two
 
-
-def _boot_files(sr: Sysroot) -> dict[str, object]:
-    """What the bootloaders read: $BOOT without bootkit's staged records and payloads."""
-    return {k: v for k, v in snapshot(sr.boot_path).items() if not k.startswith("bootkit/test")
-            and k not in ("bootkit/staged.json", "bootkit/finalize-failed.json")}
 
 
 # --- the merge source ----------------------------------------------------------------
@@ -66,7 +59,7 @@ def test_a_new_deployment_follows_the_booted_one_when_it_is_the_default(
 ) -> None:
     _one, two = _two(sr, tmp_path)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3), stage=False)
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3), stage=False)
     assert (sr.tree(three) / "etc/edited").read_text() == "in two\n"
     assert three.kargs == ("two=2",)
 
@@ -77,7 +70,7 @@ def test_a_new_deployment_follows_the_booted_one_when_it_is_not_the_default(
     one, two = _two(sr, tmp_path)
     assert sr.state().default == two.ref
     with booted(one.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3), stage=False)
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3), stage=False)
     assert (sr.tree(three) / "etc/edited").read_text() == "in one\n"
     assert three.kargs == ("one=1",)
 
@@ -85,11 +78,11 @@ def test_a_new_deployment_follows_the_booted_one_when_it_is_not_the_default(
 def test_outside_a_booted_deployment_the_default_is_followed(sr: Sysroot, tmp_path: Path) -> None:
     one, _second = _two(sr, tmp_path)
     operations.set_default(sr, one.id)
-    three = deploy_tree(sr, _tree(tmp_path, 3))
+    three = deploy_tree(sr, numbered_tree(tmp_path, 3))
     assert (sr.tree(three) / "etc/edited").read_text() == "in one\n"
     # Booted into another OS's deployment: this OS's default is followed.
     with booted("/bootkit/deploy/other/deploy/1-abc"):
-        four = deploy_tree(sr, _tree(tmp_path, 4))
+        four = deploy_tree(sr, numbered_tree(tmp_path, 4))
     assert (sr.tree(four) / "etc/edited").read_text() == "in one\n"
     assert sr.state().default == four.ref  # not staged: not booted into this sysroot
 
@@ -102,13 +95,13 @@ def test_inside_a_booted_deployment_a_deploy_is_staged_and_switches_nothing(
 ) -> None:
     one, two = _two(sr, tmp_path)
     before_state = sr.state()
-    before_boot = _boot_files(sr)
+    before_boot = bootloader_files(sr)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3), tries=5)
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3), tries=5)
         state = sr.state()
         assert state.deployments == before_state.deployments
         assert state.default == two.ref and three.ref in state.in_flight
-        assert _boot_files(sr) == before_boot
+        assert bootloader_files(sr) == before_boot
         assert status_refs(sr) == [two.ref, one.ref]
         # Everything but the switch is on disk: tree (without its live /etc yet),
         # metadata, payload.
@@ -132,16 +125,16 @@ def test_inside_a_booted_deployment_a_deploy_is_staged_and_switches_nothing(
 def test_stage_and_lock_choices(sr: Sysroot, tmp_path: Path) -> None:
     _one, two = _two(sr, tmp_path)
     # Asked for, staging happens outside a booted deployment too.
-    three = deploy_tree(sr, _tree(tmp_path, 3), stage=True, lock=True)
+    three = deploy_tree(sr, numbered_tree(tmp_path, 3), stage=True, lock=True)
     assert three.ref not in sr.state().deployments
     rec = records.load_run_record()
     assert rec is not None and rec.locked and rec.booted is None
     with pytest.raises(BootkitError, match="only a staged deployment can be locked"):
-        deploy_tree(sr, _tree(tmp_path, 4), lock=True)  # would switch at once
+        deploy_tree(sr, numbered_tree(tmp_path, 4), lock=True)  # would switch at once
     with pytest.raises(BootkitError, match="only a staged deployment can be locked"):
-        deploy_tree(sr, _tree(tmp_path, 5), stage=False, lock=True)
+        deploy_tree(sr, numbered_tree(tmp_path, 5), stage=False, lock=True)
     with booted(two.path):
-        four = deploy_tree(sr, _tree(tmp_path, 6), stage=False)
+        four = deploy_tree(sr, numbered_tree(tmp_path, 6), stage=False)
     assert sr.state().default == four.ref
 
 
@@ -153,7 +146,7 @@ def test_finalize_merges_etc_from_the_booted_deployment_as_it_is_then(
 ) -> None:
     one, two = _two(sr, tmp_path)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3))
         (sr.tree(two) / "etc/after-staging").write_text("changed later\n")
         (sr.tree(two) / "etc/edited").write_text("in two, changed later\n")
         done = finalize(sr)
@@ -174,7 +167,7 @@ def test_finalize_takes_the_admins_kernel_arguments_as_they_are_then(
 ) -> None:
     _, two = _two(sr, tmp_path)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3))
         assert three.kargs == ("two=2",)
         change_kargs(sr, None, KargsEdit(append=("quiet",)))
         done = finalize(sr)
@@ -185,7 +178,7 @@ def test_finalize_takes_the_admins_kernel_arguments_as_they_are_then(
     assert "two=2 quiet" in menu + (grub_slot_text(sr.boot_path) or "")
     # Arguments the deploy named stay as they were named.
     with booted(three.path):
-        four_given = deploy_tree(sr, _tree(tmp_path, 4), kargs=["given=1"])
+        four_given = deploy_tree(sr, numbered_tree(tmp_path, 4), kargs=["given=1"])
         change_kargs(sr, None, KargsEdit(append=("later",)))
         finalize(sr)
     assert sr.load(four_given.ref).kargs == ("given=1",)
@@ -194,7 +187,7 @@ def test_finalize_takes_the_admins_kernel_arguments_as_they_are_then(
 def test_finalize_keeps_the_default_for_a_no_default_deploy(sr: Sysroot, tmp_path: Path) -> None:
     one, two = _two(sr, tmp_path)
     with booted(one.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3), make_default=False)
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3), make_default=False)
         finalize(sr)
     assert sr.state().default == two.ref and three.ref in sr.state().deployments
     assert (sr.tree(three) / "etc/edited").read_text() == "in one\n"
@@ -205,7 +198,7 @@ def test_a_locked_staged_deployment_is_refused_until_unlocked_or_forced(
 ) -> None:
     _one, two = _two(sr, tmp_path)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3), lock=True)
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3), lock=True)
         before = snapshot(sr.path)
         with pytest.raises(BootkitError, match="is locked") as err:
             finalize(sr)
@@ -214,7 +207,7 @@ def test_a_locked_staged_deployment_is_refused_until_unlocked_or_forced(
         rec = staged.unlock(sr)
         assert rec is not None and not rec.locked
         assert finalize(sr) is not None
-        four = deploy_tree(sr, _tree(tmp_path, 4), lock=True)
+        four = deploy_tree(sr, numbered_tree(tmp_path, 4), lock=True)
         assert finalize(sr, now=True) is not None
     assert status_refs(sr)[:2] == [four.ref, three.ref]
     assert untidy(sr) == []
@@ -224,15 +217,15 @@ def test_at_shutdown_a_locked_deployment_is_discarded_without_a_failure(
     sr: Sysroot, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     _one, two = _two(sr, tmp_path)
-    before = _boot_files(sr)
+    before = bootloader_files(sr)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3), lock=True)
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3), lock=True)
         with caplog.at_level(logging.INFO, logger="bootkit"):
             assert finalize(sr, at_shutdown=True) is None
     assert "locked" in caplog.text and three.ref in caplog.text
     assert not sr.deployment_dir(three.os, three.id).exists()
     assert records.FinalizeFailure.load(sr.boot_path) is None
-    assert _boot_files(sr) == before
+    assert bootloader_files(sr) == before
     assert untidy(sr) == []
 
 
@@ -247,16 +240,16 @@ def test_a_failed_finalize_switches_nothing_and_keeps_the_reason_on_boot(
     sr: Sysroot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     one, two = _two(sr, tmp_path)
-    before = _boot_files(sr)
+    before = bootloader_files(sr)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3))
         with monkeypatch.context() as m:
             _fail_switch(m)
             with pytest.raises(BootkitError, match="nothing was switched") as err:
                 finalize(sr)
     assert "no space left" in err.value.message
     assert "finalize-failed.json" in (err.value.hint or "")
-    assert _boot_files(sr) == before
+    assert bootloader_files(sr) == before
     assert status_refs(sr) == [two.ref, one.ref] and sr.state().default == two.ref
     failure = records.FinalizeFailure.load(sr.boot_path)
     assert failure is not None and failure.ref == three.ref and failure.version == "3"
@@ -271,7 +264,7 @@ def test_a_failed_finalize_switches_nothing_and_keeps_the_reason_on_boot(
     assert found.finalize_failure == failure and found.staged is None
     assert any("was not applied" in w and "no space left" in w for w in found.warnings())
     # A later update replaces the record.
-    deploy_tree(sr, _tree(tmp_path, 4))
+    deploy_tree(sr, numbered_tree(tmp_path, 4))
     assert records.FinalizeFailure.load(sr.boot_path) is None
 
 
@@ -280,7 +273,7 @@ def test_a_finalize_that_fails_merging_etc_is_recorded_too(
 ) -> None:
     one, two = _two(sr, tmp_path)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3, files={"usr/etc/conflict/file": "x"}))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3, files={"usr/etc/conflict/file": "x"}))
         (sr.tree(two) / "etc/conflict").write_text("a file where the new tree has a directory\n")
         (sr.tree(two) / "usr/etc/conflict").write_text("a file in the old defaults\n")
         with pytest.raises(BootkitError, match="nothing was switched"):
@@ -314,15 +307,15 @@ def test_at_boot_what_an_unfinalized_staging_left_is_removed(
     sr: Sysroot, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     _one, two = _two(sr, tmp_path)
-    before = _boot_files(sr)
+    before = bootloader_files(sr)
     menu = status_refs(sr)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3))
     records.run_record_path().unlink()  # the reboot empties /run
     with booted(two.path), caplog.at_level(logging.WARNING, logger="bootkit"):
         assert staged.cleanup_at_boot(sr) == three.ref
     assert "was not applied: the system stopped without finalizing it" in caplog.text
-    assert _boot_files(sr) == before and status_refs(sr) == menu
+    assert bootloader_files(sr) == before and status_refs(sr) == menu
     assert not sr.deployment_dir(three.os, three.id).exists()
     assert not sr.metadata_path(three.os, three.id).exists()
     assert not Payload(three.os, three.payload).dir(sr.boot_path).exists()
@@ -348,7 +341,7 @@ def test_at_boot_nothing_to_do_takes_no_lock(
 def test_at_boot_a_deployment_staged_since_is_kept(sr: Sysroot, tmp_path: Path) -> None:
     _one, two = _two(sr, tmp_path)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3))
         assert staged.cleanup_at_boot(sr) is None
         assert sr.deployment_dir(three.os, three.id).is_dir()
         assert finalize(sr) is not None
@@ -359,7 +352,7 @@ def test_at_boot_a_marker_left_by_a_finished_finalize_only_goes(
 ) -> None:
     _, two = _two(sr, tmp_path)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3))
         marker = records.marker_path(sr.boot_path).read_bytes()
         finalize(sr)
     records.marker_path(sr.boot_path).write_bytes(marker)  # cut before it was removed

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from support.helpers import (
     booted,
+    bootloader_files,
     deploy_tree,
     init_sysroot,
-    make_tree,
-    snapshot,
+    numbered_tree,
     status_refs,
     untidy,
 )
@@ -32,18 +32,10 @@ def sr(request: pytest.FixtureRequest, tmp_path: Path) -> Sysroot:
     return init_sysroot(tmp_path / "sys", request.param)
 
 
-def _tree(tmp_path: Path, n: int) -> Path:
-    return make_tree(tmp_path / f"tree{n}", version=str(n), kernel=f"kernel {n}\n".encode())
-
 
 def _two(sr: Sysroot, tmp_path: Path) -> tuple[Deployment, Deployment]:
-    return deploy_tree(sr, _tree(tmp_path, 1)), deploy_tree(sr, _tree(tmp_path, 2))
+    return deploy_tree(sr, numbered_tree(tmp_path, 1)), deploy_tree(sr, numbered_tree(tmp_path, 2))
 
-
-def _boot_files(sr: Sysroot) -> dict[str, object]:
-    """What the bootloaders read: $BOOT without bootkit's staged records and payloads."""
-    return {k: v for k, v in snapshot(sr.boot_path).items() if not k.startswith("bootkit/test")
-            and k not in ("bootkit/staged.json", "bootkit/finalize-failed.json")}
 
 
 # --- what other commands do with it ----------------------------------------------------------
@@ -74,7 +66,7 @@ def test_other_commands_keep_the_staged_deployment(
 ) -> None:
     one, two = _two(sr, tmp_path)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3))
         result = OTHER_COMMANDS[command](sr, one)
         if command == "fsck":
             assert result.problems == [], result.problems  # type: ignore[union-attr]
@@ -89,7 +81,7 @@ def test_rollback_discards_the_staged_deployment(
 ) -> None:
     one, two = _two(sr, tmp_path)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3))
         with caplog.at_level(logging.INFO, logger="bootkit"):
             operations.rollback(sr)
     assert f"the staged deployment {three.ref} is discarded" in caplog.text
@@ -105,9 +97,9 @@ def test_a_new_deploy_replaces_the_staged_deployment(
 ) -> None:
     one, two = _two(sr, tmp_path)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3))
         with caplog.at_level(logging.INFO, logger="bootkit"):
-            four = deploy_tree(sr, _tree(tmp_path, 4))
+            four = deploy_tree(sr, numbered_tree(tmp_path, 4))
         assert f"{three.ref} is discarded: a new deploy replaces it" in caplog.text
         assert not sr.deployment_dir(three.os, three.id).exists()
         assert not Payload(three.os, three.payload).dir(sr.boot_path).exists()
@@ -120,11 +112,11 @@ def test_a_new_deploy_replaces_the_staged_deployment(
 
 def test_undeploying_the_staged_deployment_discards_it(sr: Sysroot, tmp_path: Path) -> None:
     _one, two = _two(sr, tmp_path)
-    before = _boot_files(sr)
+    before = bootloader_files(sr)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3))
         assert cleanup.undeploy(sr, three.id) == three.ref
-    assert _boot_files(sr) == before
+    assert bootloader_files(sr) == before
     assert records.load_run_record() is None and status(sr).staged is None
     assert not records.marker_path(sr.boot_path).exists()
     assert untidy(sr) == []
@@ -133,9 +125,9 @@ def test_undeploying_the_staged_deployment_discards_it(sr: Sysroot, tmp_path: Pa
 def test_a_run_record_of_another_sysroot_is_ignored(sr: Sysroot, tmp_path: Path) -> None:
     _one, two = _two(sr, tmp_path)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3))
     other = init_sysroot(tmp_path / "other")
-    deploy_tree(other, _tree(tmp_path, 9))
+    deploy_tree(other, numbered_tree(tmp_path, 9))
     assert finalize(other) is None and status(other).staged is None
     assert records.load_run_record() is not None
     assert Path("/run/bootkit") != contract.RUN_DIR
@@ -147,7 +139,7 @@ def test_a_lost_state_keeps_the_staged_deployment_out_of_the_menu(
 ) -> None:
     one, two = _two(sr, tmp_path)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3))
         sr.state_path.unlink()
         assert status_refs(sr) == [two.ref, one.ref]
         assert status(sr).staged is not None
@@ -162,7 +154,7 @@ def test_a_lost_state_keeps_the_staged_deployment_out_of_the_menu(
 def test_an_unreadable_run_record_names_nothing(sr: Sysroot, tmp_path: Path) -> None:
     one, two = _two(sr, tmp_path)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3))
     records.run_record_path().write_text("{not json")
     assert status(sr).staged is None
     assert finalize(sr) is None and not records.run_record_path().exists()
@@ -177,6 +169,6 @@ def test_a_discarded_staged_deployments_serial_is_not_used_again(
 ) -> None:
     _, two = _two(sr, tmp_path)
     with booted(two.path):
-        three = deploy_tree(sr, _tree(tmp_path, 3))
-        four = deploy_tree(sr, _tree(tmp_path, 4))
+        three = deploy_tree(sr, numbered_tree(tmp_path, 3))
+        four = deploy_tree(sr, numbered_tree(tmp_path, 4))
     assert (three.serial, four.serial) == (3, 4)
