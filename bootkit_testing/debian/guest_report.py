@@ -19,6 +19,11 @@ MARKER = "BOOTKIT-TEST"
 STEP_FW_CFG = "opt/bootkit-test/step"
 UPDATE_LABEL = "bootkit-update"
 UPDATE_TAR = "tree.tar"
+# The OCI scenario's update disk holds an oci-archive instead; the image's version 2
+# appends a line IMAGE_MARKER<version> to the files of one package (CHANGED_FILE's).
+OCI_ARCHIVE = "os.tar"
+IMAGE_MARKER = "bootkit-test-image="
+CHANGED_FILE = "/usr/bin/hostname"
 
 STEP = Path(f"/sys/firmware/qemu_fw_cfg/by_name/{STEP_FW_CFG}/raw")
 UPDATE_DEVICE = Path(f"/dev/disk/by-label/{UPDATE_LABEL}")
@@ -135,6 +140,16 @@ def report_layout_and_data() -> None:
     say("ls:payloads", listing(f"{BOOT}/bootkit/{OS_NAME}"))
 
 
+def image_marker() -> str:
+    """The IMAGE_MARKER line CHANGED_FILE ends with, if any."""
+    try:
+        last = Path(CHANGED_FILE).read_bytes().rstrip(b"\n").rpartition(b"\n")[2]
+    except OSError as err:
+        return f"({err.strerror})"
+    text = last.decode("utf-8", errors="replace")
+    return text if text.startswith(IMAGE_MARKER) else ""
+
+
 def report() -> Any:
     rel = os_release()
     say("version", rel.get("VERSION_ID", ""))
@@ -169,6 +184,7 @@ def report() -> Any:
     say("etc:defaults", read(f"/etc/{TEST_DIR}/defaults.conf"))
     say("var:note", read(f"/var/lib/{TEST_DIR}/note"))
     say("var-history", " ".join(read(f"/var/lib/{TEST_DIR}/history").split()))
+    say("image-marker", image_marker())
     history = Path(f"/var/lib/{TEST_DIR}/history")
     history.parent.mkdir(parents=True, exist_ok=True)
     with open(history, "a") as f:
@@ -182,8 +198,8 @@ def step_name() -> str:
     return read(STEP) or "report"
 
 
-def mounted_update() -> Path:
-    """The update disk, mounted read-only; the archive on it is the update."""
+def mounted_update(name: str = UPDATE_TAR) -> Path:
+    """The update disk, mounted read-only; the archive `name` on it is the update."""
     for _ in range(60):
         if UPDATE_DEVICE.exists():
             break
@@ -193,7 +209,7 @@ def mounted_update() -> Path:
         proc = run("mount", "-o", "ro", str(UPDATE_DEVICE), str(UPDATE_MOUNT))
         if proc.returncode != 0:
             raise RuntimeError(f"cannot mount the update disk: {one_line(proc.stderr)}")
-    return UPDATE_MOUNT / UPDATE_TAR
+    return UPDATE_MOUNT / name
 
 
 def deploy(*options: str) -> Any:
@@ -212,10 +228,8 @@ def on_boot(*command: str) -> subprocess.CompletedProcess[str]:
     return run("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
 
 
-def stage() -> None:
-    """An update staged while the system runs; the admin goes on using it, then reboots."""
-    deploy()
-    say("status-staged", json.dumps(status()))
+def write_user_data() -> None:
+    """What the admin changes and keeps: an edit in /etc, a note in /var, the user's files."""
     site = Path(f"/etc/{TEST_DIR}/site.conf")
     site.write_text(site.read_text().replace("color=blue", "color=green"))
     Path(f"/var/lib/{TEST_DIR}/note").write_text(
@@ -224,6 +238,13 @@ def stage() -> None:
     for path in USER_DATA:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(f"kept {path}\n")
+
+
+def stage() -> None:
+    """An update staged while the system runs; the admin goes on using it, then reboots."""
+    deploy()
+    say("status-staged", json.dumps(status()))
+    write_user_data()
 
 
 def crash() -> None:
@@ -254,10 +275,53 @@ def rollback() -> None:
     say("rollback", one_line(bootkit("rollback")))
 
 
-STEPS = {"stage": stage, "crash": crash, "fail": fail, "update": update, "rollback": rollback}
+# --- the OCI scenario: an image from an archive on the update disk ------------------------
+
+
+def timed_bootkit(*args: str) -> Any:
+    """`bootkit ARGS --json`, timed as the step's own seconds; what it printed, as JSON."""
+    started = time.monotonic()
+    out = bootkit(*args, "--json")
+    say("step-seconds", f"{time.monotonic() - started:.1f}")
+    return json.loads(out)
+
+
+def upgrade_check() -> None:
+    proc = run("bootkit", "upgrade", "--check")
+    say("upgrade-check", f"{proc.returncode} {one_line(proc.stdout + proc.stderr)}")
+
+
+def oci_switch() -> None:
+    """The admin's edits, then a switch to the image in the archive, staged for shutdown."""
+    archive = mounted_update(OCI_ARCHIVE)
+    write_user_data()
+    say("deploy", json.dumps(timed_bootkit("switch", "--unverified", "--stage",
+                                           f"oci-archive:{archive}")))
+    say("status-staged", json.dumps(status()))
+
+
+def oci_upgrade() -> None:
+    """The archive now holds the next version: check, then upgrade, staged for shutdown."""
+    mounted_update(OCI_ARCHIVE)
+    upgrade_check()
+    say("deploy", json.dumps(timed_bootkit("upgrade", "--stage")))
+    say("status-staged", json.dumps(status()))
+
+
+def oci_rollback() -> None:
+    """Nothing newer in the archive; back to the previous image."""
+    mounted_update(OCI_ARCHIVE)
+    upgrade_check()
+    rollback()
+
+
+STEPS = {
+    "stage": stage, "crash": crash, "fail": fail, "update": update, "rollback": rollback,
+    "oci-switch": oci_switch, "oci-upgrade": oci_upgrade, "oci-rollback": oci_rollback,
+}
 # Steps that leave an update staged: the shutdown after them must stop the services,
 # so that bootkit-finalize-staged.service finalizes it.
-CLEAN_SHUTDOWN = ("stage", "fail")
+CLEAN_SHUTDOWN = ("stage", "fail", "oci-switch", "oci-upgrade")
 
 
 def main() -> None:
