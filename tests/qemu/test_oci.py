@@ -20,6 +20,7 @@ Each boot's time and the time of the import inside it are printed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -150,12 +151,9 @@ def scenario(oci_setup: OciSetup, tmp_path_factory: pytest.TempPathFactory,
     # Kept for the record, shown even when pytest captures the output.
     lines = [f"OCI scenario: test trees and images {oci_setup.build_seconds:.1f} s",
              f"{BOOTLOADER}: " + "; ".join(scenario.timings)]
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    for line in lines:
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\n" + "\n".join(lines), flush=True)
 
 
 # --- what a person checks -------------------------------------------------------------------
