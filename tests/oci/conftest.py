@@ -1,4 +1,5 @@
-"""Fixtures of the image tests: a registry on 127.0.0.1 and a key it trusts.
+"""Fixtures of the image tests: a small OCI layout, a registry on 127.0.0.1 and a key
+it trusts.
 
 Each test gets its own of both: a registry starts in a few hundredths of a second and
 a key takes about as long, and a test's pushes and byte counts stay its own.
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ocilayouts import Built, write_image
 
 from bootkit_testing.imagetrust import ImageTrust
 from bootkit_testing.registry import Registry, registry_program
@@ -45,3 +47,11 @@ def image_trust(registry: Registry, tmp_path: Path) -> Iterator[ImageTrust]:
     _need("gpg", "gpgconf")
     with ImageTrust(tmp_path / "trust", registry.host) as trust:
         yield trust
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> tuple[Path, Built]:
+    """An OCI layout holding one image of two layers under the name "v1"."""
+    layout = tmp_path / "source"
+    built = write_image(layout, "v1", [{"usr/bin/a": b"a" * 5000}, {"etc/b": b"b" * 300}])
+    return layout, built
