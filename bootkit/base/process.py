@@ -1,11 +1,13 @@
 """The one door to the external programs bootkit relies on (mtools, e2fsprogs, zstd, ...).
 
 `run` is for a program that takes its whole input and gives its whole output at
-once; `filtered` streams a file object through a program that reads stdin and
-writes stdout (a decompressor), a thread feeding its stdin while the caller
-reads its stdout. Either way a missing program is a `MissingProgram` error that
-names the Debian package providing it, and a failure is a BootkitError saying
-what failed, with the program's last line of stderr.
+once; `run_bounded` for one whose output may be hostile (kept bounded, with a
+periodic call for progress while it runs, the exit status left to the caller);
+`filtered` streams a file object through a program that reads stdin and writes
+stdout (a decompressor), a thread feeding its stdin while the caller reads its
+stdout. Either way a missing program is a `MissingProgram` error that names the
+Debian package providing it, and a failure of `run` or `filtered` is a
+BootkitError saying what failed, with the program's last line of stderr.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -36,6 +38,7 @@ PACKAGES: Mapping[str, str] = {
     "mke2fs": "e2fsprogs",
     "mmd": "mtools",
     "qemu-system-x86_64": "qemu-system-x86",
+    "skopeo": "skopeo",
     "unshare": "util-linux",
     "zstd": "zstd",
 }
@@ -43,6 +46,7 @@ PACKAGES: Mapping[str, str] = {
 # Filesystem tools live in sbin, which an ordinary user's PATH may lack.
 _SBIN = "/usr/sbin:/sbin"
 _CHUNK = 1 << 20
+_STDERR_TAIL = 64 << 10
 
 Argv = Sequence[str | os.PathLike[str]]
 
@@ -101,6 +105,60 @@ def run(
     if proc.returncode != 0:
         raise _failure(argv, what, proc.returncode, proc.stderr or proc.stdout, hint)
     return proc
+
+
+def run_bounded(
+    argv: Argv,
+    what: str,
+    *,
+    limit: int,
+    env: Mapping[str, str] | None = None,
+    tick: Callable[[], None] | None = None,
+    interval: float = 0.2,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a program whose output may be large or hostile (a registry's) to its end.
+
+    Its stdout is kept up to `limit` bytes: a program that writes more is killed and
+    BootkitError raised. Its stderr keeps its last 64 KiB. `tick` is called every
+    `interval` seconds while it runs, on the caller's thread, so a progress callback
+    needs no locking. The exit status is the caller's to judge, so that it can tell
+    one failure from another by the message.
+    """
+    args = _resolve(argv)
+    with tempfile.TemporaryFile(prefix="bootkit-stdout-") as out, \
+            tempfile.TemporaryFile(prefix="bootkit-stderr-") as err:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                env=_environment(env))
+        try:
+            # Files rather than pipes: nothing to drain, and the size is there to check.
+            while not _ended(proc, interval):
+                if os.fstat(out.fileno()).st_size > limit:
+                    raise _too_much(what, args[0], limit)
+                if tick is not None:
+                    tick()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        out.seek(0)
+        stdout = out.read(limit + 1)
+        if len(stdout) > limit:
+            raise _too_much(what, args[0], limit)
+        err.seek(max(0, os.fstat(err.fileno()).st_size - _STDERR_TAIL))
+        return subprocess.CompletedProcess(args, proc.returncode, stdout, err.read())
+
+
+def _too_much(what: str, program: str, limit: int) -> BootkitError:
+    return BootkitError(f"{what} failed: {Path(program).name} wrote more than {limit} bytes",
+                        hint="what it read may be malicious")
+
+
+def _ended(proc: subprocess.Popen[bytes], interval: float) -> bool:
+    try:
+        proc.wait(timeout=interval)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 @contextlib.contextmanager
