@@ -19,7 +19,6 @@ stamp), so equal contents give equal digests in both versions.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -30,8 +29,10 @@ import tarfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from bootkit.base.xattrs import read_xattrs
+
+from ..oci import REF_NAME, Member, write_image
 from .base import run_command
 from .guest_report import IMAGE_MARKER
 from .layer import OsRelease, Variant, derive_tree
@@ -187,43 +188,23 @@ class LayerPlan:
 # --- writing the layers --------------------------------------------------------------------
 
 
-def _member(tree: Path, path: str, st: os.stat_result) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(path)
-    info.mode = stat.S_IMODE(st.st_mode)
-    info.uid, info.gid = st.st_uid, st.st_gid
-    info.uname = info.gname = ""
-    info.mtime = int(st.st_mtime)
-    if stat.S_ISDIR(st.st_mode):
-        info.type = tarfile.DIRTYPE
-        info.mtime = DIRECTORY_MTIME
-    elif stat.S_ISLNK(st.st_mode):
-        info.type = tarfile.SYMTYPE
-        info.linkname = os.readlink(tree / path)
-    elif stat.S_ISREG(st.st_mode):
-        info.size = st.st_size
-    else:
-        raise ValueError(f"{tree / path}: not a file, directory or symlink")
-    xattrs = os.listxattr(tree / path, follow_symlinks=False)
-    info.pax_headers = {
-        f"SCHILY.xattr.{name}": os.getxattr(tree / path, name, follow_symlinks=False)
-        .decode("utf-8", "surrogateescape")
-        for name in sorted(xattrs)
-    }
-    return info
-
-
-def layer_tar(tree: Path, entries: Sequence[tuple[str, os.stat_result]]) -> bytes:
-    """The uncompressed tar of `entries` of `tree`; hardlinked files are written as files."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, st in entries:
-            info = _member(tree, path, st)
-            if info.isreg():
-                with open(tree / path, "rb") as f:
-                    tar.addfile(info, f)
-            else:
-                tar.addfile(info)
-    return buffer.getvalue()
+def layer_members(tree: Path, entries: Sequence[tuple[str, os.stat_result]]) -> list[Member]:
+    """The members of a layer of `entries` of `tree`; a file's other names are files too,
+    as they may be in other layers."""
+    members = []
+    for path, st in entries:
+        member = Member(path, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+                        xattrs=dict(read_xattrs(tree / path)), mtime=int(st.st_mtime))
+        if stat.S_ISDIR(st.st_mode):
+            member.kind, member.mtime = "d", DIRECTORY_MTIME
+        elif stat.S_ISLNK(st.st_mode):
+            member.kind, member.target = "l", os.readlink(tree / path)
+        elif stat.S_ISREG(st.st_mode):
+            member.data = (tree / path).read_bytes()
+        else:
+            raise ValueError(f"{tree / path}: not a file, directory or symlink")
+        members.append(member)
+    return members
 
 
 # --- the two versions ------------------------------------------------------------------------
@@ -283,58 +264,13 @@ def change_package(tree: Path, package: str, version: str) -> list[str]:
     return changed
 
 
-# --- the OCI layout and archive --------------------------------------------------------------
-
-MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
-MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-REF_NAME = "org.opencontainers.image.ref.name"
-
-
-def _put_blob(layout: Path, data: bytes) -> dict[str, object]:
-    digest = hashlib.sha256(data).hexdigest()
-    path = layout / "blobs/sha256" / digest
-    if not path.exists():
-        tmp = path.with_name(f".{digest}.tmp")
-        tmp.write_bytes(data)
-        tmp.rename(path)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
-
-
-def write_image(layout: Path, tag: str, layers: Sequence[bytes], labels: Mapping[str, str]) -> str:
-    """Add an amd64 image of `layers` (uncompressed tars) to `layout` under `tag`; its digest."""
-    (layout / "blobs/sha256").mkdir(parents=True, exist_ok=True)
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    descriptors, diff_ids = [], []
-    for tar in layers:
-        diff_ids.append(f"sha256:{hashlib.sha256(tar).hexdigest()}")
-        blob = gzip.compress(tar, compresslevel=6, mtime=0)
-        descriptors.append({"mediaType": MEDIA_LAYER, **_put_blob(layout, blob)})
-    config = {
-        "architecture": "amd64", "os": "linux",
-        "config": {"Labels": dict(labels)},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }
-    manifest = {
-        "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
-        "config": {"mediaType": MEDIA_CONFIG, **_put_blob(layout, json.dumps(config).encode())},
-        "layers": descriptors,
-    }
-    entry = {"mediaType": MEDIA_MANIFEST, **_put_blob(layout, json.dumps(manifest).encode()),
-             "annotations": {REF_NAME: tag}}
-    index_path = layout / "index.json"
-    index: dict[str, Any] = json.loads(index_path.read_text()) if index_path.exists() else {
-        "schemaVersion": 2, "manifests": []}
-    index["manifests"] = [m for m in index["manifests"]
-                          if m.get("annotations", {}).get(REF_NAME) != tag] + [entry]
-    index_path.write_text(json.dumps(index))
-    return str(entry["digest"])
+# --- the oci-archive -------------------------------------------------------------------------
 
 
 def write_archive(layout: Path, tag: str, dest: Path) -> None:
     """An oci-archive of the one image `tag` of `layout` (an OCI layout in a tar)."""
     index = json.loads((layout / "index.json").read_text())
-    (entry,) = [m for m in index["manifests"] if m["annotations"][REF_NAME] == tag]
+    (entry,) = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) == tag]
     manifest = json.loads(_blob(layout, entry["digest"]))
     digests = [entry["digest"], manifest["config"]["digest"],
                *(layer["digest"] for layer in manifest["layers"])]
@@ -379,8 +315,8 @@ class DebianImages:
 
 def image_of_tree(tree: Path, plan: LayerPlan, layout: Path, tag: str, variant: Variant) -> str:
     labels = {LABEL_BOOTABLE: "1", LABEL_VERSION: variant.os_release.version_id}
-    layers = [layer_tar(tree, entries) for entries in plan.split(tree)]
-    return write_image(layout, tag, layers, labels)
+    layers = [layer_members(tree, entries) for entries in plan.split(tree)]
+    return write_image(layout, tag, layers, labels=labels)
 
 
 def make_images(work: Path, tree: Path) -> DebianImages:
