@@ -182,36 +182,40 @@ def read_image(layout: Path, tag: str) -> tuple[Manifest, ImageConfig]:
 
 
 def tree_members(tree: Path) -> list[Member]:
-    """The members of an archive of `tree` (its root left out), parents first; a second
-    name of a file is a hardlink to the first."""
+    """The members of an archive of `tree` ("." its root), parents first; a second name
+    of a file is a hardlink to the first."""
     members: list[Member] = []
     first: dict[tuple[int, int], str] = {}
 
+    def member(rel: str) -> Member:
+        path = tree / rel
+        st = path.lstat()
+        m = Member(rel, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+                   xattrs=dict(read_xattrs(path)), mtime=int(st.st_mtime))
+        if stat.S_ISDIR(st.st_mode):
+            m.kind = "d"
+        elif stat.S_ISLNK(st.st_mode):
+            m.kind, m.target = "l", os.readlink(path)
+        elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in first:
+            m.kind, m.target = "h", first[(st.st_dev, st.st_ino)]
+        elif stat.S_ISREG(st.st_mode):
+            m.data = path.read_bytes()
+            if st.st_nlink > 1:
+                first[(st.st_dev, st.st_ino)] = rel
+        else:
+            m.kind = "c" if stat.S_ISCHR(st.st_mode) else "p"
+            m.device = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        return m
+
     def walk(rel: str) -> None:
-        for name in sorted(os.listdir(tree / rel if rel else tree)):
-            child = f"{rel}/{name}" if rel else name
-            path = tree / child
-            st = path.lstat()
-            m = Member(child, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
-                       xattrs=dict(read_xattrs(path)), mtime=int(st.st_mtime))
-            if stat.S_ISDIR(st.st_mode):
-                m.kind = "d"
-            elif stat.S_ISLNK(st.st_mode):
-                m.kind, m.target = "l", os.readlink(path)
-            elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in first:
-                m.kind, m.target = "h", first[(st.st_dev, st.st_ino)]
-            elif stat.S_ISREG(st.st_mode):
-                m.data = path.read_bytes()
-                if st.st_nlink > 1:
-                    first[(st.st_dev, st.st_ino)] = child
-            else:
-                m.kind = "c" if stat.S_ISCHR(st.st_mode) else "p"
-                m.device = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        for name in sorted(os.listdir(tree / rel)):
+            m = member(f"{rel}/{name}" if rel != "." else name)
             members.append(m)
             if m.kind == "d":
-                walk(child)
+                walk(m.path)
 
-    walk("")
+    members.append(member("."))
+    walk(".")
     return members
 
 

@@ -43,11 +43,15 @@ _FORMAT_BITS = {"d": FileType.DIR.format_bits, "l": FileType.SYMLINK.format_bits
 
 def diff_id_hex(diff_id: str) -> str:
     """The hex part of a layer's diff id, which names its directory; only sha256 is taken."""
-    algorithm, _, hexdigest = diff_id.partition(":")
-    if algorithm != "sha256" or not _SHA256.fullmatch(hexdigest):
+    if not _is_digest(diff_id):
         raise BootkitError(f"layer diff id {diff_id[:80]!r} is not a sha256 digest",
                            hint="the image's configuration may be corrupt; rebuild the image")
-    return hexdigest
+    return diff_id.partition(":")[2]
+
+
+def _is_digest(text: str) -> bool:
+    algorithm, _, hexdigest = text.partition(":")
+    return algorithm == "sha256" and bool(_SHA256.fullmatch(hexdigest))
 
 
 def check_path(path: str, *, root: bool = False) -> str:
@@ -183,7 +187,8 @@ def _from_json(doc: Any) -> LayerRecord:
         isinstance(x, list) and len(x) <= MAX_ENTRIES for x in (rows, whiteouts, opaque)
     ):
         raise ValueError("its fields are missing or of the wrong type")
-    diff_id_hex(diff_id)
+    if not _is_digest(diff_id):
+        raise ValueError(f"diff id {diff_id[:80]!r} is not a sha256 digest")
     return LayerRecord(
         diff_id,
         tuple(_entry(row) for row in rows),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bootkit.base import process
-from bootkit.base.files import fsync_dir, remove_tree, syncfs
+from bootkit.base.files import fsync_dir, remove_path, remove_tree, syncfs
 from bootkit.base.seen import READ_FLAGS
 from bootkit.errors import BootkitError
 from bootkit.oci.layout import ImageLayout
@@ -97,7 +97,7 @@ def _kept(layout: ImageLayout, blob: Descriptor, diff_id: str, final: Path) -> L
         if not layout.has_blob(blob.digest):
             raise BootkitError(f"{err.message}, and the layer's blob is no longer kept",
                                hint=_PULL_AGAIN) from None
-    remove_tree(final)
+    remove_path(final)
     return None
 
 

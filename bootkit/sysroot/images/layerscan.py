@@ -156,6 +156,7 @@ class LayerScan:
     def add_file(self, path: str, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
         # Checked before a byte is written: a sparse member may declare far more than it holds.
         self.space.claim(f"layer member {m.name!r}", m.size)
+        # Its metadata checked before a byte is stored; the hash is known only after.
         entry = self.entry(path, "f", m, sha256="0" * 64, size=m.size)
         meta = entry.meta()
         f = tf.extractfile(m)

@@ -11,6 +11,7 @@ from imagetrees import Images
 from bootkit.errors import BootkitError
 from bootkit.sysroot.images.layerrecord import LayerEntry, LayerRecord
 from bootkit.sysroot.images.merge import merge
+
 from bootkit_testing.oci import Member
 
 
