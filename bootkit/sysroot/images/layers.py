@@ -105,7 +105,7 @@ def _remove_leftovers(layers_dir: Path, name: str) -> None:
     """Temp directories of this layer's earlier imports that a crash interrupted."""
     for entry in os.scandir(layers_dir):
         if entry.name.startswith(f".{name}."):
-            remove_tree(Path(entry.path))
+            remove_path(Path(entry.path))
 
 
 class _Readable(Protocol):

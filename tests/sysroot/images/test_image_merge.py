@@ -140,3 +140,10 @@ def test_merged_entries_come_parents_first_in_name_order_as_a_walk_gives_them() 
     record = LayerRecord("sha256:" + "0" * 64,
                          (_entry("a-b"), _entry("a/z"), _entry("a/b/c"), _entry("a.b")), (), ())
     assert [m.path for m in merge([record])] == [".", "a", "a/b", "a/b/c", "a/z", "a-b", "a.b"]
+
+
+def test_names_written_with_a_leading_dot_slash_are_the_same_names(images: Images) -> None:
+    tree = images.tree([Member("./usr/a", data=b"a"), Member("./usr/b")],
+                       [Member("./usr/a", "whiteout"), Member("./usr", "opaque"),
+                        Member("./usr/c", data=b"c")])
+    assert tree == {"usr": "d", "usr/c": "f:c"}

@@ -143,3 +143,9 @@ def test_a_layer_dir_that_is_not_a_directory_is_replaced_while_the_blob_is_there
     layer_dir(layout, diff_id).write_text("in the way")
     assert import_layer(layout, store, blob, diff_id, lambda n: None).diff_id == diff_id
     assert (layer_dir(layout, diff_id) / "record").is_file()
+
+
+def test_an_empty_layer_is_an_empty_record(layout: ImageLayout, store: ObjectStore) -> None:
+    blob, diff_id = one_layer(layout, [])
+    assert import_layer(layout, store, blob, diff_id, lambda n: None) == LayerRecord(
+        diff_id, (), (), ())
