@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import lzma
 import os
 import stat
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO
 
 from bootkit.base import process
 from bootkit.base.filetypes import FileType
-from bootkit.base.seen import CREATE_FLAGS
-from bootkit.base.xattrs import Xattrs
 from bootkit.errors import BootkitError
 from bootkit.sysroot.importers.tarheaders import BoundedTarInfo
+from bootkit.sysroot.importers.tarmembers import (
+    IMPLICIT_DIR_MODE as IMPLICIT_DIR_MODE,
+)
+from bootkit.sysroot.importers.tarmembers import (
+    MEMBER_TYPES,
+    ZSTD_MAGIC,
+    escapes,
+    format_bits,
+    implicit_dir,
+    member_content,
+    member_path,
+    pax_xattrs,
+)
 from bootkit.sysroot.importers.tree import (
     IMPORT_ERRORS,
     ImportReport,
@@ -27,38 +37,7 @@ from bootkit.sysroot.importers.tree import (
     TreeBuilder,
     import_error,
 )
-from bootkit.sysroot.store import FileMeta, ObjectStore, apply_meta, create_file
-
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
-def _member_path(name: str) -> PurePosixPath:
-    if name.startswith("/"):
-        raise BootkitError(
-            f"tar member {name!r} has an absolute path",
-            hint="build the archive relative to the tree's root",
-        )
-    parts = [p for p in PurePosixPath(name).parts if p != "."]
-    if ".." in parts:
-        raise BootkitError(
-            f"tar member {name!r} contains '..'", hint="the archive may be malicious; rebuild it"
-        )
-    return PurePosixPath(*parts) if parts else PurePosixPath(".")
-
-
-def _escapes(rel: PurePosixPath, target: str) -> bool:
-    """Whether a relative symlink at `rel` points above the tree's root."""
-    if target.startswith("/"):
-        return False  # resolved against the deployment's own root at boot
-    depth = len(rel.parent.parts) if str(rel.parent) != "." else 0
-    for part in PurePosixPath(target).parts:
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif part != ".":
-            depth += 1
-    return False
+from bootkit.sysroot.store import FileMeta, ObjectStore
 
 
 class _CountingReader:
@@ -78,7 +57,7 @@ def _open_tar_stream(src: Path, progress: Progress) -> Iterator[tarfile.TarFile]
         magic = raw.read(4)
         raw.seek(0)
         counted = _CountingReader(raw, progress)
-        if magic != _ZSTD_MAGIC:
+        if magic != ZSTD_MAGIC:
             with tarfile.open(fileobj=counted, mode="r|*",  # type: ignore[call-overload]
                               tarinfo=BoundedTarInfo) as tf:
                 yield tf
@@ -89,48 +68,6 @@ def _open_tar_stream(src: Path, progress: Progress) -> Iterator[tarfile.TarFile]
             hint="the archive may be truncated or corrupt",
         ) as out, tarfile.open(fileobj=out, mode="r|", tarinfo=BoundedTarInfo) as tf:
             yield tf
-
-
-# Tar members up to this size are read into memory rather than spooled to a file.
-_IN_MEMORY = 1 << 20
-
-
-def _writer(data: bytes, meta: FileMeta) -> Callable[[str], None]:
-    def write(fd: int) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-
-    def fill(dst: str) -> None:
-        create_file(dst, meta, write)
-
-    return fill
-
-
-def _add_spooled(
-    imp: TreeBuilder, name: str, meta: FileMeta, f: IO[bytes], size: int, tmp: str
-) -> None:
-    """Add a large member: spooled to `tmp` while hashed, then renamed into place if new."""
-    h = hashlib.sha256()
-    fd = os.open(tmp, CREATE_FLAGS, 0o600)
-    try:
-        while block := f.read(1 << 20):
-            h.update(block)
-            view = memoryview(block)
-            while view:
-                view = view[os.write(fd, view) :]
-        apply_meta(fd, meta)
-    finally:
-        os.close(fd)
-
-    def fill(dst: str) -> None:
-        os.rename(tmp, dst)
-
-    try:
-        imp.add_file(name, meta, h.hexdigest(), fill, size)
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
 
 
 class TarSource:
@@ -178,7 +115,7 @@ class _TarImport:
     def run(self) -> ImportReport:
         # The root, until a member names it (see IMPLICIT_DIR_MODE). An archive's root
         # has never been part of its notes, so that ids stay what they were.
-        self.tree.add_dir(".", _implicit_dir(self.archive.stat().st_mtime), noted=False)
+        self.tree.add_dir(".", implicit_dir(self.archive.stat().st_mtime), noted=False)
         try:
             with _open_tar_stream(self.archive, self.tree.progress) as tf:
                 for member in tf:
@@ -200,9 +137,9 @@ class _TarImport:
             raise import_error(f"tar member {m.name!r}", err) from None
 
     def add(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
-        rel = _member_path(m.name)
-        kind = _MEMBER_TYPES.get(m.type)  # None: a hardlink, or a type unknown to tar
-        meta = FileMeta(m.mode | _format_bits(kind), m.uid, m.gid, _pax_xattrs(m), float(m.mtime))
+        rel = member_path(m.name)
+        kind = MEMBER_TYPES.get(m.type)  # None: a hardlink, or a type unknown to tar
+        meta = FileMeta(m.mode | format_bits(kind), m.uid, m.gid, pax_xattrs(m), float(m.mtime))
         if str(rel) == ".":
             if kind is FileType.DIR:
                 self.tree.add_dir(".", meta)
@@ -238,7 +175,7 @@ class _TarImport:
             try:
                 st = os.lstat(f"{self.dest}/{done}")
             except FileNotFoundError:
-                self.tree.add_dir(done, _implicit_dir(m.mtime))
+                self.tree.add_dir(done, implicit_dir(m.mtime))
             else:
                 if not stat.S_ISDIR(st.st_mode):
                     raise BootkitError(
@@ -249,7 +186,7 @@ class _TarImport:
             self.known_dirs.add(done)
 
     def add_symlink(self, rel: PurePosixPath, m: tarfile.TarInfo, meta: FileMeta) -> None:
-        if _escapes(rel, m.linkname):
+        if escapes(rel, m.linkname):
             raise BootkitError(
                 f"tar member {m.name!r} is a symlink that escapes the tree ({m.linkname!r})",
                 hint="the archive may be malicious; rebuild it",
@@ -257,7 +194,7 @@ class _TarImport:
         self.tree.add_symlink(str(rel), m.linkname, meta)
 
     def add_hardlink(self, rel: PurePosixPath, m: tarfile.TarInfo) -> None:
-        target = _member_path(m.linkname)
+        target = member_path(m.linkname)
         if target not in self.seen_files:
             raise BootkitError(
                 f"tar member {m.name!r} is a hardlink to {m.linkname!r}, which is not an earlier file in the archive",
@@ -274,56 +211,9 @@ class _TarImport:
         self.tree.space.claim(f"tar member {m.name!r}", m.size)
         f = tf.extractfile(m)
         assert f is not None
-        if m.size <= _IN_MEMORY:
-            # Most files of a tree are small and most are stored already:
-            # hashing them in memory spares a file written and removed.
-            data = f.read()
-            self.tree.add_file(str(rel), meta, hashlib.sha256(data).hexdigest(),
-                               _writer(data, meta), m.size)
-        else:
-            _add_spooled(self.tree, str(rel), meta, f, m.size, self.spool)
+        with member_content(f, m.size, meta, self.spool) as (digest, fill):
+            self.tree.add_file(str(rel), meta, digest, fill, m.size)
         self.seen_files[rel] = (meta, m.size)
-
-
-# What each tar member type is; a hardlink (LNKTYPE) names another member instead.
-_MEMBER_TYPES = {
-    **dict.fromkeys(tarfile.REGULAR_TYPES, FileType.FILE),
-    tarfile.DIRTYPE: FileType.DIR,
-    tarfile.SYMTYPE: FileType.SYMLINK,
-    tarfile.CHRTYPE: FileType.CHAR,
-    tarfile.BLKTYPE: FileType.BLOCK,
-    tarfile.FIFOTYPE: FileType.FIFO,
-}
-
-
-# A directory that an archive leaves out but holds members of (`tar -cf x.tar $(find
-# -type f)`, many OCI layers) is made as tar makes it, but with a mode and owner that
-# do not depend on who extracts it or their umask: 0755, root's. Its note is the
-# same as for a directory of that mode in a directory source, so the content digest
-# of the tree does not depend on whether the archive listed its directories.
-IMPLICIT_DIR_MODE = 0o755
-
-
-def _implicit_dir(mtime: float) -> FileMeta:
-    return FileMeta(stat.S_IFDIR | IMPLICIT_DIR_MODE, 0, 0, (), float(mtime))
-
-
-def _format_bits(kind: FileType | None) -> int:
-    # Only directories, symlinks and files are imported; their notes carry these bits.
-    if kind is FileType.DIR or kind is FileType.SYMLINK:
-        return kind.format_bits
-    return stat.S_IFREG
-
-
-def _pax_xattrs(m: tarfile.TarInfo) -> Xattrs:
-    prefix = "SCHILY.xattr."
-    return tuple(
-        sorted(
-            (k[len(prefix) :], v.encode("utf-8", "surrogateescape"))
-            for k, v in m.pax_headers.items()
-            if k.startswith(prefix)
-        )
-    )
 
 
 def _check_new(dest: Path, rel: PurePosixPath, m: tarfile.TarInfo) -> None:
