@@ -97,7 +97,8 @@ def write_layer(members: Sequence[Member], compression: str = "none") -> bytes:
 
 def compress(data: bytes, compression: str) -> bytes:
     if compression == "gzip":
-        return gzip.compress(data, mtime=0)
+        # Level 6 as docker and skopeo write: 9 takes four times as long for 1% less.
+        return gzip.compress(data, compresslevel=6, mtime=0)
     if compression == "zstd":
         return subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True,
                               check=True).stdout
