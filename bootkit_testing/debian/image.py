@@ -9,8 +9,8 @@ status, os-release). So the two versions share every layer but two: the one hold
 the changed package, and the last.
 
 Version 1 is the tree as it was made (IMAGE_V1's os-release); version 2 is version
-1 with IMAGE_V2's os-release and the files of CHANGED_PACKAGE changed (MARKER and
-the version appended), its version in dpkg's status bumped. The split of version 1
+1 with IMAGE_V2's os-release and the files of CHANGED_PACKAGE changed (IMAGE_MARKER
+and the version appended), its version in dpkg's status bumped. The split of version 1
 is reused for version 2, so a layer's contents follow its packages, not its size.
 
 Layers are written reproducibly (sorted, directory times fixed, gzip without a time
