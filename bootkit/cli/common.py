@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from bootkit.records.deployment import ImageOrigin
 from bootkit.records.staged import FinalizeFailure
 from bootkit.sysroot.booted import BootedSysroot, default_sysroot
 from bootkit.sysroot.layout import Sysroot
@@ -78,6 +79,19 @@ def status_json(s: DeploymentStatus) -> dict[str, Any]:
         "payload": d.payload,  # its directory under $BOOT/bootkit/<os>/
         "created": d.created,
         "content_digest": d.content_digest or None,  # None in metadata older than it
+        "image": image_json(d.image) if d.image else None,  # None: not from an OS image
+    }
+
+
+def image_json(origin: ImageOrigin) -> dict[str, Any]:
+    """The OS image a deployment came from, as `status --json` prints it."""
+    return {
+        "reference": origin.reference,
+        "manifest_digest": origin.manifest_digest,
+        "config_digest": origin.config_digest,
+        "version": origin.version or None,
+        "verified": origin.verified,
+        "policy": origin.policy or None,
     }
 
 

@@ -68,6 +68,12 @@ def _print_row(s: DeploymentStatus) -> None:
     click.echo(f"{marks:<3} {d.ref}  {d.title} {d.version}  kernel {d.kernel_version}")
     click.echo(f"      entry: {s.entry or '(missing: run bootkit bootloader update)'}")
     click.echo(f"      boot: {s.counter.describe()}")
+    if d.image is not None:
+        image = d.image
+        label = f", version {image.version}" if image.version else ""
+        trust = "signature verified" if image.verified else "UNVERIFIED"
+        click.echo(f"      image: {image.reference}")
+        click.echo(f"             {image.manifest_digest}{label}; {trust}")
 
 
 def _print_staged(s: StagedStatus) -> None:
