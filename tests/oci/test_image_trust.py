@@ -3,8 +3,10 @@ an upgrade costs on the wire."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,26 @@ def test_check_costs_a_manifest_and_an_update_downloads_only_the_changed_layer(
     assert ok("upgrade", "--no-stage", "--sysroot", sysroot).stdout.startswith("No update")
     assert registry.served_bytes() < 100_000
     assert len(deployments(sysroot)) == 2
+
+
+def test_an_image_pushed_with_a_docker_manifest_deploys_under_its_own_digest(
+        tmp_path: Path, sysroot: Path, registry_environ: Registry,
+        image_trust: ImageTrust) -> None:
+    """`docker push` writes Docker schema 2 manifests: kept as they are, not converted,
+    so the digest recorded is the one the registry serves (and a signature names)."""
+    registry = registry_environ
+    tree = make_tree(tmp_path / "tree")
+    image_from_tree(tree, tmp_path / "layout", "v1", 2)
+    subprocess.run(
+        ["skopeo", "--insecure-policy", "copy", "--format", "v2s2", "--dest-tls-verify=false",
+         f"oci:{tmp_path / 'layout'}:v1", f"docker://{registry.host}/myos:v1"],
+        check=True, capture_output=True, env={**os.environ, **registry.env})
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/myos:v1"],
+        check=True, capture_output=True, env={**os.environ, **registry.env}).stdout
+    assert b"application/vnd.docker.distribution.manifest.v2+json" in raw
+    ok("deploy", registry.reference("myos", "v1"), "--policy", image_trust.policy,
+       "--unverified", "--no-stage", "--sysroot", sysroot)
+    (row,) = deployments(sysroot)
+    assert isinstance(row["image"], dict)
+    assert row["image"]["manifest_digest"] == "sha256:" + hashlib.sha256(raw).hexdigest()

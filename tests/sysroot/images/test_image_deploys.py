@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,53 @@ def test_a_tampered_layer_is_refused_and_nothing_is_deployed(tmp_path: Path, sys
     assert not list((sysroot / "bootkit/deploy/test/deploy").iterdir())
     layers = sysroot / "bootkit/oci/layers"
     assert not layers.exists() or not [n for n in os.listdir(layers) if n.startswith(".")]
+
+
+def test_an_oci_archive_deploys_and_upgrades_from_the_same_path(
+        tmp_path: Path, sysroot: Path, policy: Path) -> None:
+    """An update carried on removable media: the archive at one path, replaced."""
+    layout, archive = tmp_path / "layout", tmp_path / "media/os.tar"
+    archive.parent.mkdir()
+    publish(tmp_path, layout, "stable", "1")
+    archive_of(layout, archive)
+    deploy_image(sysroot, f"oci-archive:{archive}:stable", policy)
+    second = publish(tmp_path, layout, "stable", "2", usr__share__doc="v2\n")
+    archive_of(layout, archive)
+    assert cli("upgrade", "--check", "--sysroot", sysroot).exit_code == 0
+    ok("upgrade", "--no-stage", "--sysroot", sysroot)
+    rows = status(sysroot)
+    assert image_of(rows[0])["manifest_digest"] == second
+    assert image_of(rows[0])["reference"] == f"oci-archive:{archive}:stable"
+
+
+def archive_of(layout: Path, archive: Path) -> None:
+    """The layout as one tar file, which is all an oci-archive is."""
+    tmp = archive.with_suffix(".tmp")
+    with tarfile.open(tmp, "w") as tf:
+        for path in sorted(layout.rglob("*")):
+            tf.add(path, arcname=str(path.relative_to(layout)), recursive=False)
+    os.replace(tmp, archive)
+
+
+def test_a_version_label_no_menu_could_show_is_left_out(tmp_path: Path, sysroot: Path,
+                                                        policy: Path) -> None:
+    layout = tmp_path / "layout"
+    tree = make_tree(tmp_path / "tree")
+    image_from_tree(tree, layout, "x", 1,
+                    labels={"containers.bootc": "1", VERSION_LABEL: "1\n\x1b[2Jtitle"})
+    row = deploy_image(sysroot, f"oci:{layout}:x", policy)
+    assert image_of(row)["version"] is None
+    assert "\x1b" not in ok("status", "--sysroot", sysroot).stdout
+
+
+def test_a_layout_index_cut_short_by_a_crash_is_started_afresh(
+        tmp_path: Path, sysroot: Path, policy: Path) -> None:
+    layout = tmp_path / "layout"
+    publish(tmp_path, layout, "stable", "1")
+    deploy_image(sysroot, f"oci:{layout}:stable", policy)
+    index = sysroot / "bootkit/oci/index.json"
+    index.write_text(index.read_text()[:20])
+    publish(tmp_path, layout, "stable", "2")
+    ok("upgrade", "--no-stage", "--sysroot", sysroot)
+    assert [r["version"] for r in status(sysroot)] == ["2", "1"]
+    assert_clean(sysroot)
