@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,8 +53,23 @@ def byte_progress(label: str, total: Callable[[], int]) -> Iterator[Callable[[in
     if not sys.stderr.isatty() or os.environ.get("BOOTKIT_NO_PROGRESS"):
         yield lambda n: None
         return
-    with click.progressbar(length=max(total(), 1), label=label, file=sys.stderr) as bar:
-        yield bar.update
+    with click.progressbar(length=max(total(), 1), label=label, file=sys.stderr,
+                           item_show_func=lambda shown: shown) as bar:
+        yield _Rate(bar.update).update
+
+
+class _Rate:
+    """Bytes so far and the rate since the start, shown beside the bar."""
+
+    def __init__(self, advance: Callable[[int, str], None]) -> None:
+        self.advance = advance
+        self.start = time.monotonic()
+        self.done = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        seconds = max(time.monotonic() - self.start, 1e-3)
+        self.advance(n, f"{self.done / (1 << 20):.1f} MiB, {self.done / seconds / (1 << 20):.1f} MiB/s")
 
 
 def status_json(s: DeploymentStatus) -> dict[str, Any]:

@@ -128,12 +128,19 @@ def run_deploy(sr: Sysroot, request: DeployRequest) -> Deployment:
     """Deploy with a progress bar: bytes read of a tree, or fetched and imported of an image."""
     source = request.source
     if isinstance(source, ResolvedImage):
-        label, total = f"Fetching {source.ref}", image_source(sr.images, source).size
+        label, total = image_label(sr, source), image_source(sr.images, source).size
     else:
         tree = source
         label, total = f"Importing {tree.name}", lambda: open_source(tree).size()
     with byte_progress(label, total) as bar:
         return deploy_request(sr, request, bar)
+
+
+def image_label(sr: Sysroot, image: ResolvedImage) -> str:
+    """What the bar says of an image: its reference and how many layers are new here."""
+    layers = len(image.manifest.layers)
+    new = len(image.missing_layers(sr.images))
+    return f"Fetching {image.ref} ({new} of {layers} layers new)"
 
 
 def say_deployed(sr: Sysroot, dep: Deployment, as_json: bool, role: str) -> None:

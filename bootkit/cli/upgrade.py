@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from bootkit.cli.common import byte_progress, open_sysroot, print_json, sysroot_option
-from bootkit.cli.deploy import run_deploy, say_deployed
+from bootkit.cli.deploy import image_label, run_deploy, say_deployed
 from bootkit.cli.options import image_options
 from bootkit.oci.reference import ImageRef
 from bootkit.sysroot.images import upgrade as upgrading
@@ -58,7 +58,7 @@ def upgrade(sysroot: Path | None, check: bool, download_only: bool, stage: bool 
                        "manifest_digest": found.origin.manifest_digest},
              f"No update: {reference} is still {found.origin.manifest_digest}")
     elif download_only:
-        with byte_progress(f"Fetching {reference}", image_source(sr.images, image).size) as bar:
+        with byte_progress(image_label(sr, image), image_source(sr.images, image).size) as bar:
             upgrading.download(sr, image, bar)
         _say(as_json, {"updated": False, "downloaded": True, "reference": reference,
                        "manifest_digest": image.digest},

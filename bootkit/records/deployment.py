@@ -45,8 +45,9 @@ class ImageOrigin:
     policy: str = ""  # the containers-policy.json it was checked against ("": skopeo's own)
     registries_d: str = ""  # where signature lookaside settings came from ("": skopeo's own)
 
-    def check(self) -> None:
-        """Refuse what a record may not hold: each value is shown by `status`."""
+    def __post_init__(self) -> None:
+        """Refuse what a record may not hold, when made as when loaded: each value is
+        shown by `status`."""
         ImageRef.parse(self.reference)
         for digest in (self.manifest_digest, self.config_digest, *self.diff_ids):
             check_digest(digest, "image digest")
@@ -162,5 +163,4 @@ def _check_boot_values(dep: Deployment) -> None:
         bootvalues.check_kernel_argument(karg)
     for karg in dep.image_kargs:
         bootvalues.check_kernel_argument(karg, "image kernel argument")
-    if dep.image is not None:
-        dep.image.check()
+

@@ -28,11 +28,8 @@ def load(path: Path) -> ImageOrigin | None:
     except OSError as err:
         raise BootkitError(f"cannot read {path}: {err.strerror}", hint=_HINT) from None
     try:
-        origin = ImageOrigin(**typed_fields(ImageOrigin, json.loads(text), path, _HINT))
+        return ImageOrigin(**typed_fields(ImageOrigin, json.loads(text), path, _HINT))
     except (ValueError, TypeError) as err:
         raise BootkitError(f"cannot read {path}: {err}", hint=_HINT) from None
-    try:
-        origin.check()
     except BootkitError as err:
         raise BootkitError(f"{path}: {err.message}", hint=_HINT) from None
-    return origin

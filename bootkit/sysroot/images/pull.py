@@ -48,6 +48,13 @@ class ImageOptions:
     registries_d: Path | None = None  # signature lookaside settings; None: skopeo's own
     unverified: bool = False  # take it even though no signature is required
 
+    def __post_init__(self) -> None:
+        # Recorded on the deployment for later upgrades, run from any directory.
+        for name in ("policy", "registries_d"):
+            path = getattr(self, name)
+            if path is not None:
+                object.__setattr__(self, name, path.absolute())
+
     @classmethod
     def of(cls, origin: ImageOrigin) -> ImageOptions:
         """The options a deployment was made with: an upgrade checks as its deploy did."""

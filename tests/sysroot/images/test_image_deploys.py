@@ -257,3 +257,14 @@ def test_a_layout_index_cut_short_by_a_crash_is_started_afresh(
     ok("upgrade", "--no-stage", "--sysroot", sysroot)
     assert [r["version"] for r in status(sysroot)] == ["2", "1"]
     assert_clean(sysroot)
+
+
+def test_a_policy_named_relative_to_the_working_directory_is_recorded_whole(
+        tmp_path: Path, sysroot: Path, policy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = tmp_path / "layout"
+    publish(tmp_path, layout, "stable", "1")
+    monkeypatch.chdir(policy.parent)
+    row = deploy_image(sysroot, f"oci:{layout}:stable", Path(policy.name))
+    assert image_of(row)["policy"] == str(policy)
+    monkeypatch.chdir("/")
+    assert cli("upgrade", "--check", "--sysroot", sysroot).exit_code == NO_UPDATE
