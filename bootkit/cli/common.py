@@ -114,7 +114,8 @@ def image_json(origin: ImageOrigin) -> dict[str, Any]:
 def staged_json(s: StagedStatus) -> dict[str, Any]:
     """The staged deployment as `status --json` and `deploy --json` print it."""
     return {"ref": s.ref, "path": s.path, "version": s.version, "title": s.title,
-            "locked": s.locked, "staged_at": s.staged_at}
+            "locked": s.locked, "staged_at": s.staged_at,
+            "image": image_json(s.image) if s.image else None}
 
 
 def failure_json(f: FinalizeFailure) -> dict[str, Any]:

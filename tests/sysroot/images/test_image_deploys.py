@@ -268,3 +268,19 @@ def test_a_policy_named_relative_to_the_working_directory_is_recorded_whole(
     assert image_of(row)["policy"] == str(policy)
     monkeypatch.chdir("/")
     assert cli("upgrade", "--check", "--sysroot", sysroot).exit_code == NO_UPDATE
+
+
+def test_a_staged_image_shows_where_it_came_from_and_upgrade_follows_it(
+        tmp_path: Path, sysroot: Path, policy: Path) -> None:
+    stable, testing = tmp_path / "stable", tmp_path / "testing"
+    publish(tmp_path, stable, "os", "1")
+    deploy_image(sysroot, f"oci:{stable}:os", policy)
+    staged = publish(tmp_path, testing, "os", "7")
+    ok("switch", f"oci:{testing}:os", "--policy", policy, "--unverified", "--stage",
+       "--sysroot", sysroot)
+    shown = json.loads(ok("status", "--json", "--sysroot", sysroot).stdout)["staged"]
+    assert shown["image"]["reference"] == f"oci:{testing}:os"
+    assert shown["image"]["manifest_digest"] == staged
+    assert f"image: oci:{testing}:os" in ok("status", "--sysroot", sysroot).stdout
+    # An upgrade now follows the staged image, which is still what its tag names.
+    assert ok("upgrade", "--sysroot", sysroot).stdout.startswith("No update")
