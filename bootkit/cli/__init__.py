@@ -19,6 +19,8 @@ from bootkit.errors import BootkitError, from_os_error
 COMMAND_MODULES = {
     "init": "init",
     "deploy": "deploy",
+    "upgrade": "upgrade",
+    "switch": "upgrade",
     "finalize-staged": "finalize",
     "status": "status",
     "fsck": "fsck",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import click
 
+from bootkit.records.deployment import ImageOrigin
 from bootkit.records.staged import FinalizeFailure
 from bootkit.sysroot.booted import BootedSysroot, default_sysroot
 from bootkit.sysroot.layout import Sysroot
@@ -51,8 +53,23 @@ def byte_progress(label: str, total: Callable[[], int]) -> Iterator[Callable[[in
     if not sys.stderr.isatty() or os.environ.get("BOOTKIT_NO_PROGRESS"):
         yield lambda n: None
         return
-    with click.progressbar(length=max(total(), 1), label=label, file=sys.stderr) as bar:
-        yield bar.update
+    with click.progressbar(length=max(total(), 1), label=label, file=sys.stderr,
+                           item_show_func=lambda shown: shown) as bar:
+        yield _Rate(bar.update).update
+
+
+class _Rate:
+    """Bytes so far and the rate since the start, shown beside the bar."""
+
+    def __init__(self, advance: Callable[[int, str], None]) -> None:
+        self.advance = advance
+        self.start = time.monotonic()
+        self.done = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        seconds = max(time.monotonic() - self.start, 1e-3)
+        self.advance(n, f"{self.done / (1 << 20):.1f} MiB, {self.done / seconds / (1 << 20):.1f} MiB/s")
 
 
 def status_json(s: DeploymentStatus) -> dict[str, Any]:
@@ -78,13 +95,27 @@ def status_json(s: DeploymentStatus) -> dict[str, Any]:
         "payload": d.payload,  # its directory under $BOOT/bootkit/<os>/
         "created": d.created,
         "content_digest": d.content_digest or None,  # None in metadata older than it
+        "image": image_json(d.image) if d.image else None,  # None: not from an OS image
+    }
+
+
+def image_json(origin: ImageOrigin) -> dict[str, Any]:
+    """The OS image a deployment came from, as `status --json` prints it."""
+    return {
+        "reference": origin.reference,
+        "manifest_digest": origin.manifest_digest,
+        "config_digest": origin.config_digest,
+        "version": origin.version or None,
+        "verified": origin.verified,
+        "policy": origin.policy or None,
     }
 
 
 def staged_json(s: StagedStatus) -> dict[str, Any]:
     """The staged deployment as `status --json` and `deploy --json` print it."""
     return {"ref": s.ref, "path": s.path, "version": s.version, "title": s.title,
-            "locked": s.locked, "staged_at": s.staged_at}
+            "locked": s.locked, "staged_at": s.staged_at,
+            "image": image_json(s.image) if s.image else None}
 
 
 def failure_json(f: FinalizeFailure) -> dict[str, Any]:

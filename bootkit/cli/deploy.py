@@ -14,17 +14,21 @@ from bootkit.cli.common import (
     status_json,
     sysroot_option,
 )
-from bootkit.cli.options import kargs_options, requested_kargs, tries_option
+from bootkit.cli.options import image_options, kargs_options, requested_kargs, tries_option
+from bootkit.oci.reference import ImageRef, is_image_reference
+from bootkit.records.deployment import Deployment
 from bootkit.sysroot.bootfiles import InitramfsMode
 from bootkit.sysroot.deploy import DeployRequest
 from bootkit.sysroot.deploy import deploy as deploy_request
+from bootkit.sysroot.images.pull import ImageOptions, ResolvedImage, image_source, resolve
 from bootkit.sysroot.importers import open_source
+from bootkit.sysroot.layout import Sysroot
 from bootkit.sysroot.status import StagedStatus, status
 
 
 @click.command()
 @sysroot_option
-@click.argument("source", type=click.Path(exists=False, path_type=Path))
+@click.argument("source")
 @click.option("--os", "os_name", help="Stateroot to deploy into (default: the one from init).")
 @click.option("--version", help="Version shown in the menu (default: VERSION_ID from os-release).")
 @kargs_options(
@@ -57,6 +61,7 @@ from bootkit.sysroot.status import StagedStatus, status
     help="With staging: keep the staged deployment out of the menu until "
     "'bootkit finalize-staged --unlock' (or --now); a shutdown while locked discards it.",
 )
+@image_options
 @click.option(
     "--json", "as_json", is_flag=True,
     help="Print the new deployment as JSON, as 'status --json' lists it; a staged one as "
@@ -64,7 +69,7 @@ from bootkit.sysroot.status import StagedStatus, status
 )
 def deploy(
     sysroot: Path | None,
-    source: Path,
+    source: str,
     os_name: str | None,
     version: str | None,
     kargs: tuple[str, ...],
@@ -74,9 +79,19 @@ def deploy(
     tries: int | None,
     stage: bool | None,
     lock: bool,
+    policy: Path | None,
+    registries_d: Path | None,
+    unverified: bool,
     as_json: bool,
 ) -> None:
-    """Deploy SOURCE, a root tree (directory, or tar archive: plain, gzip, xz, zstd).
+    """Deploy SOURCE: a root tree (directory, or tar archive: plain, gzip, xz, zstd), or
+    an OS image: docker://HOST[:PORT]/NAME[:TAG|@sha256:DIGEST], oci:DIR[:TAG] or
+    oci-archive:FILE[:TAG].
+
+    An image is fetched with skopeo, its signatures checked against the policy
+    (containers-policy.json), and imported layer by layer; it must be labelled
+    bootable (containers.bootc=1 or ostree.bootable) and built for this machine.
+    'bootkit upgrade' later deploys what its reference names then.
 
     The kernel is taken from usr/lib/modules/<kver>/vmlinuz (initramfs.img beside
     it) or boot/vmlinuz-<kver> (with boot/initrd.img-<kver>). Files identical to ones
@@ -89,14 +104,46 @@ def deploy(
     Inside a running system the deployment is staged: it joins the boot menu at
     shutdown. A new deploy replaces a deployment staged before.
     """
-    request = DeployRequest(
-        source=source, os_name=os_name, version=version, kargs=requested_kargs(kargs, karg_none),
-        make_default=not no_default, initramfs=InitramfsMode(initramfs), tries=tries,
-        stage=stage, lock=lock,
-    )
     sr = open_sysroot(sysroot)
-    with byte_progress(f"Importing {source.name}", lambda: open_source(source).size()) as bar:
-        dep = deploy_request(sr, request, bar)
+    options = ImageOptions(policy, registries_d, unverified)
+    request = DeployRequest(
+        source=_source(source, options), os_name=os_name, version=version,
+        kargs=requested_kargs(kargs, karg_none), make_default=not no_default,
+        initramfs=InitramfsMode(initramfs), tries=tries, stage=stage, lock=lock,
+    )
+    dep = run_deploy(sr, request)
+    say_deployed(sr, dep, as_json, "default" if not no_default else "not default")
+
+
+def _source(text: str, options: ImageOptions) -> Path | ResolvedImage:
+    """The tree at a path, or the image a reference names (resolved: a few KB fetched)."""
+    if is_image_reference(text):
+        return resolve(ImageRef.parse(text), options)
+    if options != ImageOptions():
+        raise click.UsageError("--policy, --registries-d and --unverified are for OS images")
+    return Path(text)
+
+
+def run_deploy(sr: Sysroot, request: DeployRequest) -> Deployment:
+    """Deploy with a progress bar: bytes read of a tree, or fetched and imported of an image."""
+    source = request.source
+    if isinstance(source, ResolvedImage):
+        label, total = image_label(sr, source), image_source(sr.images, source).size
+    else:
+        tree = source
+        label, total = f"Importing {tree.name}", lambda: open_source(tree).size()
+    with byte_progress(label, total) as bar:
+        return deploy_request(sr, request, bar)
+
+
+def image_label(sr: Sysroot, image: ResolvedImage) -> str:
+    """What the bar says of an image: its reference and how many layers are new here."""
+    layers = len(image.manifest.layers)
+    new = len(image.missing_layers(sr.images))
+    return f"Fetching {image.ref} ({new} of {layers} layers new)"
+
+
+def say_deployed(sr: Sysroot, dep: Deployment, as_json: bool, role: str) -> None:
     found = status(sr)
     if found.staged is not None and found.staged.ref == dep.ref:
         _say_staged(found.staged, as_json)
@@ -104,7 +151,6 @@ def deploy(
         row = found.find(dep.ref)
         print_json(status_json(row) if row else {})
     else:
-        role = "default" if not no_default else "not default"
         click.echo(
             f"Deployed {dep.ref} ({dep.title} {dep.version}, kernel {dep.kernel_version}); {role}"
         )

@@ -95,18 +95,21 @@ def undeploy(sysroot: Path | None, ident: str) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def cleanup(sysroot: Path | None, keep: int, as_json: bool) -> None:
-    """Remove old deployments and boot payloads that no entry references."""
+    """Remove old deployments, boot payloads that no entry references, and OS image
+    blobs and layers that no kept deployment needs."""
     done = cleaning.cleanup(open_sysroot(sysroot), keep)
     removed, payloads = done.deployments, done.payloads
     if as_json:
         print_json({
             "removed": [d.ref for d in removed],
             "payloads": [f"{p.os}/{p.name}" for p in payloads],
+            "image_bytes": done.image_bytes,
         })
         return
+    images = f"; {done.image_bytes / (1 << 20):.1f} MiB of image blobs" if done.image_bytes else ""
     click.echo(
         f"Removed {len(removed)} deployment(s){': ' if removed else ''}"
-        f"{', '.join(d.ref for d in removed)}; {len(payloads)} boot payload(s)"
+        f"{', '.join(d.ref for d in removed)}; {len(payloads)} boot payload(s){images}"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -59,3 +60,24 @@ def requested_kargs(kargs: tuple[str, ...], karg_none: bool) -> tuple[str, ...] 
     if karg_none:
         return ()
     return kargs or None
+
+
+def image_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--policy, --registries-d and --unverified: how an OS image's signatures are checked."""
+    f = click.option(
+        "--unverified", is_flag=True,
+        help="Take the image even though no signature is checked: the policy accepts "
+        "anything for it, or it demands signatures the image lacks. Recorded, and shown "
+        "by 'bootkit status'; later upgrades of the image are taken unverified too.",
+    )(f)
+    f = click.option(
+        "--registries-d", "registries_d", type=click.Path(file_okay=False, path_type=Path),
+        help="Where the registries' signature lookaside settings are (default: "
+        "/etc/containers/registries.d).",
+    )(f)
+    return click.option(
+        "--policy", type=click.Path(dir_okay=False, path_type=Path),
+        help="Signature policy, in containers-policy.json(5) form (default: "
+        "/etc/containers/policy.json). It must demand signatures for the image, unless "
+        "--unverified.",
+    )(f)

@@ -15,6 +15,7 @@ from bootkit.cli.common import (
     sysroot_option,
     warn,
 )
+from bootkit.records.deployment import ImageOrigin
 from bootkit.sysroot.layout import Sysroot
 from bootkit.sysroot.status import DeploymentStatus, StagedStatus, status
 
@@ -68,10 +69,20 @@ def _print_row(s: DeploymentStatus) -> None:
     click.echo(f"{marks:<3} {d.ref}  {d.title} {d.version}  kernel {d.kernel_version}")
     click.echo(f"      entry: {s.entry or '(missing: run bootkit bootloader update)'}")
     click.echo(f"      boot: {s.counter.describe()}")
+    _print_image(d.image)
+
+
+def _print_image(image: ImageOrigin | None) -> None:
+    if image is not None:
+        label = f", version {image.version}" if image.version else ""
+        trust = "signature verified" if image.verified else "UNVERIFIED"
+        click.echo(f"      image: {image.reference}")
+        click.echo(f"             {image.manifest_digest}{label}; {trust}")
 
 
 def _print_staged(s: StagedStatus) -> None:
     click.echo(f"staged {s.ref}  {s.title} {s.version}")
+    _print_image(s.image)
     if s.locked:
         click.echo("      locked: 'bootkit finalize-staged --unlock' lets shutdown add it to "
                    "the menu, '--now' adds it at once; a shutdown while locked discards it")

@@ -80,6 +80,11 @@ def deploy_to_image(
     progress: ImportProgress = no_progress,
 ) -> Deployment:
     """Add a deployment to `image`, keeping what was written to /etc and /var."""
+    if not isinstance(request.source, Path):
+        raise BootkitError(
+            "a disk image takes a root tree (a directory or tar archive), not an OS image",
+            hint="unpack the image first, e.g. 'umoci unpack', and deploy its rootfs",
+        )
     open_source(request.source)  # a missing source fails before the image is read
     with edit_image(image, report=report) as sr:
         report(f"Deploying {request.source}")

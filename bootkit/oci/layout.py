@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import stat
@@ -21,11 +22,14 @@ from bootkit.base.files import atomic_write, fsync_dir, remove_file, remove_tree
 from bootkit.errors import BootkitError
 from bootkit.oci.manifest import MAX_JSON, check_digest, digest_of, load_json
 
+log = logging.getLogger("bootkit")
+
 REF_NAME = "org.opencontainers.image.ref.name"
 _MAX_ENTRIES = 10000
 _HEX = re.compile(r"[0-9a-f]{64}")
 # Where skopeo writes a blob before renaming it into blobs/sha256.
 _SKOPEO_TEMP = "oci-put-blob"
+_EMPTY_INDEX = '{"schemaVersion": 2, "manifests": []}\n'
 _DAMAGED = "the image layout was changed or damaged; remove the file and fetch the image again"
 
 
@@ -44,7 +48,16 @@ class ImageLayout:
         if not os.path.lexists(self.root / "oci-layout"):
             atomic_write(self.root / "oci-layout", '{"imageLayoutVersion": "1.0.0"}\n')
         if not os.path.lexists(self.index_path):
-            atomic_write(self.index_path, '{"schemaVersion": 2, "manifests": []}\n')
+            atomic_write(self.index_path, _EMPTY_INDEX)
+            return
+        try:
+            self._index()
+        except BootkitError as err:
+            # skopeo rewrites index.json in place, so a crash during a copy can leave it
+            # cut short. It only names what bootkit fetched (each deployment records its
+            # digests, and cleanup keeps blobs by them), so an empty one loses nothing.
+            log.warning("%s; starting it afresh", err.message)
+            atomic_write(self.index_path, _EMPTY_INDEX)
 
     def blob_path(self, digest: str) -> Path:
         return self.blobs / check_digest(digest, "blob digest").removeprefix("sha256:")

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bootkit.errors import BootkitError
+from bootkit.formats import bootvalues
+
+VERSION_LABEL = "org.opencontainers.image.version"
 
 MAX_JSON = 4 << 20
 MAX_LAYERS = 500
@@ -119,7 +122,13 @@ class ImageConfig:
 
     @property
     def version(self) -> str | None:
-        return self.labels.get("org.opencontainers.image.version")
+        """The version label, if it is one a boot menu and `status` can show: an image
+        may label anything, and this is only a name for what its digest identifies."""
+        value = self.labels.get(VERSION_LABEL)
+        try:
+            return bootvalues.check_version(value) if value else None
+        except BootkitError:
+            return None
 
 
 def load_json(raw: bytes, what: str, limit: int = MAX_JSON) -> Any:

@@ -92,8 +92,11 @@ def copy(
     # A registry's connection may drop in the middle of a large layer; the blobs
     # that did land are reused by the retry. A local source has nothing to retry.
     retry = ["--retry-times", "2"] if ref.transport is Transport.DOCKER else []
-    argv = ["skopeo", *options, "copy", "--quiet", "--preserve-digests", *retry,
-            ref.skopeo_name(), dest.skopeo_name()]
+    # The policy is enforced on the source's signatures as they are read; an OCI layout
+    # cannot store them, and skopeo refuses to copy a signed image there unless told
+    # to leave them behind.
+    argv = ["skopeo", *options, "copy", "--quiet", "--preserve-digests", "--remove-signatures",
+            *retry, ref.skopeo_name(), dest.skopeo_name()]
     what = f"copying {ref}"
     meter = _Landing(layout, progress)
     result = process.run_bounded(argv, what, limit=_MAX_COPY_OUTPUT, tick=meter.poll)

@@ -14,6 +14,8 @@ from bootkit.base.files import atomic_write
 from bootkit.contract import check_name, deployment_path
 from bootkit.errors import BootkitError
 from bootkit.formats import bootvalues
+from bootkit.oci.manifest import check_digest
+from bootkit.oci.reference import ImageRef
 from bootkit.records.jsonfields import typed_fields
 
 
@@ -26,6 +28,34 @@ class PayloadFile:
     # Where in the deployment's tree it came from, so that it can be copied again;
     # None when bootkit built it (an initramfs, a UKI).
     source: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageOrigin:
+    """The OCI image a deployment's tree was made from, and how it was checked."""
+
+    reference: str  # as given: docker://..., oci:DIR[:TAG] or oci-archive:FILE[:TAG]
+    manifest_digest: str
+    config_digest: str
+    diff_ids: tuple[str, ...]  # its layers, which `cleanup` keeps while it is kept
+    version: str = ""  # the image's org.opencontainers.image.version label
+    # A signature policy that demands signatures was enforced when it was fetched;
+    # False only when the deploy said --unverified.
+    verified: bool = False
+    policy: str = ""  # the containers-policy.json it was checked against ("": skopeo's own)
+    registries_d: str = ""  # where signature lookaside settings came from ("": skopeo's own)
+
+    def __post_init__(self) -> None:
+        """Refuse what a record may not hold, when made as when loaded: each value is
+        shown by `status`."""
+        ImageRef.parse(self.reference)
+        for digest in (self.manifest_digest, self.config_digest, *self.diff_ids):
+            check_digest(digest, "image digest")
+        if self.version:
+            bootvalues.check_version(self.version, "image version label")
+        for path in (self.policy, self.registries_d):
+            if path and (not path.startswith("/") or not path.isprintable()):
+                raise BootkitError(f"image record names a file wrongly: {path!r}")
 
 
 @dataclass(frozen=True)
@@ -55,6 +85,8 @@ class Deployment:
     # The kernel arguments its tree ships (`bootkit.sysroot.imageargs`), before the
     # admin's on the command line; empty in metadata older than them.
     image_kargs: tuple[str, ...] = field(default=())
+    # The OCI image its tree came from; None for a directory or archive.
+    image: ImageOrigin | None = None
 
     @property
     def ref(self) -> str:
@@ -73,6 +105,8 @@ class Deployment:
         data["kargs"] = list(self.kargs)
         data["image_kargs"] = list(self.image_kargs)
         data["payload_files"] = [asdict(f) for f in self.payload_files]
+        if self.image is not None:
+            data["image"]["diff_ids"] = list(self.image.diff_ids)
         return json.dumps(data, indent=2) + "\n"
 
     def save(self, path: Path) -> None:
@@ -129,3 +163,4 @@ def _check_boot_values(dep: Deployment) -> None:
         bootvalues.check_kernel_argument(karg)
     for karg in dep.image_kargs:
         bootvalues.check_kernel_argument(karg, "image kernel argument")
+

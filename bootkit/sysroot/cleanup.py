@@ -11,6 +11,7 @@ from bootkit.errors import BootkitError
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
 from bootkit.sysroot import inventory, leftovers, staged, transaction
+from bootkit.sysroot.images.prune import prune_images
 from bootkit.sysroot.layout import Sysroot, resolve_ref
 
 # How many of the newest deployments `cleanup` keeps besides the default, the booted
@@ -22,6 +23,7 @@ DEFAULT_KEEP = 2
 class Cleaned:
     deployments: list[Deployment]
     payloads: list[Payload]  # kernels and initramfs images removed from $BOOT
+    image_bytes: int = 0  # OCI blobs no kept deployment needs, removed
 
 
 def undeploy(sr: Sysroot, ident: str) -> str:
@@ -75,7 +77,8 @@ def cleanup(sr: Sysroot, keep: int = DEFAULT_KEEP) -> Cleaned:
         else:
             transaction.commit(sr, state)
         after = set(payloads.present(sr.boot_path))
-        return Cleaned(doomed, sorted(before - after, key=lambda p: p.name))
+        freed = prune_images(sr)
+        return Cleaned(doomed, sorted(before - after, key=lambda p: p.name), freed)
 
 
 def reclaimable_bytes(sr: Sysroot, state: State) -> int:

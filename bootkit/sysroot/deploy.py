@@ -45,9 +45,11 @@ from bootkit.secureboot import signing
 from bootkit.sysroot import desktoplayout, etcmerge, imageargs, mergesource, staged, transaction
 from bootkit.sysroot.bootfiles import InitramfsMode, boot_files
 from bootkit.sysroot.cleanup import reclaimable_bytes
+from bootkit.sysroot.images.pull import ResolvedImage, image_source
 from bootkit.sysroot.importers import ImportReport, Source, check_outside, open_source
 from bootkit.sysroot.kernel import TreeKernel, find_kernel, read_os_release
 from bootkit.sysroot.layout import Sysroot
+from bootkit.sysroot.releasenames import release_names
 
 log = logging.getLogger("bootkit")
 
@@ -59,7 +61,7 @@ HASH_CACHE = "import-cache.json"
 class DeployRequest:
     """What to deploy, and how; validated when made."""
 
-    source: Path
+    source: Path | ResolvedImage  # a tree (directory or tar archive), or an OS image
     os_name: str | None = None  # default: the sysroot's OS
     version: str | None = None  # default: from the tree's os-release
     kargs: tuple[str, ...] | None = None  # None: see `kernel_arguments`
@@ -84,6 +86,10 @@ class DeployRequest:
             imageargs.check_settable(karg)
         if self.tries is not None:
             bootvalues.check_tries(self.tries)
+
+    @property
+    def image(self) -> ResolvedImage | None:
+        return self.source if isinstance(self.source, ResolvedImage) else None
 
 
 def kernel_arguments(requested: tuple[str, ...] | None, previous: Deployment | None) -> tuple[str, ...]:
@@ -152,9 +158,12 @@ def _start(sysroot: Sysroot, request: DeployRequest) -> Job:
     os_name = request.os_name or config.os
     # Before anything is written: a key that does not load fails the deploy at once.
     signer = signing.configured_signer(config) if config.uki else None
-    source = open_source(request.source, sysroot.meta / HASH_CACHE)
     stateroot = sysroot.stateroot(os_name)
-    check_outside(request.source, stateroot / "deploy")
+    if isinstance(request.source, ResolvedImage):
+        source: Source = image_source(sysroot.images, request.source)
+    else:
+        source = open_source(request.source, sysroot.meta / HASH_CACHE)
+        check_outside(request.source, stateroot / "deploy")
     (stateroot / "deploy").mkdir(parents=True, exist_ok=True)
     (stateroot / "var").mkdir(exist_ok=True)
     staging = stateroot / "deploy" / f".staging-{os.getpid()}-{secrets.token_hex(4)}"
@@ -258,49 +267,33 @@ def _describe(job: Job) -> None:
     """
     assert job.report is not None
     kernel = find_kernel(job.staging)
-    osrel = read_os_release(job.staging)
     linux = kernel.linux
     where = linux.relative_to(job.staging) if linux.is_relative_to(job.staging) else linux
     kver = bootvalues.check_kernel_version(
         kernel.version, "kernel version",
         hint=f"name the tree's kernel ({str(where)!r}) like a release, e.g. 6.1.0-18-amd64",
     )
-    request_version = (job.request.version, "version") if job.request.version else None
-    version, origin = request_version or _from_os_release(
-        osrel, ("VERSION_ID", "VERSION"), (kver, "kernel version")
+    image = job.request.image
+    version, title = release_names(
+        read_os_release(job.staging), kver, job.os_name, job.request.version,
+        image.config.version if image else None,
     )
-    title, title_origin = _from_os_release(osrel, ("PRETTY_NAME", "NAME"), (job.os_name, "os"))
     job.kernel = kernel
     job.deployment = Deployment(
         os=job.os_name,
         id=f"{job.serial}-{job.report.digest[:8]}",
-        version=bootvalues.check_version(version, origin, hint=_OS_RELEASE_HINT),
+        version=version,
         source=job.source.origin,
         kernel_version=kver,
         payload="",  # named by its content, known once it is built
-        title=bootvalues.check_title(title, title_origin, hint=_OS_RELEASE_HINT),
+        title=title,
         created=time.time(),
         serial=job.serial,
         kargs=kernel_arguments(job.request.kargs, job.previous),
         uki=job.config.uki,
+        image=image.origin() if image else None,
     )
     options_for(job.config, job.deployment)  # the whole command line, checked before any copy
-
-
-_OS_RELEASE_HINT = (
-    "an os-release value shown in the boot menu must be one line of printable text, "
-    f"at most {bootvalues.MAX_TITLE} characters for a name, {bootvalues.MAX_VERSION} for a version"
-)
-
-
-def _from_os_release(
-    osrel: dict[str, str], keys: tuple[str, ...], fallback: tuple[str, str]
-) -> tuple[str, str]:
-    """The first of `keys` that os-release sets, and what to call it in an error."""
-    for key in keys:
-        if osrel.get(key):
-            return osrel[key], f"{key} in the tree's os-release"
-    return fallback
 
 
 def _add_image_kargs(job: Job) -> None:

@@ -3,6 +3,7 @@
     /bootkit/config.json                    what `bootkit init` decided
     /bootkit/state.json                     the deployments and the default
     /bootkit/objects/                       files stored once (see `store`)
+    /bootkit/oci/                           OS images: one OCI layout, imported layers
     /bootkit/deploy/<os>/var/               the /var every deployment of <os> shares
     /bootkit/deploy/<os>/deploy/<id>/       one deployment's tree
     /bootkit/deploy/<os>/deploy/<id>.json   its metadata
@@ -16,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bootkit.contract import check_name
+from bootkit.oci.layout import ImageLayout
 from bootkit.records.deployment import Deployment
 from bootkit.sysroot.store import ObjectStore
 
@@ -53,6 +55,16 @@ class SysrootPaths:
 
     def tree(self, dep: Deployment) -> Path:
         return self.deployment_dir(dep.os, dep.id)
+
+    @property
+    def images(self) -> ImageLayout:
+        """The OCI layout images are fetched into, with their imported layers."""
+        return ImageLayout(self.meta / "oci")
+
+    @property
+    def downloaded_path(self) -> Path:
+        """The image `upgrade --download-only` fetched for the next upgrade."""
+        return self.meta / "oci" / "downloaded.json"
 
     @property
     def objects(self) -> ObjectStore:

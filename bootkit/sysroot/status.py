@@ -14,7 +14,7 @@ from bootkit.boot.counting import Counter
 from bootkit.contract import booted_deployment
 from bootkit.errors import BootkitError
 from bootkit.records import staged as staged_records
-from bootkit.records.deployment import Deployment
+from bootkit.records.deployment import Deployment, ImageOrigin
 from bootkit.records.staged import FinalizeFailure
 from bootkit.records.state import State
 from bootkit.sysroot import inventory
@@ -40,6 +40,7 @@ class StagedStatus:
     title: str
     locked: bool
     staged_at: float
+    image: ImageOrigin | None = None  # the OS image it came from, if any
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def _staged(sr: Sysroot, state: State) -> StagedStatus | None:
     except BootkitError:
         return None
     return StagedStatus(dep.ref, dep.path, dep.version, dep.title, record.locked,
-                        record.staged_at)
+                        record.staged_at, dep.image)
 
 
 def _damaged(

@@ -44,7 +44,7 @@ def test_a_deploy_inside_the_running_system_is_staged_and_finalized(
         found = _status(sysroot)
         assert [d["id"] for d in found["deployments"]] == [one["id"]]
         staged = found["staged"]
-        assert set(staged) == {"ref", "path", "version", "title", "locked", "staged_at"}
+        assert set(staged) == {"ref", "path", "version", "title", "locked", "staged_at", "image"}
         assert staged["version"] == "2.0" and staged["locked"] is False
         assert found["finalize_failure"] is None
         text = ok("status", "--sysroot", sysroot).stdout

@@ -44,6 +44,10 @@ _TRAILER_LIMIT = 1 << 20
 _PULL_AGAIN = "pull the image again"
 
 
+# The file in a layer's directory that lists what the layer holds.
+RECORD = "record"
+
+
 def layer_dir(layout: ImageLayout, diff_id: str) -> Path:
     return layout.layers_dir / diff_id_hex(diff_id)
 
@@ -72,7 +76,7 @@ def import_layer(
         record = _read_blob(layout.blob_path(blob.digest), blob, diff_id, store, tmp, progress)
         # The record stands for its objects: they reach the disk before it does.
         syncfs(tmp)
-        record.save(tmp / "record")
+        record.save(tmp / RECORD)
         os.rename(tmp, final)
         fsync_dir(layout.layers_dir)
     except BaseException:
@@ -89,9 +93,9 @@ def _kept(layout: ImageLayout, blob: Descriptor, diff_id: str, final: Path) -> L
     if not os.path.lexists(final):
         return None
     try:
-        record = LayerRecord.load(final / "record")
+        record = LayerRecord.load(final / RECORD)
         if record.diff_id != diff_id:
-            raise BootkitError(f"layer record {final / 'record'} is of layer {record.diff_id}")
+            raise BootkitError(f"layer record {final / RECORD} is of layer {record.diff_id}")
         return record
     except BootkitError as err:
         if not layout.has_blob(blob.digest):
