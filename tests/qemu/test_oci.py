@@ -174,9 +174,13 @@ def assert_image(origin: dict, images: DebianImages, tag: str) -> None:
     assert origin["manifest_digest"] == images.digests[tag], origin
 
 
-def staged_path(report: BootReport) -> str:
+def staged_image(report: BootReport, images: DebianImages, tag: str) -> str:
+    """The path of the deployment staged in this boot, after checking it is image `tag`."""
     staged = status_of(report, "status-staged")["staged"]
     assert staged is not None, report.values["status-staged"]
+    assert staged["version"] == images.versions[tag].os_release.version_id, staged
+    assert staged["image"] is not None, staged
+    assert_image(staged["image"], images, tag)
     return str(staged["path"])
 
 
@@ -193,7 +197,7 @@ def test_the_image_is_staged_from_the_archive(scenario: Scenario) -> None:
     assert report.values["image-marker"] == ""
     assert report.values.get("step") == "oci-switch"
     assert_step_left_boot_read_only(report)
-    scenario.paths["1"] = staged_path(report)
+    scenario.paths["1"] = staged_image(report, scenario.setup.images, "1")
     assert_status(deployments(report, "status-after"), [a], default=a, booted=a)
     scenario.done.add("oci-switch")
 
@@ -214,7 +218,7 @@ def test_the_image_deployment_keeps_the_data_and_finds_the_next_version(
     # The step: the archive on the disk is version 2 now.
     assert report.values["upgrade-check"].split()[0] == "0", report.values["upgrade-check"]
     assert_step_left_boot_read_only(report)
-    scenario.paths["2"] = staged_path(report)
+    scenario.paths["2"] = staged_image(report, images, "2")
     assert scenario.paths["2"] not in (a, v1)
     scenario.done.add("oci-upgrade")
 
