@@ -40,7 +40,7 @@ def publish(tmp_path: Path, layout: Path, tag: str, version: str, **files: bytes
     tree = make_tree(tmp_path / f"tree-{version}-{len(list(tmp_path.iterdir()))}",
                      version=version, files={k.replace("__", "/"): v for k, v in files.items()})
     return image_from_tree(tree, layout, tag, 3,
-                           labels={"containers.bootc": "1", VERSION_LABEL: version})
+                           labels={"containers.bootc": "1", VERSION_LABEL: version}).manifest
 
 
 def status(sysroot: Path) -> list[dict[str, object]]:
