@@ -2,10 +2,11 @@
 written here, so a layer may hold what no unprivileged tool could archive (device
 nodes, files of other owners) and what no honest one would (hostile members).
 
-    write_image(layout, "v1", [[Member("usr/bin/x", data=b"...")], [...]])
+    built = write_image(layout, "v1", [[Member("usr/bin/x", data=b"...")], {"etc/y": b"..."}])
 
 writes blobs/sha256/*, index.json (the tag as `org.opencontainers.image.ref.name`)
-and oci-layout, as `skopeo copy ... oci:LAYOUT:TAG` leaves them.
+and oci-layout, as `skopeo copy ... oci:LAYOUT:TAG` leaves them, and says what it
+wrote (`Built`); `write_index` names a multi-architecture index of such images.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from bootkit.base.xattrs import read_xattrs
-from bootkit.oci.manifest import Descriptor, ImageConfig, Manifest
+from bootkit.oci.manifest import Descriptor, ImageConfig, Manifest, host_architecture
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPES = {
     "none": "application/vnd.oci.image.layer.v1.tar",
@@ -111,6 +113,11 @@ def _sha256(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
+def canonical(doc: Any) -> bytes:
+    """`doc` as JSON with sorted keys and no spaces: the encoding of every document here."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
 def write_blob(layout: Path, data: bytes) -> str:
     digest = _sha256(data)
     path = layout / "blobs" / "sha256" / digest.partition(":")[2]
@@ -119,40 +126,83 @@ def write_blob(layout: Path, data: bytes) -> str:
     return digest
 
 
-def write_image(
-    layout: Path, tag: str, layers: Sequence[Sequence[Member] | bytes], *,
-    labels: Mapping[str, str] | None = None, architecture: str = "amd64",
-    compression: str = "gzip",
-) -> str:
-    """Write an image of `layers` (member lists, or tar streams) into the layout at
-    `layout` under `tag`; its manifest digest."""
-    layout.mkdir(parents=True, exist_ok=True)
-    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    descriptors, diff_ids = [], []
-    for layer in layers:
-        tar = layer if isinstance(layer, bytes) else write_layer(layer)
-        diff_ids.append(_sha256(tar))
-        blob = compress(tar, compression)
-        descriptors.append({"mediaType": LAYER_TYPES[compression],
-                            "digest": write_blob(layout, blob), "size": len(blob)})
-    config = json.dumps({
-        "architecture": architecture, "os": "linux",
-        "config": {"Labels": dict({"containers.bootc": "1"} if labels is None else labels)},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+Layer = Sequence[Member] | Mapping[str, bytes] | bytes
+"""A layer to write: its members, files by name and content, or a whole tar stream."""
+
+
+@dataclass(frozen=True)
+class Built:
+    """What `write_image` wrote: the digests of the manifest, config and layer blobs,
+    the layers' diff_ids, and every blob's size by digest."""
+
+    manifest: str
+    config: str
+    layers: list[str]
+    diff_ids: list[str]
+    sizes: dict[str, int]
+
+
+def config_doc(diff_ids: Sequence[str], labels: Mapping[str, str],
+               architecture: str) -> dict[str, Any]:
+    """The image configuration `write_image` writes."""
+    return {
+        "architecture": architecture, "os": "linux", "config": {"Labels": dict(labels)},
+        "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
         "history": [{"created_by": "bootkit_testing.oci"} for _ in diff_ids],
-    }).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
-        "config": {"mediaType": CONFIG_TYPE, "digest": write_blob(layout, config),
-                   "size": len(config)},
-        "layers": descriptors,
-    }).encode()
-    digest = write_blob(layout, manifest)
-    _tag(layout, tag, {"mediaType": MANIFEST_TYPE, "digest": digest, "size": len(manifest)})
+    }
+
+
+def _layer_tar(layer: Layer) -> bytes:
+    if isinstance(layer, bytes):
+        return layer
+    if isinstance(layer, Mapping):
+        return write_layer([Member(path, data=data) for path, data in layer.items()])
+    return write_layer(layer)
+
+
+def write_image(
+    layout: Path, tag: str, layers: Sequence[Layer], *,
+    labels: Mapping[str, str] | None = None, architecture: str | None = None,
+    compression: str = "gzip",
+) -> Built:
+    """Write an image of `layers` into the layout at `layout` (made if new) under `tag`,
+    labelled bootable unless `labels` say otherwise, for this machine's architecture
+    unless `architecture` names another."""
+    sizes: dict[str, int] = {}
+
+    def blob(data: bytes, media_type: str) -> dict[str, object]:
+        digest = write_blob(layout, data)
+        sizes[digest] = len(data)
+        return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+    tars = [_layer_tar(layer) for layer in layers]
+    descriptors = [blob(compress(tar, compression), LAYER_TYPES[compression]) for tar in tars]
+    diff_ids = [_sha256(tar) for tar in tars]
+    config = blob(canonical(config_doc(
+        diff_ids, {"containers.bootc": "1"} if labels is None else labels,
+        architecture or host_architecture())), CONFIG_TYPE)
+    manifest = blob(canonical({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+                               "config": config, "layers": descriptors}), MANIFEST_TYPE)
+    _tag(layout, tag, manifest)
+    return Built(str(manifest["digest"]), str(config["digest"]),
+                 [str(d["digest"]) for d in descriptors], diff_ids, sizes)
+
+
+def write_index(layout: Path, tag: str, images: Mapping[str, Built]) -> str:
+    """Name `tag` in `layout` an OCI index of the images there, each for the
+    architecture it is listed under; the index's digest."""
+    index = canonical({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [
+        {"mediaType": MANIFEST_TYPE, "digest": built.manifest,
+         "size": built.sizes[built.manifest], "platform": {"architecture": arch, "os": "linux"}}
+        for arch, built in images.items()]})
+    digest = write_blob(layout, index)
+    _tag(layout, tag, {"mediaType": INDEX_TYPE, "digest": digest, "size": len(index)})
     return digest
 
 
-def _tag(layout: Path, tag: str, descriptor: dict[str, object]) -> None:
+def _tag(layout: Path, tag: str, descriptor: Mapping[str, object]) -> None:
+    """List `descriptor` in the layout's index.json as `tag`, in place of what was."""
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     index_path = layout / "index.json"
     index: dict[str, Any] = (json.loads(index_path.read_text()) if index_path.exists()
                              else {"schemaVersion": 2, "manifests": []})
@@ -222,7 +272,7 @@ def tree_members(tree: Path) -> list[Member]:
 
 def image_from_tree(
     tree: Path, layout: Path, tag: str, split: Callable[[Member], int] | int, **kw: object
-) -> str:
+) -> Built:
     """An image of `tree` whose members are spread over layers: `split` layers of about
     equal count in walk order, or the layer `split(member)` says (a hardlink must not
     come in a lower layer than its file). Options go to `write_image`."""

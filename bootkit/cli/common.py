@@ -45,12 +45,15 @@ def warn(message: str) -> None:
 
 
 @contextmanager
-def byte_progress(label: str, total: Callable[[], int]) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr when it is a terminal; silent otherwise.
+def byte_progress(
+    label: str, total: Callable[[], int], shown: bool = True
+) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr when it is a terminal and `shown` (not for --json, whose
+    readers want results only); silent otherwise.
 
     `total` is called only for a bar: sizing a source tree walks all of it.
     """
-    if not sys.stderr.isatty() or os.environ.get("BOOTKIT_NO_PROGRESS"):
+    if not shown or not sys.stderr.isatty() or os.environ.get("BOOTKIT_NO_PROGRESS"):
         yield lambda n: None
         return
     with click.progressbar(length=max(total(), 1), label=label, file=sys.stderr,

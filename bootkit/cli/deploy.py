@@ -111,7 +111,7 @@ def deploy(
         kargs=requested_kargs(kargs, karg_none), make_default=not no_default,
         initramfs=InitramfsMode(initramfs), tries=tries, stage=stage, lock=lock,
     )
-    dep = run_deploy(sr, request)
+    dep = run_deploy(sr, request, as_json)
     say_deployed(sr, dep, as_json, "default" if not no_default else "not default")
 
 
@@ -124,7 +124,7 @@ def _source(text: str, options: ImageOptions) -> Path | ResolvedImage:
     return Path(text)
 
 
-def run_deploy(sr: Sysroot, request: DeployRequest) -> Deployment:
+def run_deploy(sr: Sysroot, request: DeployRequest, as_json: bool) -> Deployment:
     """Deploy with a progress bar: bytes read of a tree, or fetched and imported of an image."""
     source = request.source
     if isinstance(source, ResolvedImage):
@@ -132,7 +132,7 @@ def run_deploy(sr: Sysroot, request: DeployRequest) -> Deployment:
     else:
         tree = source
         label, total = f"Importing {tree.name}", lambda: open_source(tree).size()
-    with byte_progress(label, total) as bar:
+    with byte_progress(label, total, shown=not as_json) as bar:
         return deploy_request(sr, request, bar)
 
 

@@ -58,13 +58,14 @@ def upgrade(sysroot: Path | None, check: bool, download_only: bool, stage: bool 
                        "manifest_digest": found.origin.manifest_digest},
              f"No update: {reference} is still {found.origin.manifest_digest}")
     elif download_only:
-        with byte_progress(image_label(sr, image), image_source(sr.images, image).size) as bar:
+        with byte_progress(image_label(sr, image), image_source(sr.images, image).size,
+                           shown=not as_json) as bar:
             upgrading.download(sr, image, bar)
         _say(as_json, {"updated": False, "downloaded": True, "reference": reference,
                        "manifest_digest": image.digest},
              f"Downloaded {reference} ({image.digest}); 'bootkit upgrade' deploys it")
     else:
-        dep = run_deploy(sr, upgrading.request_for(sr, image, stage))
+        dep = run_deploy(sr, upgrading.request_for(sr, image, stage), as_json)
         upgrading.forget_downloaded(sr)
         say_deployed(sr, dep, as_json, "default")
 
@@ -117,7 +118,7 @@ def switch(sysroot: Path | None, image: str, policy: Path | None, registries_d: 
     """
     sr = open_sysroot(sysroot)
     resolved = resolve(ImageRef.parse(image), ImageOptions(policy, registries_d, unverified))
-    dep = run_deploy(sr, upgrading.request_for(sr, resolved, stage))
+    dep = run_deploy(sr, upgrading.request_for(sr, resolved, stage), as_json)
     say_deployed(sr, dep, as_json, "default")
 
 

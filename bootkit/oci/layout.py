@@ -9,6 +9,7 @@ been imported is replaced by an empty file of the same name (see empty_blob).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -41,8 +42,13 @@ class ImageLayout:
         self.index_path = root / "index.json"
 
     def prepare(self) -> None:
-        """Make the layout's files and directories that are missing."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Make the layout's files and directories that are missing.
+
+        The layout is root's alone, like the content store: an image's blobs hold its
+        /etc, whose files may be readable only by their owners once deployed."""
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            self.root.mkdir(mode=0o700)
         for directory in (self.root, self.root / "blobs", self.blobs, self.layers_dir):
             _make_dir(directory)
         if not os.path.lexists(self.root / "oci-layout"):

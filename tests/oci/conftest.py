@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ocilayouts import Built, write_image
 
 from bootkit_testing.imagetrust import ImageTrust
+from bootkit_testing.oci import Built, write_image
 from bootkit_testing.registry import Registry, registry_program
 
 

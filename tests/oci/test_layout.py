@@ -7,11 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-from ocilayouts import Built, add_blob, write_image
 
 from bootkit.errors import BootkitError
 from bootkit.oci.layout import ImageLayout
 from bootkit.oci.manifest import digest_of
+
+from bootkit_testing.oci import Built, write_blob, write_image
 
 MISSING = "sha256:" + "0" * 64
 
@@ -210,7 +211,7 @@ def test_remove_unused_drops_everything_that_is_no_blob(tmp_path: Path) -> None:
 
 def test_remove_unused_drops_unnamed_entries(tmp_path: Path) -> None:
     layout, built = image(tmp_path)
-    other = add_blob(layout.root, b"{}")
+    other = write_blob(layout.root, b"{}")
     doc = json.loads(layout.index_path.read_text())
     doc["manifests"].append(entry(other, None))
     write_index(layout, doc)

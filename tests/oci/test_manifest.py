@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ocilayouts import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, canonical, config_doc
 
 from bootkit.errors import BootkitError
 from bootkit.oci import manifest as m
@@ -26,14 +25,17 @@ from bootkit.oci.manifest import (
     parse_manifest_or_index,
 )
 
+from bootkit_testing.oci import CONFIG_TYPE, LAYER_TYPES, MANIFEST_TYPE, canonical, config_doc
+
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
+GZIP_LAYER = LAYER_TYPES["gzip"]
 
 
 def manifest_doc(**changes: Any) -> dict[str, Any]:
     doc = {
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": D1, "size": 100},
-        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": D2, "size": 2000},
+        "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "config": {"mediaType": CONFIG_TYPE, "digest": D1, "size": 100},
+        "layers": [{"mediaType": GZIP_LAYER, "digest": D2, "size": 2000},
                    {"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "digest": D3,
                     "size": 0}],
     }
@@ -46,7 +48,7 @@ def parse(doc: Any) -> Manifest | Index:
     return parse_manifest_or_index(raw, digest_of(raw))
 
 
-def entry(arch: str, os: str = "linux", media_type: str = OCI_MANIFEST,
+def entry(arch: str, os: str = "linux", media_type: str = MANIFEST_TYPE,
           digest: str = D1) -> dict[str, Any]:
     return {"mediaType": media_type, "digest": digest, "size": 5,
             "platform": {"architecture": arch, "os": os}}
@@ -55,7 +57,7 @@ def entry(arch: str, os: str = "linux", media_type: str = OCI_MANIFEST,
 def test_oci_manifest() -> None:
     result = parse(manifest_doc())
     assert isinstance(result, Manifest)
-    assert result.config == m.Descriptor(OCI_CONFIG, D1, 100)
+    assert result.config == m.Descriptor(CONFIG_TYPE, D1, 100)
     assert [layer.digest for layer in result.layers] == [D2, D3]
     assert result.raw == canonical(manifest_doc())
 
@@ -80,7 +82,7 @@ def test_index_chooses_linux_on_the_architecture() -> None:
     index = parse({"schemaVersion": 2, "manifests": [
         entry("amd64", os="windows", digest=D1),
         entry("unknown", os="unknown", digest=D2),
-        entry("amd64", media_type=OCI_CONFIG, digest=D2),  # not an image manifest
+        entry("amd64", media_type=CONFIG_TYPE, digest=D2),  # not an image manifest
         entry("amd64", digest=D3),
         entry("arm64", digest=D2),
     ]})
@@ -104,19 +106,19 @@ def test_index_chooses_linux_on_the_architecture() -> None:
                           "digest": D1, "size": 1}), "not a container image"),
     (manifest_doc(config=None), "config is not an object"),
     (manifest_doc(layers={}), "layers is not a list"),
-    (manifest_doc(layers=[{"mediaType": OCI_LAYER_GZIP, "digest": D2, "size": 1}] * 501),
+    (manifest_doc(layers=[{"mediaType": GZIP_LAYER, "digest": D2, "size": 1}] * 501),
      "more than 500"),
-    (manifest_doc(layers=[{"mediaType": OCI_LAYER_GZIP, "digest": D2, "size": -1}]),
+    (manifest_doc(layers=[{"mediaType": GZIP_LAYER, "digest": D2, "size": -1}]),
      "layers[0].size is not a non-negative integer"),
-    (manifest_doc(layers=[{"mediaType": OCI_LAYER_GZIP, "digest": D2, "size": 1.5}]),
+    (manifest_doc(layers=[{"mediaType": GZIP_LAYER, "digest": D2, "size": 1.5}]),
      "size is not"),
-    (manifest_doc(layers=[{"mediaType": OCI_LAYER_GZIP, "digest": D2, "size": True}]),
+    (manifest_doc(layers=[{"mediaType": GZIP_LAYER, "digest": D2, "size": True}]),
      "size is not"),
-    (manifest_doc(layers=[{"mediaType": OCI_LAYER_GZIP, "digest": D2, "size": 1 << 60}]),
+    (manifest_doc(layers=[{"mediaType": GZIP_LAYER, "digest": D2, "size": 1 << 60}]),
      "size is not"),
-    (manifest_doc(layers=[{"mediaType": OCI_LAYER_GZIP, "digest": "sha256:" + "A" * 64,
+    (manifest_doc(layers=[{"mediaType": GZIP_LAYER, "digest": "sha256:" + "A" * 64,
                            "size": 1}]), "layers[0].digest"),
-    (manifest_doc(layers=[{"mediaType": OCI_LAYER_GZIP, "digest": "sha512:" + "a" * 128,
+    (manifest_doc(layers=[{"mediaType": GZIP_LAYER, "digest": "sha512:" + "a" * 128,
                            "size": 1}]), "not a sha256 digest"),
     (manifest_doc(layers=[{"mediaType": 5, "digest": D2, "size": 1}]), "mediaType is not a string"),
     ({"schemaVersion": 2, "manifests": [entry("amd64")] * 1001}, "more than 1000"),
@@ -238,7 +240,7 @@ def test_check_layers() -> None:
     with pytest.raises(BootkitError, match="lists 2 layers, its config 1"):
         check_layers(parsed_manifest(), image_config({}, diff_ids=(D2,)))
     with pytest.raises(BootkitError, match="names config"):
-        check_layers(parsed_manifest(config={"mediaType": OCI_CONFIG, "digest": D2, "size": 1}),
+        check_layers(parsed_manifest(config={"mediaType": CONFIG_TYPE, "digest": D2, "size": 1}),
                      image_config({}))
     with pytest.raises(BootkitError, match="no layers"):
         check_layers(parsed_manifest(layers=[]), image_config({}, diff_ids=()))
@@ -260,7 +262,7 @@ def test_docker_manifests_parse_with_their_own_json_layout() -> None:
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-2, 1 << 54) | st.sampled_from(
-        [D1, OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP, m.DOCKER_LIST, "linux", "amd64", "layers"]),
+        [D1, MANIFEST_TYPE, CONFIG_TYPE, GZIP_LAYER, m.DOCKER_LIST, "linux", "amd64", "layers"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
         ["schemaVersion", "mediaType", "config", "layers", "manifests", "digest", "size",
          "platform", "os", "architecture", "rootfs", "type", "diff_ids", "Labels"]), inner,

@@ -7,69 +7,21 @@ that the byte count sees every transfer.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import os
 import socket
 import subprocess
-import tarfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bootkit.base import process
 
 from bootkit_testing.imagetrust import ImageTrust
+from bootkit_testing.oci import write_image
 from bootkit_testing.registry import Registry
-
-_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def _blob(layout: Path, data: bytes) -> dict[str, object]:
-    digest = hashlib.sha256(data).hexdigest()
-    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-    (layout / "blobs" / "sha256" / digest).write_bytes(data)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
-
-
-def write_image(layout: Path, tag: str, layers: list[Mapping[str, bytes]]) -> str:
-    """Add `tag` to the OCI layout `layout`: one gzip layer per mapping of file names
-    to contents. Returns the manifest digest."""
-    descriptors, diff_ids = [], []
-    for files in layers:
-        tar = io.BytesIO()
-        with tarfile.open(fileobj=tar, mode="w") as archive:
-            for name, data in sorted(files.items()):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
-        diff_ids.append(f"sha256:{hashlib.sha256(tar.getvalue()).hexdigest()}")
-        compressed = gzip.compress(tar.getvalue(), mtime=0)
-        descriptors.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                            **_blob(layout, compressed)})
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux", "config": {"Labels": {"containers.bootc": "1"}},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": _MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   **_blob(layout, config)},
-        "layers": descriptors,
-    }).encode()
-    entry = {"mediaType": _MANIFEST, **_blob(layout, manifest),
-             "annotations": {"org.opencontainers.image.ref.name": tag}}
-    index_path = layout / "index.json"
-    index: dict[str, Any] = (json.loads(index_path.read_text()) if index_path.exists()
-                             else {"schemaVersion": 2, "manifests": []})
-    index["manifests"].append(entry)
-    index_path.write_text(json.dumps(index))
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    return str(entry["digest"])
 
 
 def skopeo(*args: str | os.PathLike[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
@@ -90,7 +42,7 @@ def pull(registry: Registry, trust: ImageTrust, name: str, tag: str, dest: Path,
 @pytest.fixture
 def image(tmp_path: Path) -> tuple[Path, str]:
     layout = tmp_path / "image"
-    return layout, write_image(layout, "v1", [{"etc/os-release": b"ID=test\n"}])
+    return layout, write_image(layout, "v1", [{"etc/os-release": b"ID=test\n"}]).manifest
 
 
 def test_pushed_manifest_is_served_unchanged(registry: Registry, image: tuple[Path, str]) -> None:

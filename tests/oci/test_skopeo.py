@@ -10,7 +10,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from ocilayouts import Built, write_image, write_index
 
 from bootkit.base import process
 from bootkit.errors import BootkitError
@@ -19,6 +18,8 @@ from bootkit.oci.layout import ImageLayout
 from bootkit.oci.manifest import Index, digest_of, host_architecture, parse_manifest_or_index
 from bootkit.oci.reference import ImageRef
 from bootkit.oci.skopeo import Trust, copy, inspect_raw
+
+from bootkit_testing.oci import Built, write_image, write_index
 
 pytestmark = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed")
 

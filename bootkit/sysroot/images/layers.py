@@ -143,6 +143,33 @@ class _Hashed:
         return f"sha256:{self.hash.hexdigest()}"
 
 
+class _Unpadded:
+    """A layer's tar stream that may stop right after its last file's data.
+
+    umoci 0.4.7 (Debian 12's) writes layers so: without the padding to a full block
+    after the last file, and without the zero blocks that end an archive; container
+    engines read them, and their diff_id is of exactly those bytes. The missing
+    padding is supplied only there, when the stream ends where the last member's data
+    ends, so that a file cut short is still refused and never filled up with zeros.
+    """
+
+    def __init__(self, f: _Hashed) -> None:
+        self.f = f
+        self.data_end = 0  # where the data of the last member read ends in the stream
+        self.pad = -1  # zeros still to supply at the end; -1 until the end is reached
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        if data or self.pad == 0:
+            return data
+        if self.pad < 0:
+            end = self.f.count
+            self.pad = -end % tarfile.BLOCKSIZE if end == self.data_end else 0
+        n = self.pad if size < 0 else min(size, self.pad)
+        self.pad -= n
+        return b"\0" * n
+
+
 class _TooLong(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
@@ -165,10 +192,12 @@ def _read_blob(
             with _tar_stream(compressed, what) as stream:
                 # No limit on the stream itself: what it makes is claimed as it is written.
                 tar = _Hashed(stream, 1 << 62, lambda n: None)
-                with tarfile.open(fileobj=tar, mode="r|",  # type: ignore[call-overload]
+                unpadded = _Unpadded(tar)
+                with tarfile.open(fileobj=unpadded, mode="r|",  # type: ignore[call-overload]
                                   tarinfo=BoundedTarInfo) as tf:
                     for member in tf:
                         scan.add_checked(member, tf)
+                        unpadded.data_end = member.offset_data + member.size
                 tar.limit = tar.count + _TRAILER_LIMIT
                 tar.drain()
             compressed.drain()

@@ -62,7 +62,7 @@ class LayerScan:
                                hint=_HOSTILE)
 
     def add(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
-        rel = member_path(m.name)
+        rel = member_path(m.name, rooted=True)
         if rel.name.startswith(WHITEOUT):
             self.check_parents(rel, m)
             self.add_marker(rel, m)
@@ -143,7 +143,7 @@ class LayerScan:
     def add_hardlink(self, path: str, m: tarfile.TarInfo) -> None:
         """A hardlink to an earlier file of this layer, or else to a file of the layers
         below, which only the merge knows (see `merge`)."""
-        target = str(member_path(m.linkname))
+        target = str(member_path(m.linkname, rooted=True))
         known = self.index.get(target)
         if (known is not None and self.entries[known].kind not in "fh") or (
             known is None and target in self.implied

@@ -21,7 +21,15 @@ from bootkit.sysroot.store import FileMeta, apply_meta, create_file
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-def member_path(name: str) -> PurePosixPath:
+def member_path(name: str, *, rooted: bool = False) -> PurePosixPath:
+    """A member's name as a path relative to the tree's root; '..' is refused anywhere.
+
+    With `rooted`, a name that starts with '/' is taken relative to the root, as
+    container engines read image layers (umoci writes the root itself as "/");
+    else it is refused, as an archive of a tree has no business with absolute names.
+    """
+    if rooted:
+        name = name.lstrip("/") or "."
     if name.startswith("/"):
         raise BootkitError(
             f"tar member {name!r} has an absolute path",

@@ -40,7 +40,7 @@ def publish(tmp_path: Path, layout: Path, tag: str, version: str, **files: bytes
     tree = make_tree(tmp_path / f"tree-{version}-{len(list(tmp_path.iterdir()))}",
                      version=version, files={k.replace("__", "/"): v for k, v in files.items()})
     return image_from_tree(tree, layout, tag, 3,
-                           labels={"containers.bootc": "1", VERSION_LABEL: version})
+                           labels={"containers.bootc": "1", VERSION_LABEL: version}).manifest
 
 
 def status(sysroot: Path) -> list[dict[str, object]]:
@@ -284,3 +284,10 @@ def test_a_staged_image_shows_where_it_came_from_and_upgrade_follows_it(
     assert f"image: oci:{testing}:os" in ok("status", "--sysroot", sysroot).stdout
     # An upgrade now follows the staged image, which is still what its tag names.
     assert ok("upgrade", "--sysroot", sysroot).stdout.startswith("No update")
+
+
+def test_the_image_layout_is_root_s_alone(tmp_path: Path, sysroot: Path, policy: Path) -> None:
+    layout = tmp_path / "layout"
+    publish(tmp_path, layout, "stable", "1")
+    deploy_image(sysroot, f"oci:{layout}:stable", policy)
+    assert (sysroot / "bootkit/oci").stat().st_mode & 0o777 == 0o700

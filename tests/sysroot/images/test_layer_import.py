@@ -16,7 +16,7 @@ from bootkit.sysroot.images.layerrecord import LayerEntry, LayerRecord
 from bootkit.sysroot.images.layers import import_layer, layer_dir
 from bootkit.sysroot.store import ObjectStore
 
-from bootkit_testing.oci import Member, read_image, write_image
+from bootkit_testing.oci import Member, read_image, write_image, write_layer
 
 MEMBERS = [
     Member("usr", "d"),
@@ -149,3 +149,39 @@ def test_an_empty_layer_is_an_empty_record(layout: ImageLayout, store: ObjectSto
     blob, diff_id = one_layer(layout, [])
     assert import_layer(layout, store, blob, diff_id, lambda n: None) == LayerRecord(
         diff_id, (), (), ())
+
+
+def test_names_from_the_root_are_read_as_umoci_writes_them(
+    layout: ImageLayout, store: ObjectStore
+) -> None:
+    """umoci names the root "/" and its members "/usr/...": relative to the image's root."""
+    blob, diff_id = one_layer(layout, [
+        Member("/", "d", mode=0o755), Member("/usr", "d"), Member("/usr/x", data=b"x"),
+        Member("/usr/y", "h", target="/usr/x"),
+    ])
+    record = import_layer(layout, store, blob, diff_id, lambda n: None)
+    assert [(e.path, e.kind, e.target) for e in record.entries] == [
+        (".", "d", ""), ("usr", "d", ""), ("usr/x", "f", ""), ("usr/y", "h", "usr/x")]
+
+
+def test_a_layer_that_stops_after_its_last_file_data_is_read_as_umoci_writes_it(
+    layout: ImageLayout, store: ObjectStore
+) -> None:
+    """No padding after the last file and no end-of-archive blocks (umoci 0.4.7)."""
+    whole = write_layer([Member("usr", "d"), Member("usr/a", data=b"abc")])
+    cut = whole[: 512 * 2 + 3]  # the two headers, then the file's three bytes
+    write_image(layout.root, "t", [cut])
+    manifest, config = read_image(layout.root, "t")
+    record = import_layer(layout, store, manifest.layers[0], config.diff_ids[0], lambda n: None)
+    assert [(e.path, e.size) for e in record.entries] == [("usr", 0), ("usr/a", 3)]
+
+
+def test_a_layer_cut_short_inside_a_file_is_refused(
+    layout: ImageLayout, store: ObjectStore
+) -> None:
+    whole = write_layer([Member("usr", "d"), Member("usr/a", data=b"x" * 1000)])
+    write_image(layout.root, "t", [whole[: 512 * 2 + 500]])
+    manifest, config = read_image(layout.root, "t")
+    with pytest.raises(BootkitError, match="not a readable tar archive"):
+        import_layer(layout, store, manifest.layers[0], config.diff_ids[0], lambda n: None)
+    assert left_in(layout) == []
