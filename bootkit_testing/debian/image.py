@@ -316,7 +316,7 @@ class DebianImages:
 def image_of_tree(tree: Path, plan: LayerPlan, layout: Path, tag: str, variant: Variant) -> str:
     labels = {LABEL_BOOTABLE: "1", LABEL_VERSION: variant.os_release.version_id}
     layers = [layer_members(tree, entries) for entries in plan.split(tree)]
-    return write_image(layout, tag, layers, labels=labels)
+    return write_image(layout, tag, layers, labels=labels, architecture="amd64").manifest
 
 
 def make_images(work: Path, tree: Path) -> DebianImages:
