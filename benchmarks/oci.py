@@ -267,8 +267,10 @@ def fmt_s(x: float) -> str:
 
 
 def fmt_b(x: int) -> str:
-    if x >= 1e6:
+    if x >= 10e6:
         return f"{x / 1e6:.1f} MB"
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} MB"
     return f"{x / 1e3:.1f} KB"
 
 
