@@ -28,6 +28,7 @@ from bootkit.errors import BootkitError
 PACKAGES: Mapping[str, str] = {
     "cp": "coreutils",
     "debugfs": "e2fsprogs",
+    "gzip": "gzip",
     "dumpe2fs": "e2fsprogs",
     "e2fsck": "e2fsprogs",
     "grub-mkimage": "grub-efi-amd64-bin (and grub-common)",

@@ -50,6 +50,7 @@ from bootkit.sysroot.importers import ImportReport, Source, check_outside, open_
 from bootkit.sysroot.kernel import TreeKernel, find_kernel, read_os_release
 from bootkit.sysroot.layout import Sysroot
 from bootkit.sysroot.releasenames import release_names
+from bootkit.sysroot.store import share_tree
 
 log = logging.getLogger("bootkit")
 
@@ -224,8 +225,10 @@ def _import(job: Job, progress: Progress) -> None:
 
 
 def _lay_out_etc(job: Job) -> None:
-    """usr/etc holds the OS's /etc defaults; the live etc is made by the merge."""
+    """usr/etc holds the OS's /etc defaults, stored once like the rest of usr/ (read-only
+    at run time); the live etc is made by the merge, as copies."""
     etcmerge.etc_from_tree(job.staging)
+    share_tree(job.sysroot.objects, job.staging / "usr" / "etc")
 
 
 def _merge_etc(job: Job) -> None:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootkit.base.files import fsync_dir, remove_tree
-from bootkit.base.seen import CREATE_FLAGS
-from bootkit.base.xattrs import Xattrs, write_xattrs
+from bootkit.base.seen import CREATE_FLAGS, READ_FLAGS, sha256_of
+from bootkit.base.xattrs import Xattrs, read_xattrs, write_xattrs
 
 IS_ROOT = os.geteuid() == 0
 # The largest user or group id; (uid_t)-1 means "no change" to chown.
@@ -122,6 +122,29 @@ def create_file(dest: str, meta: FileMeta, write: Callable[[int], object]) -> No
         os.close(fd)
 
 
+def share_tree(store: ObjectStore, top: Path) -> int:
+    """Store each regular file below `top` once, as `link_into` stores a tree's files under
+    usr/: for the /etc defaults of a tree that shipped them in /etc (now usr/etc), which
+    the importer copied because they were outside usr/ then. Symlinks are not followed.
+    Returns how many files became links to objects stored before."""
+    store.prepare()
+    reused = 0
+    for parent, _dirs, files in os.walk(top):
+        for name in files:
+            path = os.path.join(parent, name)
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                continue
+            fd = os.open(path, READ_FLAGS)
+            try:
+                digest = sha256_of(fd)
+            finally:
+                os.close(fd)
+            meta = FileMeta(st.st_mode, st.st_uid, st.st_gid, read_xattrs(path), st.st_mtime)
+            reused += store.share(path, object_key(digest, meta))
+    return reused
+
+
 def dedup_eligible(rel: str) -> bool:
     """Whether the file at `rel` in a tree is stored once, not copied (see above)."""
     return rel.startswith("usr/")
@@ -182,6 +205,28 @@ class ObjectStore:
             os.rename(tmp, dest)
             return True
         return False
+
+    def share(self, path: str, key: str) -> bool:
+        """Make `path`, a file of a tree being built that only it links to, an object
+        under `key` (which its content and metadata must give): replaced by a link to
+        the stored object if there is one, else stored itself. True if reused."""
+        obj = f"{self.root}/{key[:2]}/{key[2:]}"
+        tmp = f"{self.tmp}/share.{secrets.token_hex(16)}"
+        try:
+            os.link(obj, tmp)
+        except FileNotFoundError:
+            os.makedirs(obj[: obj.rindex("/")], exist_ok=True)
+            try:
+                os.link(path, obj)
+                return False
+            except FileExistsError:
+                os.link(obj, tmp)  # stored meanwhile: share it after all
+        except OSError as err:
+            if err.errno != errno.EMLINK:
+                raise
+            return False  # too many links to that object: keep the copy
+        os.rename(tmp, path)
+        return True
 
     @property
     def _prune_marker(self) -> Path:

@@ -95,3 +95,20 @@ def test_a_file_is_never_created_through_what_is_in_its_place(tmp_path: Path) ->
     with pytest.raises(FileExistsError):
         create_file(str(tmp_path / "link"), _meta(), lambda fd: os.write(fd, b"x"))
     assert (tmp_path / "target").read_bytes() == b"keep\n"
+
+
+def test_etc_defaults_shipped_in_etc_are_stored_once_and_the_live_etc_is_a_copy(
+        tmp_path: Path) -> None:
+    sr = init_sysroot(tmp_path / "sysroot")
+    deps = []
+    for n in (1, 2):
+        tree = make_tree(tmp_path / f"tree{n}", version=str(n))
+        os.rename(tree / "usr/etc", tree / "etc")  # shipped the usual way, in /etc
+        deps.append(deploy_tree(sr, tree))
+    first, second = (sr.tree(d) for d in deps)
+    defaults = [(t / "usr/etc/hostname").stat() for t in (first, second)]
+    assert defaults[0].st_ino == defaults[1].st_ino  # one object for both deployments
+    live = [(t / "etc/hostname").stat() for t in (first, second)]
+    assert len({live[0].st_ino, live[1].st_ino, defaults[0].st_ino}) == 3
+    assert live[0].st_nlink == 1 and live[1].st_nlink == 1
+    ok("fsck", "--sysroot", sr.path)

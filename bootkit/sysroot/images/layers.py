@@ -11,7 +11,6 @@ link than the store's, and the caller's prune takes them.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import io
 import os
@@ -19,7 +18,7 @@ import secrets
 import stat
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -38,6 +37,9 @@ from bootkit.sysroot.importers.tree import Progress
 from bootkit.sysroot.store import ObjectStore
 
 _GZIP_MAGIC = b"\x1f\x8b"
+# What the tar reader asks of the stream at a time: a call through the hashing
+# wrappers per 10 KB block (tarfile's default) costs more than the hashing.
+_READ_SIZE = 64 << 10
 # What may follow a layer's end-of-archive marker: tar pads to 10 KiB records, some
 # writers more. A layer with more than this after its end is refused, not read on.
 _TRAILER_LIMIT = 1 << 20
@@ -55,35 +57,68 @@ def layer_dir(layout: ImageLayout, diff_id: str) -> Path:
 def import_layer(
     layout: ImageLayout, store: ObjectStore, blob: Descriptor, diff_id: str, progress: Progress
 ) -> LayerRecord:
-    """The record of the layer `blob`, whose tar stream has `diff_id`: the one kept from
-    an earlier import, else one made now from the blob, which is then emptied."""
-    final = layer_dir(layout, diff_id)
-    record = _kept(layout, blob, diff_id, final)
-    if record is not None:
-        if layout.has_blob(blob.digest):
-            layout.empty_blob(blob.digest)  # downloaded again after the import: not needed
-        return record
+    """The record of the layer `blob`, whose tar stream has `diff_id` (see import_layers)."""
+    return import_layers(layout, store, [(blob, diff_id)], progress)[0]
+
+
+def import_layers(
+    layout: ImageLayout, store: ObjectStore, layers: Sequence[tuple[Descriptor, str]],
+    progress: Progress,
+) -> list[LayerRecord]:
+    """The records of `layers` (blob, diff_id): those kept from earlier imports, else
+    made now from their blobs, which are then emptied.
+
+    New layers are scanned into temp directories first; then one sync makes all their
+    objects durable, and only then does each record take its final name: a record
+    never stands for objects a power cut could lose, and ten new layers cost one
+    flush of the disk, not ten.
+    """
+    records: list[LayerRecord] = []
+    new: dict[str, tuple[Path, Descriptor]] = {}  # diff_id: its temp directory and blob
+    try:
+        for blob, diff_id in layers:
+            record = _kept(layout, blob, diff_id, layer_dir(layout, diff_id))
+            if record is None:
+                record = _scanned(layout, store, blob, diff_id, new, progress)
+            elif layout.has_blob(blob.digest):
+                layout.empty_blob(blob.digest)  # downloaded again after the import: not needed
+            records.append(record)
+        if new:
+            syncfs(layout.layers_dir)
+            for diff_id, (tmp, _) in new.items():
+                os.rename(tmp, layer_dir(layout, diff_id))
+            fsync_dir(layout.layers_dir)
+    except BaseException:
+        for tmp, _ in new.values():
+            with contextlib.suppress(OSError):
+                remove_tree(tmp)
+        raise
+    for _, blob in new.values():
+        layout.empty_blob(blob.digest)
+    return records
+
+
+def _scanned(
+    layout: ImageLayout, store: ObjectStore, blob: Descriptor, diff_id: str,
+    new: dict[str, tuple[Path, Descriptor]], progress: Progress,
+) -> LayerRecord:
+    """The record of a layer not imported before, scanned into a temp directory that
+    `new` then lists; a layer an image holds twice is scanned once."""
+    if diff_id in new:
+        return LayerRecord.load(new[diff_id][0] / RECORD)
     if not layout.has_blob(blob.digest):
         raise BootkitError(f"layer {blob.digest} is neither imported nor downloaded",
                            hint=_PULL_AGAIN)
+    final = layer_dir(layout, diff_id)
     _remove_leftovers(layout.layers_dir, final.name)
     store.prepare()
     tmp = layout.layers_dir / f".{final.name}.{secrets.token_hex(8)}"
     # Only root may reach the objects: a layer's setuid files are kept with their mode.
     os.mkdir(tmp, 0o700)
-    try:
-        os.mkdir(tmp / "objects", 0o700)
-        record = _read_blob(layout.blob_path(blob.digest), blob, diff_id, store, tmp, progress)
-        # The record stands for its objects: they reach the disk before it does.
-        syncfs(tmp)
-        record.save(tmp / RECORD)
-        os.rename(tmp, final)
-        fsync_dir(layout.layers_dir)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            remove_tree(tmp)
-        raise
-    layout.empty_blob(blob.digest)
+    new[diff_id] = (tmp, blob)
+    os.mkdir(tmp / "objects", 0o700)
+    record = _read_blob(layout.blob_path(blob.digest), blob, diff_id, store, tmp, progress)
+    record.save(tmp / RECORD)
     return record
 
 
@@ -182,6 +217,15 @@ def _read_blob(
 ) -> LayerRecord:
     """Scan the layer at `path` into `tmp`; its record, once both digests are checked."""
     scan = LayerScan(diff_id, store, tmp)
+    try:
+        return _scan_blob(scan, path, blob, diff_id, progress)
+    finally:
+        scan.writers.close()  # before anything removes what its threads write to
+
+
+def _scan_blob(
+    scan: LayerScan, path: Path, blob: Descriptor, diff_id: str, progress: Progress
+) -> LayerRecord:
     what = f"layer {blob.digest}"
     with open(os.open(path, READ_FLAGS), "rb") as raw:
         if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
@@ -194,7 +238,7 @@ def _read_blob(
                 tar = _Hashed(stream, 1 << 62, lambda n: None)
                 unpadded = _Unpadded(tar)
                 with tarfile.open(fileobj=unpadded, mode="r|",  # type: ignore[call-overload]
-                                  tarinfo=BoundedTarInfo) as tf:
+                                  tarinfo=BoundedTarInfo, bufsize=_READ_SIZE) as tf:
                     for member in tf:
                         scan.add_checked(member, tf)
                         unpadded.data_end = member.offset_data + member.size
@@ -204,7 +248,7 @@ def _read_blob(
         except _TooLong:
             raise BootkitError(f"{what} is larger than the image's manifest says, or has "
                                "data after its end", hint=_PULL_AGAIN) from None
-        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        except (tarfile.TarError, EOFError, zlib.error) as err:
             raise BootkitError(f"{what} is not a readable tar archive: {err}",
                                hint=_PULL_AGAIN) from None
     if compressed.count != blob.size or compressed.digest() != blob.digest:
@@ -223,13 +267,13 @@ def _tar_stream(compressed: _Hashed, what: str) -> Iterator[_Readable]:
     raw = compressed.f
     assert isinstance(raw, io.BufferedReader)
     magic = raw.peek(4)[:4]
-    if magic.startswith(_GZIP_MAGIC):
-        with gzip.GzipFile(fileobj=compressed, mode="rb") as gz:  # type: ignore[call-overload]
-            yield gz
-    elif magic == ZSTD_MAGIC:
-        # Python cannot read zstd; the zstd program decompresses it on the way.
-        with process.filtered(["zstd", "-dcq"], f"decompressing {what}", compressed,
-                              hint=f"the layer may be corrupt; {_PULL_AGAIN}") as out:
-            yield out
-    else:
+    # Decompressed by a program of its own, on the other core while this one reads the
+    # tar stream (Python cannot read zstd at all); the blob is hashed on its way in.
+    program = ["gzip", "-dc"] if magic.startswith(_GZIP_MAGIC) else (
+        ["zstd", "-dcq"] if magic == ZSTD_MAGIC else None)
+    if program is None:
         yield compressed
+        return
+    with process.filtered(program, f"decompressing {what}", compressed,
+                          hint=f"the layer may be corrupt; {_PULL_AGAIN}") as out:
+        yield out

@@ -3,15 +3,20 @@ files stored as objects of the content store, what it holds noted for its record
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import tarfile
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 from bootkit.base.filetypes import FileType
 from bootkit.errors import BootkitError
 from bootkit.sysroot.images.layerrecord import MAX_ENTRIES, MAX_RECORD, LayerEntry, LayerRecord
 from bootkit.sysroot.importers.tarmembers import (
+    IN_MEMORY,
     MEMBER_TYPES,
     escapes,
     member_content,
@@ -24,6 +29,38 @@ from bootkit.sysroot.store import ObjectStore, object_key
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _HOSTILE = "the image may be malicious; ask its publisher to rebuild it"
+
+
+class Writers:
+    """Stores files on threads of their own while the layer is read on: making a file is
+    mostly waiting for the filesystem, which several threads can do at once. At most
+    `window` files wait, each at most IN_MEMORY bytes."""
+
+    def __init__(self, workers: int = 4, window: int = 64) -> None:
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="bootkit-store")
+        self.window = window
+        self.pending: deque[Future[None]] = deque()
+
+    def submit(self, store: Callable[[], object], what: str) -> None:
+        self.pending.append(self.pool.submit(_named, store, what))
+        while len(self.pending) > self.window:
+            self.pending.popleft().result()
+
+    def finish(self) -> None:
+        """Wait for every file; the first failure is raised."""
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        """Wait for the threads, whatever they did: the caller removes what they wrote to."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _named(store: Callable[[], object], what: str) -> None:
+    try:
+        store()
+    except IMPORT_ERRORS as err:
+        raise import_error(what, err) from None
 
 
 class LayerScan:
@@ -42,9 +79,11 @@ class LayerScan:
         self.whiteouts: dict[str, None] = {}
         self.opaque: dict[str, None] = {}
         self.keys: set[str] = set()  # objects linked into the layer dir
+        self.writers = Writers()
         self.size = 0  # about what the record will take
 
     def record(self) -> LayerRecord:
+        self.writers.finish()
         return LayerRecord(self.diff_id, tuple(self.entries), tuple(self.whiteouts),
                            tuple(self.opaque))
 
@@ -164,7 +203,11 @@ class LayerScan:
         with member_content(f, m.size, meta, self.spool) as (digest, fill):
             key = object_key(digest, meta)
             if key not in self.keys:  # the same file twice in a layer is one object
-                self.store.link_into(key, f"{self.objects}/{key}", fill)
                 self.keys.add(key)
+                store = functools.partial(self.store.link_into, key, f"{self.objects}/{key}", fill)
+                if m.size <= IN_MEMORY:
+                    self.writers.submit(store, f"member {m.name!r} of layer {self.diff_id}")
+                else:
+                    store()  # from the spool, which the next large member reuses
         self.put(LayerEntry(path, "f", entry.mode, entry.uid, entry.gid, entry.mtime,
                             entry.xattrs, digest, m.size))

@@ -13,7 +13,7 @@ from bootkit.errors import BootkitError
 from bootkit.oci.layout import ImageLayout
 from bootkit.oci.manifest import ImageConfig, Manifest
 from bootkit.sysroot.images.layerrecord import LayerRecord
-from bootkit.sysroot.images.layers import import_layer, layer_dir
+from bootkit.sysroot.images.layers import RECORD, import_layers, layer_dir
 from bootkit.sysroot.images.merge import MergedEntry, merge
 from bootkit.sysroot.importers.tree import (
     IMPORT_ERRORS,
@@ -54,7 +54,7 @@ class ImageSource:
         to download, which is counted as it lands and again as it is read."""
         total = 0
         for blob, diff_id in zip(self.manifest.layers, self.config.diff_ids, strict=True):
-            if (layer_dir(self.layout, diff_id) / "record").is_file():
+            if (layer_dir(self.layout, diff_id) / RECORD).is_file():
                 continue
             total += blob.size if self.layout.has_blob(blob.digest) else 2 * blob.size
         return total
@@ -73,10 +73,8 @@ class ImageSource:
         return _Build(dest, store, progress, dirs, self.origin).run(merged, dropped)
 
     def import_layers(self, store: ObjectStore, progress: Progress) -> list[LayerRecord]:
-        return [
-            import_layer(self.layout, store, blob, diff_id, progress)
-            for blob, diff_id in zip(self.manifest.layers, self.config.diff_ids, strict=True)
-        ]
+        layers = list(zip(self.manifest.layers, self.config.diff_ids, strict=True))
+        return import_layers(self.layout, store, layers, progress)
 
     def imported(self) -> None:
         """Nothing to keep: the layers were kept as they were imported."""

@@ -19,7 +19,7 @@ from bootkit.records import downloaded
 from bootkit.records.deployment import Deployment, ImageOrigin
 from bootkit.sysroot import inventory
 from bootkit.sysroot.deploy import DeployRequest
-from bootkit.sysroot.images.layers import import_layer
+from bootkit.sysroot.images.layers import import_layers
 from bootkit.sysroot.images.pull import (
     ImageOptions,
     ResolvedImage,
@@ -109,8 +109,8 @@ def download(sr: Sysroot, image: ResolvedImage, progress: Progress) -> None:
     layout, store = sr.images, sr.objects
     with sr.locked():
         fetch(layout, image, progress)
-        for layer, diff_id in zip(image.manifest.layers, image.config.diff_ids, strict=True):
-            import_layer(layout, store, layer, diff_id, progress)
+        import_layers(layout, store, list(zip(image.manifest.layers, image.config.diff_ids,
+                                              strict=True)), progress)
         downloaded.save(sr.downloaded_path, image.origin())
 
 

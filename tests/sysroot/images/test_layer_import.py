@@ -13,7 +13,7 @@ from bootkit.errors import BootkitError
 from bootkit.oci.layout import ImageLayout
 from bootkit.oci.manifest import Descriptor
 from bootkit.sysroot.images.layerrecord import LayerEntry, LayerRecord
-from bootkit.sysroot.images.layers import import_layer, layer_dir
+from bootkit.sysroot.images.layers import import_layer, import_layers, layer_dir
 from bootkit.sysroot.store import ObjectStore
 
 from bootkit_testing.oci import Member, read_image, write_image, write_layer
@@ -185,3 +185,28 @@ def test_a_layer_cut_short_inside_a_file_is_refused(
     with pytest.raises(BootkitError, match="not a readable tar archive"):
         import_layer(layout, store, manifest.layers[0], config.diff_ids[0], lambda n: None)
     assert left_in(layout) == []
+
+
+def test_new_layers_are_kept_all_or_none(layout: ImageLayout, store: ObjectStore) -> None:
+    """A bad second layer leaves nothing of the first, which was scanned in the same go."""
+    write_image(layout.root, "t", [[Member("usr/a", data=b"a")], [Member("usr/b", data=b"b")]])
+    manifest, config = read_image(layout.root, "t")
+    bad = layout.blob_path(manifest.layers[1].digest)
+    bad.write_bytes(bad.read_bytes()[:-5])
+    with pytest.raises(BootkitError):
+        import_layers(layout, store, list(zip(manifest.layers, config.diff_ids, strict=True)),
+                      lambda n: None)
+    assert left_in(layout) == []
+    assert layout.has_blob(manifest.layers[0].digest)  # not emptied: not imported
+
+
+def test_a_layer_an_image_holds_twice_is_read_once(layout: ImageLayout,
+                                                   store: ObjectStore) -> None:
+    same = [Member("usr/a", data=b"a")]
+    write_image(layout.root, "t", [same, same])
+    manifest, config = read_image(layout.root, "t")
+    counted: list[int] = []
+    first, second = import_layers(layout, store, list(zip(manifest.layers, config.diff_ids,
+                                                          strict=True)), counted.append)
+    assert first == second and sum(counted) == manifest.layers[0].size
+    assert left_in(layout) == [config.diff_ids[0].partition(":")[2]]
