@@ -45,6 +45,7 @@ from bootkit.sysroot import operations
 from bootkit.sysroot.deploy import DeployRequest, deploy
 from bootkit.sysroot.layout import Sysroot
 
+from bootkit_testing.benchtable import Row, print_table
 from bootkit_testing.kernel import KernelUnavailable, ensure_kernel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -325,7 +326,6 @@ def measure_updates(counts: Sequence[int]) -> dict[int, tuple[float, float]]:
     return updates
 
 
-Row = tuple[str, str, str, str]
 
 
 def best(times: Samples, *names: str) -> float:
@@ -372,14 +372,6 @@ def update_rows(updates: dict[int, tuple[float, float]]) -> list[Row]:
     ]
 
 
-def print_table(rows: Sequence[Row], repeat: int) -> None:
-    header = ("", "bootkit", "ostree", "target")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
-    print(f"best of {repeat} runs; load average at the end: {os.getloadavg()[0]:.1f}")
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-ostree", action="store_true", help="Measure bootkit only.")
@@ -395,7 +387,8 @@ def main() -> None:
         warm(tree)
     times, disk = measure_deploys(tree, args.repeat, not args.skip_ostree)
     updates = measure_updates([int(c) for c in args.counts.split(",")])
-    print_table(deploy_rows(times, disk, files, size) + update_rows(updates), args.repeat)
+    print_table(deploy_rows(times, disk, files, size) + update_rows(updates), "ostree",
+                f"best of {args.repeat} runs")
 
 
 if __name__ == "__main__":
