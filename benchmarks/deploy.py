@@ -12,8 +12,12 @@ Prints one table. What it measures:
 (c) `bootkit bootloader update` with 1, 10, 100 and 1000 deployments, made directly
     through the core API with empty trees; only the update is timed.
 
-Targets: (a) no slower than ostree's commit + deploy; (b) < 1 s and < 1 MB; (c) 100
-entries in < 100 ms. The Debian tree is cached under .cache/bench/.
+Targets: (a) no slower than ostree's commit + deploy; (b) < 0.6 s through the CLI,
+interpreter start-up included (< 1 s in-process), and < 1 MB; (c) 100 entries in
+< 100 ms. The Debian tree is cached under .cache/bench/.
+
+The CLI runs from bytecode compiled beforehand, as an installed bootkit does: with
+PYTHONDONTWRITEBYTECODE set, each run would otherwise compile every module again.
 
 The kernel is the test suite's (bootkit_testing.kernel).
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import compileall
 import os
 import random
 import shutil
@@ -175,6 +180,12 @@ def change_one_file(tree: Path) -> None:
 
 
 # --- the contenders ----------------------------------------------------------------------
+
+
+def compile_bytecode() -> None:
+    """Compile bootkit's modules once, so that no CLI run is charged for compiling them."""
+    if not compileall.compile_dir(REPO / "bootkit", quiet=1):
+        raise SystemExit("bench: bootkit's modules do not compile")
 
 
 def bootkit_env() -> dict[str, str]:
@@ -354,9 +365,9 @@ def deploy_rows(times: Samples, disk: dict[str, int], files: int, size: int) -> 
          f"<= ostree: {verdict(first <= o_first)}" if o_first else ""),
         ("(a) disk used by the first deployment", fmt_mb(disk["bootkit first"]),
          ostree_disk["first"], ""),
-        ("(b) second deploy, one file changed: time", fmt_s(second),
+        ("(b) second deploy, one file changed: CLI, start-up included", fmt_s(second),
          ostree_cell("ostree second commit", "ostree second deploy"),
-         f"< 1 s: {verdict(second < 1)}"),
+         f"< 0.6 s: {verdict(second < 0.6)}"),
         ("(b) the same, in-process (no interpreter start)", fmt_s(inproc), "-",
          f"< 1 s: {verdict(inproc < 1)}"),
         ("(b) second deploy: extra disk", fmt_mb(disk["bootkit second"]), ostree_disk["second"],
@@ -382,6 +393,7 @@ def main() -> None:
     args = parser.parse_args()
 
     tree = ensure_tree()
+    compile_bytecode()
     files, size = tree_stats(tree)
     with stage("warming the page cache"):
         warm(tree)

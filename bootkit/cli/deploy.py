@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,15 +16,19 @@ from bootkit.cli.common import (
     sysroot_option,
 )
 from bootkit.cli.options import image_options, kargs_options, requested_kargs, tries_option
-from bootkit.oci.reference import ImageRef, is_image_reference
+from bootkit.oci.reference import is_image_reference
 from bootkit.records.deployment import Deployment
 from bootkit.sysroot.bootfiles import InitramfsMode
 from bootkit.sysroot.deploy import DeployRequest
 from bootkit.sysroot.deploy import deploy as deploy_request
-from bootkit.sysroot.images.pull import ImageOptions, ResolvedImage, image_source, resolve
 from bootkit.sysroot.importers import open_source
 from bootkit.sysroot.layout import Sysroot
 from bootkit.sysroot.status import StagedStatus, status
+
+# The image modules (the OCI records, the layer readers) are loaded only for an image,
+# so that deploying a tree does not pay for them at start-up.
+if TYPE_CHECKING:
+    from bootkit.sysroot.images.pull import ResolvedImage
 
 
 @click.command()
@@ -105,9 +110,8 @@ def deploy(
     shutdown. A new deploy replaces a deployment staged before.
     """
     sr = open_sysroot(sysroot)
-    options = ImageOptions(policy, registries_d, unverified)
     request = DeployRequest(
-        source=_source(source, options), os_name=os_name, version=version,
+        source=_source(source, policy, registries_d, unverified), os_name=os_name, version=version,
         kargs=requested_kargs(kargs, karg_none), make_default=not no_default,
         initramfs=InitramfsMode(initramfs), tries=tries, stage=stage, lock=lock,
     )
@@ -115,11 +119,16 @@ def deploy(
     say_deployed(sr, dep, as_json, "default" if not no_default else "not default")
 
 
-def _source(text: str, options: ImageOptions) -> Path | ResolvedImage:
+def _source(
+    text: str, policy: Path | None, registries_d: Path | None, unverified: bool
+) -> Path | ResolvedImage:
     """The tree at a path, or the image a reference names (resolved: a few KB fetched)."""
     if is_image_reference(text):
-        return resolve(ImageRef.parse(text), options)
-    if options != ImageOptions():
+        from bootkit.oci.reference import ImageRef
+        from bootkit.sysroot.images.pull import ImageOptions, resolve
+
+        return resolve(ImageRef.parse(text), ImageOptions(policy, registries_d, unverified))
+    if policy is not None or registries_d is not None or unverified:
         raise click.UsageError("--policy, --registries-d and --unverified are for OS images")
     return Path(text)
 
@@ -127,7 +136,9 @@ def _source(text: str, options: ImageOptions) -> Path | ResolvedImage:
 def run_deploy(sr: Sysroot, request: DeployRequest, as_json: bool) -> Deployment:
     """Deploy with a progress bar: bytes read of a tree, or fetched and imported of an image."""
     source = request.source
-    if isinstance(source, ResolvedImage):
+    if not isinstance(source, Path):
+        from bootkit.sysroot.images.pull import image_source
+
         label, total = image_label(sr, source), image_source(sr.images, source).size
     else:
         tree = source

@@ -14,8 +14,6 @@ from bootkit.base.files import atomic_write
 from bootkit.contract import check_name, deployment_path
 from bootkit.errors import BootkitError
 from bootkit.formats import bootvalues
-from bootkit.oci.manifest import check_digest
-from bootkit.oci.reference import ImageRef
 from bootkit.records.jsonfields import typed_fields
 
 
@@ -48,6 +46,10 @@ class ImageOrigin:
     def __post_init__(self) -> None:
         """Refuse what a record may not hold, when made as when loaded: each value is
         shown by `status`."""
+        # Loaded here, for records of images only: a tree's deploy does without them.
+        from bootkit.oci.manifest import check_digest
+        from bootkit.oci.reference import ImageRef
+
         ImageRef.parse(self.reference)
         for digest in (self.manifest_digest, self.config_digest, *self.diff_ids):
             check_digest(digest, "image digest")

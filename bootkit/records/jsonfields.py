@@ -8,6 +8,7 @@ a message that names the file and the field, never with a traceback later on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -31,7 +32,7 @@ def typed_fields(cls: type, data: object, path: Path, hint: str | None = None) -
     object a nested record). Unknown keys are left out: newer records still load."""
     if not isinstance(data, dict):
         raise BootkitError(f"{path}: not a JSON object", hint=hint)
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -45,6 +46,13 @@ def typed_fields(cls: type, data: object, path: Path, hint: str | None = None) -
             )
         out[f.name] = _convert(value, hints[f.name])
     return out
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The field types of record class `cls`, its string annotations evaluated once per
+    class: every record loaded would evaluate them again, and a command loads many."""
+    return typing.get_type_hints(cls)
 
 
 def conforms(value: object, hint: Any) -> bool:
@@ -82,7 +90,7 @@ def describe(hint: Any) -> str:
 
 
 def _record_conforms(value: dict[str, Any], cls: Any) -> bool:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if f.name not in value:
@@ -102,7 +110,7 @@ def _convert(value: Any, hint: Any) -> Any:
         item = typing.get_args(hint)[0]
         return tuple(_convert(v, item) for v in value)
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        hints = typing.get_type_hints(hint)
+        hints = _hints(hint)
         names = {f.name for f in dataclasses.fields(hint)}
         return hint(**{k: _convert(v, hints[k]) for k, v in value.items() if k in names})
     if hint is float:

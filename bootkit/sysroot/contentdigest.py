@@ -39,6 +39,13 @@ def content_digest(notes: Iterable[str], leave_out: Iterable[str] = ("var",)) ->
     return _digest(_resolved(notes, tuple(leave_out)))
 
 
+def both_digests(notes: Iterable[str]) -> tuple[str, str]:
+    """`content_digest(notes)` and `os_digest(notes)`, with the notes read once."""
+    what = _resolved(notes, ("var",))
+    changing = _under(CHANGING)
+    return _digest(what), _digest({rel: kind for rel, kind in what.items() if not changing(rel)})
+
+
 def os_digest(notes: Iterable[str], replaced: Iterable[str] = (), now: Iterable[str] = ()) -> str:
     """The digest of what a deployment keeps as imported: all but /etc, /usr/etc, /var.
 
@@ -46,15 +53,19 @@ def os_digest(notes: Iterable[str], replaced: Iterable[str] = (), now: Iterable[
     notes no longer hold; `now`: notes, as `note_of` makes them, of what is there instead.
     """
     what = _resolved(notes, CHANGING)
-    gone = tuple(replaced)
+    gone = _under(tuple(replaced))
     # Hardlinks are resolved first: a file whose earlier name was replaced is still there.
-    what = {rel: kind for rel, kind in what.items() if not _under(rel, gone)}
+    what = {rel: kind for rel, kind in what.items() if not gone(rel)}
     what |= _resolved(now, CHANGING)
     return _digest(what)
 
 
-def _under(rel: str, prefixes: tuple[str, ...]) -> bool:
-    return any(rel == p or rel.startswith(p + "/") for p in prefixes)
+def _under(prefixes: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a path is one of `prefixes` or below one. Made once per digest: it runs
+    for every path of a tree, so the comparisons are left to str methods."""
+    exact = frozenset(prefixes)
+    below = tuple(p + "/" for p in prefixes)
+    return lambda rel: rel in exact or rel.startswith(below)
 
 
 def _resolved(notes: Iterable[str], leave_out: tuple[str, ...]) -> dict[str, str]:
@@ -77,13 +88,15 @@ def _resolved(notes: Iterable[str], leave_out: tuple[str, ...]) -> dict[str, str
             seen.add(target)
             target = links[target]
         what[rel] = what.get(target, f"h{target}")
-    return {rel: kind for rel, kind in what.items() if not _under(rel, leave_out)}
+    left_out = _under(leave_out)
+    return {rel: kind for rel, kind in what.items() if not left_out(rel)}
 
 
 def _digest(what: dict[str, str]) -> str:
     h = hashlib.sha256()
-    for rel in sorted(what, key=lambda r: r.encode(*_ENCODING)):
-        h.update(rel.encode(*_ENCODING) + b"\0" + what[rel].encode(*_ENCODING) + b"\n")
+    # Each path is encoded once, for the sort and for the hash; one update for all lines.
+    encoded = sorted((rel.encode(*_ENCODING), kind) for rel, kind in what.items())
+    h.update(b"".join(rel + b"\0" + kind.encode(*_ENCODING) + b"\n" for rel, kind in encoded))
     return h.hexdigest()
 
 

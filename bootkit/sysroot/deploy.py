@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bootkit.base.confined import Tree
 from bootkit.base.files import fsync_dir, remove_path, syncfs
@@ -45,12 +46,15 @@ from bootkit.secureboot import signing
 from bootkit.sysroot import desktoplayout, etcmerge, imageargs, mergesource, staged, transaction
 from bootkit.sysroot.bootfiles import InitramfsMode, boot_files
 from bootkit.sysroot.cleanup import reclaimable_bytes
-from bootkit.sysroot.images.pull import ResolvedImage, image_source
 from bootkit.sysroot.importers import ImportReport, Source, check_outside, open_source
 from bootkit.sysroot.kernel import TreeKernel, find_kernel, read_os_release
 from bootkit.sysroot.layout import Sysroot
 from bootkit.sysroot.releasenames import release_names
 from bootkit.sysroot.store import share_tree
+
+# The image modules are loaded only to deploy an image: a tree's deploy does without.
+if TYPE_CHECKING:
+    from bootkit.sysroot.images.pull import ResolvedImage
 
 log = logging.getLogger("bootkit")
 
@@ -90,7 +94,7 @@ class DeployRequest:
 
     @property
     def image(self) -> ResolvedImage | None:
-        return self.source if isinstance(self.source, ResolvedImage) else None
+        return None if isinstance(self.source, Path) else self.source
 
 
 def kernel_arguments(requested: tuple[str, ...] | None, previous: Deployment | None) -> tuple[str, ...]:
@@ -160,11 +164,13 @@ def _start(sysroot: Sysroot, request: DeployRequest) -> Job:
     # Before anything is written: a key that does not load fails the deploy at once.
     signer = signing.configured_signer(config) if config.uki else None
     stateroot = sysroot.stateroot(os_name)
-    if isinstance(request.source, ResolvedImage):
-        source: Source = image_source(sysroot.images, request.source)
-    else:
-        source = open_source(request.source, sysroot.meta / HASH_CACHE)
+    if isinstance(request.source, Path):
+        source: Source = open_source(request.source, sysroot.meta / HASH_CACHE)
         check_outside(request.source, stateroot / "deploy")
+    else:
+        from bootkit.sysroot.images.pull import image_source
+
+        source = image_source(sysroot.images, request.source)
     (stateroot / "deploy").mkdir(parents=True, exist_ok=True)
     (stateroot / "var").mkdir(exist_ok=True)
     staging = stateroot / "deploy" / f".staging-{os.getpid()}-{secrets.token_hex(4)}"

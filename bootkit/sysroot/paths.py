@@ -15,11 +15,15 @@ Changing any of it goes through `bootkit.sysroot.transaction`, under `locked()`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bootkit.contract import check_name
-from bootkit.oci.layout import ImageLayout
 from bootkit.records.deployment import Deployment
 from bootkit.sysroot.store import ObjectStore
+
+# The OCI modules are loaded when images are looked at, not by every command.
+if TYPE_CHECKING:
+    from bootkit.oci.layout import ImageLayout
 
 
 class SysrootPaths:
@@ -59,6 +63,8 @@ class SysrootPaths:
     @property
     def images(self) -> ImageLayout:
         """The OCI layout images are fetched into, with their imported layers."""
+        from bootkit.oci.layout import ImageLayout
+
         return ImageLayout(self.meta / "oci")
 
     @property

@@ -166,6 +166,18 @@ class ObjectStore:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / key[2:]
 
+    def link_existing(self, key: str, dest: str) -> bool:
+        """Hardlink object `key` to `dest` if it is stored and can take one more link."""
+        try:
+            os.link(f"{self.root}/{key[:2]}/{key[2:]}", dest)
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            if err.errno != errno.EMLINK:
+                raise
+            return False
+        return True
+
     def link_into(self, key: str, dest: str, fill: Callable[[str], None]) -> bool:
         """Hardlink object `key` to `dest`, storing it first if new: `fill` makes `dest`
         with the content and metadata the key stands for. True if reused."""

@@ -96,3 +96,26 @@ def test_metadata_older_than_the_new_fields_still_loads(tmp_path: Path) -> None:
     assert rows[0]["id"] == dep.id and rows[0]["content_digest"] is None
     ok("bootloader", "update", "--sysroot", sysroot)
     assert ok("fsck", "--sysroot", sysroot).stdout.endswith("No problems found.\n")
+
+
+def test_both_digests_are_the_two_digests_made_apart() -> None:
+    """One pass over the notes gives what content_digest and os_digest give."""
+    from bootkit.sysroot.contentdigest import both_digests, content_digest, os_digest
+
+    notes = [
+        ".\0d755:0:0\n",
+        "etc\0d755:0:0\n",
+        "etc/a\0fAAA:644:0:0\n",
+        "usr\0d755:0:0\n",
+        "usr/etc\0d755:0:0\n",
+        "usr/etc/b\0fBBB:644:0:0\n",
+        "usr/share/b\0husr/etc/b\n",  # kept, though its target is left out
+        "usr/share/c\0husr/share/b\n",
+        "usr/lib\0lshare\n",
+        "var\0d755:0:0\n",
+        "var/x\0fCCC:644:0:0\n",
+        "etcetera\0d700:0:0\n",
+    ]
+    both = both_digests(notes)
+    assert both == (content_digest(notes), os_digest(notes))
+    assert both_digests(notes[:-1]) != both

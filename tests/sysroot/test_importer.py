@@ -214,6 +214,47 @@ def test_redeploy_reads_only_changed_files(tmp_path: Path, monkeypatch: pytest.M
     assert not untidy(sr)
 
 
+def test_cached_files_are_linked_unopened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file under usr/ whose hash the cache knows is linked to its stored object without
+    being opened; its extended attributes still count, and without a stored object it
+    is read again."""
+    from bootkit.sysroot.hashcache import HashCache
+    from bootkit.sysroot.importers import directory
+
+    monkeypatch.setattr(HashCache, "RACY_NS", 0)
+    files = {f"usr/share/f{i}": f"file {i}\n" for i in range(5)}
+    tree = make_tree(tmp_path / "tree", files=files)
+    os.setxattr(tree / "usr/share/f1", "user.kept", b"yes")
+    sr = init_sysroot(tmp_path / "sys")
+    deploy_tree(sr, tree)
+    opened: list[str] = []
+    real_open = directory.open_seen
+
+    def recording_open(path: str, seen: os.stat_result, **kw: int | None) -> object:
+        if stat.S_ISREG(seen.st_mode):
+            opened.append(path)
+        return real_open(path, seen, **kw)
+
+    monkeypatch.setattr(directory, "open_seen", recording_open)
+    time.sleep(0.05)
+    (tree / "usr/share/f0").write_text("changed\n")
+    dest = sr.deployment_dir("test", deploy_tree(sr, tree).id)
+    assert [Path(p).name for p in opened if "/usr/share/f" in p] == ["f0"]
+    assert (dest / "usr/share/f0").read_text() == "changed\n"
+    assert os.getxattr(dest / "usr/share/f1", "user.kept") == b"yes"
+    assert (dest / "usr/share/f2").stat().st_nlink == 3  # the object and two trees
+
+    # The stored object is gone (a damaged store): the file is read and stored again.
+    for obj in Path(sr.objects.root).glob("*/*"):
+        if obj.stat().st_ino == (dest / "usr/share/f2").stat().st_ino:
+            obj.unlink()
+    opened.clear()
+    third = sr.deployment_dir("test", deploy_tree(sr, tree).id)
+    assert [Path(p).name for p in opened if "/usr/share/f" in p] == ["f2"]
+    assert (third / "usr/share/f2").read_text() == "file 2\n"
+    assert os.getxattr(third / "usr/share/f1", "user.kept") == b"yes"
+
+
 def test_parallel_import_matches_sequential(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bootkit.base.filetypes import FileType
 from bootkit.errors import BootkitError
 from bootkit.sysroot.importers.directory import DirectorySource
-from bootkit.sysroot.importers.tar import TarSource
 from bootkit.sysroot.importers.tree import ImportReport, Progress
 from bootkit.sysroot.store import ObjectStore
+
+# The tar importer (tarfile, the decompressor processes) is loaded for an archive only.
+if TYPE_CHECKING:
+    from bootkit.sysroot.importers.tar import TarSource
+
+
+def __getattr__(name: str) -> object:
+    if name == "TarSource":
+        from bootkit.sysroot.importers.tar import TarSource
+
+        return TarSource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "DirectorySource",
@@ -64,6 +75,8 @@ def open_source(location: Path, cache_file: Path | None = None) -> Source:
     if stat.S_ISDIR(st.st_mode):
         return DirectorySource(location, cache_file)
     if stat.S_ISREG(st.st_mode):
+        from bootkit.sysroot.importers.tar import TarSource
+
         return TarSource(location)
     raise BootkitError(
         f"source {location} is a {FileType.of_mode(st.st_mode).description}, "

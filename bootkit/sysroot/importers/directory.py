@@ -20,7 +20,7 @@ from bootkit.base.seen import (
     read_all,
     sha256_of,
 )
-from bootkit.base.xattrs import read_xattrs
+from bootkit.base.xattrs import Xattrs, read_xattrs
 from bootkit.sysroot.hashcache import HashCache
 from bootkit.sysroot.importers.tree import (
     IMPORT_ERRORS,
@@ -50,31 +50,47 @@ class _Link:
     meta: FileMeta
 
 
-# One entry of a directory: name, lstat, and what a symlink is.
-_Entry = tuple[str, os.stat_result, _Link | None]
+# One entry of a directory: name, lstat, and what a symlink is, a regular file's
+# extended attributes, or a directory's metadata.
+_Entry = tuple[str, os.stat_result, _Link | Xattrs | FileMeta | None]
 
 
-def _listing(path: str, seen: os.stat_result) -> list[_Entry]:
-    """The entries of directory `path`, sorted by name; FileChanged unless `path` is still
-    the directory the walk saw (not a symlink put in its place)."""
+def _listing(path: str, seen: os.stat_result) -> tuple[FileMeta, list[_Entry]]:
+    """The metadata of directory `path` and its entries, sorted by name; FileChanged
+    unless `path` is still the directory the walk saw (not a symlink put in its place).
+
+    Both come from one descriptor of the directory. A regular file's extended
+    attributes are read here too, by name in the directory held open: a file whose
+    hash the cache knows is then linked without being opened."""
     with open_seen(path, seen) as fd:
-        found = []
+        meta = _meta_of(fd, os.fstat(fd))
+        found: list[_Entry] = []
         for name in sorted(os.listdir(fd)):
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            link = None
+            extra: _Link | Xattrs | None = None
             if stat.S_ISLNK(st.st_mode):
-                link = _Link(os.readlink(name, dir_fd=fd), _meta_of(entry_path(fd, name), st))
-            found.append((name, st, link))
-        return found
+                extra = _Link(os.readlink(name, dir_fd=fd), _meta_of(entry_path(fd, name), st))
+            elif stat.S_ISREG(st.st_mode):
+                extra = read_xattrs(entry_path(fd, name))
+            found.append((name, st, extra))
+        return meta, found
 
 
-def _walk(src: str, rel: str, seen: os.stat_result, prune: frozenset[str]) -> Iterator[_Entry]:
-    """(rel, lstat, symlink) of everything below the directory `rel`, parents first."""
-    for name, st, link in _listing(f"{src}/{rel}" if rel else src, seen):
+def _walk(src: str, rel: str, entries: list[_Entry], prune: frozenset[str]) -> Iterator[_Entry]:
+    """(rel, lstat, what `_listing` read) of everything below the directory `rel`, whose
+    `entries` are given, parents first. A directory comes with its metadata, unless
+    it is pruned (then it is not opened at all)."""
+    for name, st, extra in entries:
         child = f"{rel}/{name}" if rel else name
-        yield child, st, link
-        if stat.S_ISDIR(st.st_mode) and child not in prune:
-            yield from _walk(src, child, st, prune)
+        if not stat.S_ISDIR(st.st_mode) or child in prune:
+            yield child, st, extra
+            continue
+        try:
+            meta, below = _listing(f"{src}/{child}", st)
+        except IMPORT_ERRORS as err:
+            raise import_error(f"{child} from {src}", err) from None
+        yield child, st, meta
+        yield from _walk(src, child, below, prune)
 
 
 # Files up to this size are read into memory once, rather than hashed and copied.
@@ -144,6 +160,7 @@ class _File:
     rel: str
     path: str
     st: os.stat_result
+    xattrs: Xattrs  # as the walk read them, with `st`
 
 
 @dataclass(frozen=True)
@@ -173,27 +190,34 @@ class _DirectoryImport:
         and file creation both let go of the GIL), while their notes keep their place
         in the walk order.
         """
-        root_st = os.lstat(self.root)
-        self.tree.add_dir(".", _dir_meta(self.root, root_st))
-        files: list[_File] = []
         rel = "."
         try:
-            for rel, st, link in _walk(self.root, "", root_st, dropped):
-                self.add(rel, st, link, files)
+            root_meta, entries = _listing(self.root, os.lstat(self.root))
+        except IMPORT_ERRORS as err:
+            raise import_error(f"{rel} from {self.root}", err) from None
+        self.tree.add_dir(".", root_meta)
+        files: list[_File] = []
+        try:
+            for rel, st, extra in _walk(self.root, "", entries, dropped):
+                self.add(rel, st, extra, files)
         except IMPORT_ERRORS as err:
             raise import_error(f"{rel} from {self.root}", err) from None
         return files
 
-    def add(self, rel: str, st: os.stat_result, link: _Link | None, files: list[_File]) -> None:
+    def add(
+        self, rel: str, st: os.stat_result, extra: _Link | Xattrs | FileMeta | None,
+        files: list[_File],
+    ) -> None:
         path = f"{self.root}/{rel}"
         kind = FileType.of_mode(st.st_mode)
         if kind is FileType.DIR:
-            self.tree.add_dir(rel, _dir_meta(path, st))
+            self.tree.add_dir(rel, extra if isinstance(extra, FileMeta) else _dir_meta(path, st))
         elif kind is FileType.SYMLINK:
-            assert link is not None
-            self.tree.add_symlink(rel, link.target, link.meta)
+            assert isinstance(extra, _Link)
+            self.tree.add_symlink(rel, extra.target, extra.meta)
         elif kind is FileType.FILE:
-            files.append(_File(self.tree.reserve_note(), rel, path, st))
+            assert isinstance(extra, tuple)
+            files.append(_File(self.tree.reserve_note(), rel, path, st, extra))
         else:
             self.tree.skip(rel, kind.description)
 
@@ -205,7 +229,7 @@ class _DirectoryImport:
         for file in files:
             digest = self.cache.get(file.rel, file.st) if self.cache else None
             if digest is not None and dedup_eligible(file.rel):
-                self.record(self.place(file, digest))
+                self.record(self.place_known(file, digest))
             else:
                 to_read.append(file)
                 digests.append(digest)
@@ -219,6 +243,18 @@ class _DirectoryImport:
                 self.record(placed)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def place_known(self, file: _File, digest: str) -> _Placed:
+        """Put in place a file under usr/ whose hash the cache knows, as a link to its
+        stored object, without opening it: the cache entry matched the walk's lstat
+        (inode, size, mtime, ctime), so the content and the metadata are the ones the
+        hash was made with, and the tree gets the store's inode, never the source's.
+        Without a stored object, the file is read as any other."""
+        st = file.st
+        meta = FileMeta(st.st_mode, st.st_uid, st.st_gid, file.xattrs, st.st_mtime)
+        if self.tree.link_stored(file.rel, meta, digest):
+            return _Placed(file, meta, digest, True)
+        return self.place(file, digest)
 
     def place(self, file: _File, digest: str | None = None) -> _Placed:
         """Hash (unless known) and put one file in place. Thread-safe.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bootkit.base.seen import copy_fd
 from bootkit.errors import BootkitError, from_os_error
-from bootkit.sysroot.contentdigest import content_digest, os_digest
+from bootkit.sysroot.contentdigest import both_digests
 from bootkit.sysroot.store import (
     FileMeta,
     ObjectStore,
@@ -170,6 +170,11 @@ class TreeBuilder:
         fill(path)
         return False
 
+    def link_stored(self, rel: str, meta: FileMeta, content_hash: str) -> bool:
+        """Link the stored object of this content and metadata to `rel`, when there is
+        one that takes another link; False leaves `rel` to `store_file`."""
+        return self.store.link_existing(object_key(content_hash, meta), f"{self.dest}/{rel}")
+
     def count_file(
         self,
         rel: str,
@@ -215,7 +220,6 @@ class TreeBuilder:
         for note in self.notes:
             tree_hash.update(note.encode("utf-8", "surrogateescape"))
         self.report.digest = tree_hash.hexdigest()
-        self.report.content_digest = content_digest(self.notes)
-        self.report.os_digest = os_digest(self.notes)
+        self.report.content_digest, self.report.os_digest = both_digests(self.notes)
         self.report.notes = self.notes
         return self.report
