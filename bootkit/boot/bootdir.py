@@ -45,11 +45,28 @@ class BootDir:
         return {path: fname for path, (_, fname) in newest.items()}
 
     def switch(
-        self, ordered: Sequence[Deployment], generation: int, counters: Mapping[str, Counter]
+        self,
+        ordered: Sequence[Deployment],
+        generation: int,
+        counters: Mapping[str, Counter],
+        before: BootView | None = None,
     ) -> None:
         """Make `ordered` (default first) the menu, as generation `generation`; `counters`
-        by deployment ref."""
-        switch.switch(self.path, self.backend, Generation(self.config, ordered, generation, counters))
+        by deployment ref; `before`: the view read earlier in the same transaction."""
+        new = Generation(self.config, ordered, generation, counters)
+        switch.switch(self.path, self.backend, new, before)
+
+    def holds(
+        self,
+        view: BootView,
+        ordered: Sequence[Deployment],
+        generation: int,
+        counters: Mapping[str, Counter],
+    ) -> bool:
+        """Whether $BOOT, as `view` read it, already is exactly what `switch` would make
+        of the same arguments: then nothing needs writing."""
+        new = Generation(self.config, ordered, generation, counters)
+        return switch.holds(self.path, self.backend, view, new)
 
     def is_current(self, view: BootView, generation: int) -> bool:
         return switch.is_current(view, generation, self.backend)

@@ -12,6 +12,10 @@ GRUB slot file, say). Nothing a bootloader reads is rewritten in place:
    backend's menu files;
 4. the old generation is removed, entries first.
 
+When $BOOT already holds the very files a new generation would have (`holds`), the
+transaction writes none of them and keeps the generation it has: rewriting a large
+menu byte for byte only costs time and wears the ESP.
+
 A crash in step 3 can leave entries of both generations for one boot; the default is
 then the new one, every listed entry still boots, and the next command tidies up.
 A backend whose menu is one file (GRUB) switches it in a single rename.
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bootkit.base.files import fsync_dir, syncfs, write_unsynced
@@ -42,6 +46,7 @@ class BootView:
     generations: set[int]
     menu: MenuFiles  # the backend's own menu files
     stray: list[Path]  # temp files left by an interrupted write
+    texts: dict[str, str] = field(default_factory=dict)  # filename -> text, as read
 
 
 @dataclass(frozen=True)
@@ -59,22 +64,27 @@ def read_view(boot: Path, backend: Backend) -> BootView:
     bad: list[tuple[str, str]] = []
     gens: set[int] = set()
     stray: list[Path] = []
+    texts: dict[str, str] = {}
     edir = boot / ENTRIES_DIR
     if edir.is_dir():
-        for p in sorted(edir.iterdir()):
-            if p.name.endswith(".bootkit-tmp"):
-                stray.append(p)
+        # Names, not Paths: a large menu is listed and read here on every transaction.
+        for fname in sorted(os.listdir(edir)):
+            if fname.endswith(".bootkit-tmp"):
+                stray.append(edir / fname)
                 continue
-            name = EntryName.parse(p.name)
+            name = EntryName.parse(fname)
             if name is None:
                 continue
             gens.add(name.generation)
+            where = os.path.join(edir, fname)
             try:
-                entries.append((p.name, parse_entry(p.read_text(errors="replace"), str(p))))
+                with open(where, encoding="utf-8", errors="replace") as fh:
+                    texts[fname] = fh.read()
+                entries.append((fname, parse_entry(texts[fname], where)))
             except (BootkitError, OSError) as err:
-                bad.append((p.name, str(err)))
+                bad.append((fname, str(err)))
     menu = backend.read_menu(boot)
-    return BootView(entries, bad, gens, menu, [*stray, *menu.stray])
+    return BootView(entries, bad, gens, menu, [*stray, *menu.stray], texts)
 
 
 def is_current(view: BootView, generation: int, backend: Backend) -> bool:
@@ -84,18 +94,32 @@ def is_current(view: BootView, generation: int, backend: Backend) -> bool:
     return backend.is_current(view.menu, generation)
 
 
-def switch(boot: Path, backend: Backend, new: Generation) -> None:
+def holds(boot: Path, backend: Backend, view: BootView, new: Generation) -> bool:
+    """Whether $BOOT, as `view` read it, is already exactly `new`: the same generation,
+    complete and tidy, every entry with the very text a switch would write, and the
+    backend's files as it would stage them. Then there is nothing to switch."""
+    if not is_current(view, new.number, backend) or len(view.entries) != len(new.deployments):
+        return False
+    for name, text in _rendered(new):
+        if view.texts.get(name.filename) != text:
+            return False
+    return backend.holds(boot, new, view.menu)
+
+
+def switch(boot: Path, backend: Backend, new: Generation, before: BootView | None = None) -> None:
     """Make `new.deployments` (default first) the boot menu, as generation `new.number`.
 
     Its counters (by deployment ref) go into the entry names; the backend may keep
     the default's in a counter of its own as well (see `bootkit.boot.counting`).
+    `before`: $BOOT as the caller read it in this transaction, so that it is not read
+    and parsed again (every entry of a large menu).
     """
     _check(new.deployments)
     edir = boot / ENTRIES_DIR
     edir.mkdir(parents=True, exist_ok=True)
-    before = read_view(boot, backend)
+    before = before or read_view(boot, backend)
     for p in before.stray:
-        p.unlink()
+        p.unlink(missing_ok=True)
     # Step 2: everything new under names no bootloader reads.
     staged = _stage_entries(edir, new)
     menu = backend.stage_menu(boot, new, before.menu)
@@ -124,12 +148,19 @@ def _check(ordered: Sequence[Deployment]) -> None:
         )
 
 
-def _stage_entries(edir: Path, new: Generation) -> list[StagedEntry]:
-    staged: list[StagedEntry] = []
+def _rendered(new: Generation) -> list[tuple[EntryName, str]]:
+    """Each entry of `new`, in menu order: its name and its text."""
+    out = []
     for rank, dep in enumerate(new.deployments):
         name = entry_name(dep, new.number, rank, new.counter(dep))
+        out.append((name, render_entry(new.config, dep, name).render()))
+    return out
+
+
+def _stage_entries(edir: Path, new: Generation) -> list[StagedEntry]:
+    staged: list[StagedEntry] = []
+    for dep, (name, text) in zip(new.deployments, _rendered(new), strict=True):
         final = edir / name.filename
-        text = render_entry(new.config, dep, name).render()
         staged.append(StagedEntry(dep, name, write_unsynced(final, text.encode()), final))
     return staged
 

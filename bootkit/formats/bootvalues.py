@@ -20,6 +20,7 @@ quietly changed into something else.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -139,6 +140,13 @@ def _is_word(value: object) -> bool:
 def _argument_problem(value: object) -> str | None:
     if not isinstance(value, str):
         return f"it is not text but {type(value).__name__}"
+    return _text_argument_problem(value)
+
+
+# Every entry of a large menu carries the same few arguments (root=, rw, the image's),
+# and each is checked where the command line is made and again where it is written.
+@functools.lru_cache(maxsize=4096)
+def _text_argument_problem(value: str) -> str | None:
     if not value:
         return "it is empty"
     for ch in value:

@@ -50,20 +50,35 @@ def typed_fields(cls: type, data: object, path: Path, hint: str | None = None) -
 
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    """The field types of record class `cls`, its string annotations evaluated once per
-    class: every record loaded would evaluate them again, and a command loads many."""
+    # Resolving the annotations evaluates them anew on every call, and a record's
+    # annotations never change: a sysroot with many deployments loads one per file.
     return typing.get_type_hints(cls)
+
+
+@functools.cache
+def _shape(hint: Any) -> tuple[str, tuple[Any, ...]]:
+    """("union", members), ("tuple", (item,)), ("record", ()) or ("plain", ()): what
+    `conforms` and `_convert` ask of a hint, worked out once per hint."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return "union", typing.get_args(hint)
+    if origin is tuple:
+        return "tuple", typing.get_args(hint)[:1]
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return "record", ()
+    return "plain", ()
 
 
 def conforms(value: object, hint: Any) -> bool:
     """Whether the JSON `value` can stand for a value of type `hint`."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(conforms(value, arg) for arg in typing.get_args(hint))
-    if origin is tuple:
-        (item, _) = typing.get_args(hint)
-        return isinstance(value, list) and all(conforms(v, item) for v in value)
-    if dataclasses.is_dataclass(hint):
+    if hint is str:  # most fields: answered before the slower look at the hint
+        return isinstance(value, str)
+    kind, args = _shape(hint)
+    if kind == "union":
+        return any(conforms(value, arg) for arg in args)
+    if kind == "tuple":
+        return isinstance(value, list) and all(conforms(v, args[0]) for v in value)
+    if kind == "record":
         return isinstance(value, dict) and _record_conforms(value, hint)
     if hint is bool or hint is type(None):
         return isinstance(value, hint)
@@ -102,14 +117,15 @@ def _record_conforms(value: dict[str, Any], cls: Any) -> bool:
 
 
 def _convert(value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        arg = next(a for a in typing.get_args(hint) if conforms(value, a))
+    if hint is str:
+        return value
+    kind, args = _shape(hint)
+    if kind == "union":
+        arg = next(a for a in args if conforms(value, a))
         return _convert(value, arg)
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        return tuple(_convert(v, item) for v in value)
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+    if kind == "tuple":
+        return tuple(_convert(v, args[0]) for v in value)
+    if kind == "record":
         hints = _hints(hint)
         names = {f.name for f in dataclasses.fields(hint)}
         return hint(**{k: _convert(v, hints[k]) for k, v in value.items() if k in names})

@@ -135,13 +135,25 @@ def staged_payload(sr: SysrootPaths, state: State) -> Payload | None:
     return Payload(dep.os, dep.payload) if dep.payload else None
 
 
-def why_unbootable(sr: SysrootPaths, dep: Deployment, boot: Path) -> str | None:
-    """Why an entry for `dep` would not boot now (its tree or a boot file is missing)."""
+def why_unbootable(
+    sr: SysrootPaths,
+    dep: Deployment,
+    boot: Path,
+    seen: dict[tuple[Payload, tuple[str, ...]], list[str]] | None = None,
+) -> str | None:
+    """Why an entry for `dep` would not boot now (its tree or a boot file is missing).
+
+    `seen`: what earlier calls of one pass found missing, by payload and file names;
+    deployments that share a kernel share its files, which are looked up once then.
+    """
     if not sr.tree(dep).is_dir():
         return f"its tree {sr.tree(dep)} is missing"
     payload = Payload(dep.os, dep.payload)
-    names = [f.name for f in dep.payload_files] or payloads.expected_files(dep.uki)
-    missing = payloads.missing_files(boot, payload, names)
+    names = tuple(f.name for f in dep.payload_files) or payloads.expected_files(dep.uki)
+    seen = {} if seen is None else seen
+    if (payload, names) not in seen:
+        seen[payload, names] = payloads.missing_files(boot, payload, names)
+    missing = seen[payload, names]
     if missing:
         return f"{' and '.join(missing)} of its boot files ({payload.dir(boot)}) missing"
     return None

@@ -156,5 +156,6 @@ def install_bootloader(sr: Sysroot) -> Installed:
 
 
 def bootloader_update(sr: Sysroot) -> State:
-    """Write the boot configuration for the recorded state again, as a new generation."""
+    """Write the boot configuration for the recorded state again, as a new generation
+    unless $BOOT already holds exactly that configuration."""
     return transaction.regenerate(sr)

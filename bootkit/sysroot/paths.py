@@ -51,11 +51,15 @@ class SysrootPaths:
     def stateroot(self, os_name: str) -> Path:
         return self.meta / "deploy" / check_name(os_name, "os")
 
+    # One Path made from one string: a menu of many deployments asks for each one's
+    # paths, and joining component by component costs more than what is then read.
     def deployment_dir(self, os_name: str, dep_id: str) -> Path:
-        return self.stateroot(os_name) / "deploy" / check_name(dep_id, "deployment")
+        check_name(os_name, "os")
+        return Path(f"{self.meta}/deploy/{os_name}/deploy/{check_name(dep_id, 'deployment')}")
 
     def metadata_path(self, os_name: str, dep_id: str) -> Path:
-        return self.stateroot(os_name) / "deploy" / f"{check_name(dep_id, 'deployment')}.json"
+        check_name(os_name, "os")
+        return Path(f"{self.meta}/deploy/{os_name}/deploy/{check_name(dep_id, 'deployment')}.json")
 
     def tree(self, dep: Deployment) -> Path:
         return self.deployment_dir(dep.os, dep.id)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from bootkit.base.files import remove_path, remove_tree
 from bootkit.boot import counting, payloads
 from bootkit.boot.payloads import Payload
+from bootkit.boot.switch import BootView
 from bootkit.errors import BootkitError
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
@@ -40,19 +41,24 @@ def run(sr: Sysroot, change: Change, rearm_default: bool = False) -> State:
         return commit(sr, state, arm)
 
 
-def commit(sr: Sysroot, state: State, arm: Mapping[str, int] | None = None) -> State:
-    """Record `state` as the intent, then switch $BOOT to it as a new generation.
+def commit(
+    sr: Sysroot, state: State, arm: Mapping[str, int] | None = None, view: BootView | None = None
+) -> State:
+    """Record `state` as the intent, then switch $BOOT to it as a new generation; when
+    $BOOT already holds exactly that menu, its generation stays and nothing is rewritten.
 
     Boot counters carry over from $BOOT; new deployments and those in `arm` (ref ->
     tries) are counted afresh. A default found bad gives way to the first deployment
-    in menu order that is not (see `counting.plan`).
+    in menu order that is not (see `counting.plan`). `view`: $BOOT as read under the
+    same lock, so that a large menu is read and parsed once per transaction.
     """
     boot = sr.boot
+    view = view or boot.view()
     still = tuple(r for r in state.in_flight if r not in state.deployments and _on_disk(sr, r))
-    state = state.with_changes(generation=state.generation + 1, in_flight=still)
+    state = state.with_changes(in_flight=still)
     deps = sr.deployments(state)
     menu = bootable(sr, deps)
-    plan = counting.plan(menu, state.default, boot.counters(), boot.config.tries, arm or {})
+    plan = counting.plan(menu, state.default, boot.counters(view), boot.config.tries, arm or {})
     if plan.demoted:
         state = state.with_changes(default=plan.default)
         log.info(
@@ -61,8 +67,14 @@ def commit(sr: Sysroot, state: State, arm: Mapping[str, int] | None = None) -> S
             plan.demoted, plan.default, plan.demoted,
         )
     ordered = counting.menu_order(menu, state.default, plan.counters)
-    state.save(sr.state_path)
-    boot.switch(ordered, state.generation, plan.counters)
+    if boot.holds(view, ordered, state.generation, plan.counters):
+        state.save(sr.state_path)
+        # Settings outside the menu (systemd-boot's timeout) may still have changed.
+        boot.backend.write_static(boot.path, boot.config)
+    else:
+        state = state.with_changes(generation=state.generation + 1)
+        state.save(sr.state_path)
+        boot.switch(ordered, state.generation, plan.counters, view)
     # The payloads of deployments left out of the menu stay, to be repaired, and so
     # does a staged deployment's.
     payloads.remove_unreferenced(boot.path, wanted_payloads(sr, state, deps))
@@ -75,8 +87,9 @@ def bootable(sr: Sysroot, deps: Sequence[Deployment]) -> list[Deployment]:
         raise BootkitError("refusing to remove the last deployment", hint="deploy another tree first")
     boot = sr.boot_path
     menu, left_out = [], []
+    seen: dict[tuple[Payload, tuple[str, ...]], list[str]] = {}
     for dep in deps:
-        why = inventory.why_unbootable(sr, dep, boot)
+        why = inventory.why_unbootable(sr, dep, boot, seen)
         if why is None:
             menu.append(dep)
             continue
@@ -127,7 +140,7 @@ def repair(sr: Sysroot) -> bool:
             if not sr.state_path.exists():
                 log.warning("%s was missing; it is made again from the deployments on disk",
                             sr.state_path)
-            state = commit(sr, state)
+            state = commit(sr, state, view=view)
             did = True
             did = bool(leftovers.discard(sr, state)) or did
     return did
@@ -141,13 +154,15 @@ def wanted_payloads(sr: Sysroot, state: State, deps: Sequence[Deployment]) -> se
 
 
 def regenerate(sr: Sysroot) -> State:
-    """Write the boot configuration for the recorded state again, as a new generation."""
+    """Write the boot configuration for the recorded state again, as a new generation
+    unless $BOOT already holds exactly that configuration (see `commit`)."""
     with sr.locked():
         state = sr.state()
-        leftovers.discard(sr, state, leftovers.shown(sr.boot.view()))
+        view = sr.boot.view()
+        leftovers.discard(sr, state, leftovers.shown(view))
         if not state.deployments:
             raise BootkitError("nothing to boot yet", hint="deploy a tree first with 'bootkit deploy'")
-        state = commit(sr, state)
+        state = commit(sr, state, view=view)
         leftovers.discard(sr, state)
         return state
 

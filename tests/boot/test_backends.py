@@ -51,6 +51,11 @@ class Chalkboard:
     def is_current(self, menu: MenuFiles, generation: int) -> bool:
         return [p.name for p in menu.texts] == [f"gen-{generation}.menu"]
 
+    def holds(self, boot: Path, new: Generation, menu: MenuFiles) -> bool:
+        return menu.texts.get(boot / "chalk" / f"gen-{new.number}.menu") == "".join(
+            f"{d.ref} {new.counter(d).left}\n" for d in new.deployments
+        )
+
     def count_tries(self, boot: Path, counters: Mapping[str, Counter]) -> dict[str, Counter]:
         out = dict(counters)
         with_counter = boot / "chalk/counter"

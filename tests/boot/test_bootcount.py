@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -246,6 +247,9 @@ def test_a_concurrent_mark_good_survives_the_switch_grub(grub: Machine, monkeypa
         real(path)
 
     monkeypatch.setattr(switch, "syncfs", mark_meanwhile)
+    # A new timeout changes the slot file, so that the update switches (an unchanged
+    # menu is left alone, and no switch would run for the mark to race with).
+    replace(grub.sr.config, timeout=grub.sr.config.timeout + 1).save(grub.sr.config_path)
     ok("bootloader", "update", "--sysroot", grub.root)
     assert grub.status()[a]["boot"] == "good"
     assert grubscript.TRIES_VAR not in grub.grubenv()

@@ -82,6 +82,10 @@ class Backend(Protocol):
     def is_current(self, menu: MenuFiles, generation: int) -> bool:
         """Whether its files are exactly those of generation `generation`."""
 
+    def holds(self, boot: Path, new: Generation, menu: MenuFiles) -> bool:
+        """Whether its files (`menu`, as read) are already exactly what `stage_menu`
+        would write for `new`, so that a transaction may leave them as they are."""
+
     def count_tries(self, boot: Path, counters: Mapping[str, Counter]) -> dict[str, Counter]:
         """The entry-name counters (by deployment path) with its own counters folded in."""
 

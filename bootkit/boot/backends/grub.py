@@ -86,11 +86,8 @@ class Grub:
                 _slot_file(boot, i).unlink()
         slot = 0 if current is None else (current + 1) % SLOTS
         final = _slot_file(boot, slot)
-        text = grubscript.render_slot(
-            new.number, menu_entries(new), new.config.timeout, _counting(new)
-        )
         staged = StagedMenu(
-            renames=((write_unsynced(final, text.encode()), final),),
+            renames=((write_unsynced(final, _slot_text(new).encode()), final),),
             obsolete=tuple(_slot_file(boot, i) for i in range(SLOTS) if i != slot),
         )
         # Rewritten in place, as GRUB's save_env does. Before the new slot is visible,
@@ -104,6 +101,17 @@ class Grub:
             return False
         (text,) = menu.texts.values()
         return grubscript.slot_generation(text) == generation
+
+    def holds(self, boot: Path, new: Generation, menu: MenuFiles) -> bool:
+        if len(menu.texts) != 1 or next(iter(menu.texts.values())) != _slot_text(new):
+            return False
+        path = env_path(boot)
+        try:
+            env = grubenv.read(path)
+        except (BootkitError, OSError):
+            return False  # made anew by a switch
+        default = new.deployments[0]
+        return path.is_file() and env_for(env, default, _bounded(new.counter(default))) == env
 
     def count_tries(self, boot: Path, counters: Mapping[str, Counter]) -> dict[str, Counter]:
         return fold(counters, read_env(boot))
@@ -140,6 +148,10 @@ def _slot_dir(boot: Path) -> Path:
 
 def _slot_file(boot: Path, slot: int) -> Path:
     return boot / grubscript.slot_path(slot).lstrip("/")
+
+
+def _slot_text(new: Generation) -> str:
+    return grubscript.render_slot(new.number, menu_entries(new), new.config.timeout, _counting(new))
 
 
 def menu_entries(new: Generation) -> list[MenuEntry]:

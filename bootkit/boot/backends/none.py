@@ -32,6 +32,9 @@ class NoBootloader:
     def is_current(self, menu: MenuFiles, generation: int) -> bool:
         return True
 
+    def holds(self, boot: Path, new: Generation, menu: MenuFiles) -> bool:
+        return True
+
     def count_tries(self, boot: Path, counters: Mapping[str, Counter]) -> dict[str, Counter]:
         return dict(counters)
 

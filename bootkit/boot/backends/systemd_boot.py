@@ -43,6 +43,9 @@ class SystemdBoot:
     def is_current(self, menu: MenuFiles, generation: int) -> bool:
         return True
 
+    def holds(self, boot: Path, new: Generation, menu: MenuFiles) -> bool:
+        return True  # the entries are its menu
+
     def count_tries(self, boot: Path, counters: Mapping[str, Counter]) -> dict[str, Counter]:
         return dict(counters)  # it renames the entries as it counts
 
