@@ -256,8 +256,10 @@ def _linked_files(top: Path) -> list[Path]:
 
 
 def _make_private(path: Path) -> None:
-    """Replace the regular file `path` by a copy with the same content and metadata."""
+    """Replace the regular file `path` by a copy with the same content and metadata; its
+    directory keeps its mtime, which the copy's temporary name would otherwise change."""
     st = os.lstat(path)
+    parent = os.lstat(path.parent)
     meta = FileMeta(st.st_mode, st.st_uid, st.st_gid, read_xattrs(path), st.st_mtime)
     # A fresh name, made exclusively: a symlink the tree has at a guessable one is no way out.
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.bootkit-tmp")
@@ -267,6 +269,7 @@ def _make_private(path: Path) -> None:
         shutil.copyfileobj(src, out, 1 << 20)
     apply_meta(tmp, meta)
     os.rename(tmp, path)
+    os.utime(path.parent, ns=(parent.st_atime_ns, parent.st_mtime_ns), follow_symlinks=False)
 
 
 def _write_tmpfiles(tree: Path, store: ObjectStore) -> None:
