@@ -11,7 +11,7 @@ from support.helpers import deploy_tree, init_sysroot, make_tree, status_refs, u
 from bootkit.base import files
 from bootkit.boot import switch
 from bootkit.formats.bls import DEFAULT, ENTRIES_DIR, OTHER, EntryName
-from bootkit.sysroot import operations
+from bootkit.sysroot import cleanup, operations
 from bootkit.sysroot.kargs import KargsEdit, change_kargs
 from bootkit.sysroot.layout import Sysroot
 
@@ -74,7 +74,7 @@ def test_rollback_and_undeploy_write_little(
     operations.rollback(sr)
     assert len(written) == 2, written  # the new default, the old one demoted
     written.clear()
-    operations.undeploy(Sysroot(sr.path), [status_refs(sr)[-1]])
+    cleanup.undeploy(Sysroot(sr.path), status_refs(sr)[-1])
     assert written == []  # the others keep their names
     assert not untidy(Sysroot(sr.path))
 
