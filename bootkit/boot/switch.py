@@ -246,12 +246,21 @@ _HeldKey = tuple[int, int, str, int | None, int | None]
 def _planned(view: BootView, new: Generation, dep: Deployment, fresh: EntryName,
              held: dict[_HeldKey, list[EntryName]]) -> PlannedEntry:
     key = (fresh.cls, fresh.serial, fresh.tail, fresh.tries_left, fresh.tries_done)
-    for name in sorted(held.get(key, ()), key=lambda n: -n.generation):
-        text = render_entry(new.config, dep, name).render()
-        if view.texts.get(name.filename) == text:
-            return PlannedEntry(dep, name, text, present=True)
     text = render_entry(new.config, dep, fresh).render()
+    for name in sorted(held.get(key, ()), key=lambda n: -n.generation):
+        theirs = _with_sort_key(text, fresh, name)
+        if view.texts.get(name.filename) == theirs:
+            return PlannedEntry(dep, name, theirs, present=True)
     return PlannedEntry(dep, fresh, text, view.texts.get(fresh.filename) == text)
+
+
+def _with_sort_key(text: str, rendered: EntryName, name: EntryName) -> str:
+    """The text `text` (rendered, and so checked, for `rendered`) would have under `name`:
+    only the sort-key differs. Rendering again would check every value once more, for
+    each entry of a large menu; no checked line before the sort-key can hold a newline,
+    so the first line that starts with it is the sort-key's."""
+    line = f"\nsort-key {rendered.sort_key}\n"
+    return text.replace(line, f"\nsort-key {name.sort_key}\n", 1)
 
 
 def _stage(edir: Path, entry: PlannedEntry, before: BootView) -> Path:

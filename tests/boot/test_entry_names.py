@@ -26,7 +26,6 @@ def made(tmp_path: Path, bootloader: str, count: int) -> Sysroot:
     return Sysroot(sr.path)
 
 
-
 def entry_files(sr: Sysroot) -> set[str]:
     return {p.name for p in (sr.boot_path / ENTRIES_DIR).iterdir() if p.name.endswith(".conf")}
 
@@ -122,3 +121,20 @@ def test_old_format_entries_are_replaced(tmp_path: Path, bootloader: str) -> Non
     assert status_refs(sr) == order
     assert all(not EntryName.parse(n).legacy for n in entry_files(sr))  # type: ignore[union-attr]
     assert not untidy(sr)
+
+
+@pytest.mark.parametrize("uki", [False, True])
+def test_a_held_entry_text_is_the_rendered_one_under_its_name(tmp_path: Path, uki: bool) -> None:
+    # A switch renders each entry once and derives the text it would have under an
+    # older name; that text must be exactly what rendering under that name gives.
+    from bootkit.boot.entries import entry_name, render_entry
+
+    sr = made(tmp_path, "systemd-boot", 1)
+    dep = sr.load(sr.state().default).with_changes(uki=uki, title="sort-key 1 x")
+    fresh = entry_name(dep, 7, DEFAULT)
+    text = render_entry(sr.config, dep, fresh).render()
+    for name in (entry_name(dep, 3, DEFAULT), entry_name(dep, 7, OTHER),
+                 EntryName(5, dep.serial, fresh.tail, DEFAULT, 2, 1)):
+        assert switch._with_sort_key(text, fresh, name) == (
+            render_entry(sr.config, dep, name).render()
+        )
