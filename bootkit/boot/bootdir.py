@@ -10,7 +10,7 @@ from bootkit.boot.backends import Backend, Generation, backend_for
 from bootkit.boot.counting import Counter, entry_counters
 from bootkit.boot.switch import BootView
 from bootkit.contract import bootkit_arg
-from bootkit.formats.bls import ENTRIES_DIR, EntryName
+from bootkit.formats.bls import ENTRIES_DIR
 from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment
 from bootkit.secureboot.signing import Signer
@@ -34,14 +34,14 @@ class BootDir:
         return self.backend.count_tries(self.path, entry_counters(view.entries))
 
     def entry_names(self, view: BootView | None = None) -> dict[str, str]:
-        """Deployment path -> the file name of its newest entry."""
+        """Deployment path -> the file name of its entry (the one that sorts first)."""
         view = view or self.view()
-        newest: dict[str, tuple[int, str]] = {}
+        newest: dict[str, tuple[tuple[int, ...], str]] = {}
         for fname, entry in view.entries:
             path = bootkit_arg(entry.options)
-            name = EntryName.parse(fname)
-            if path and name and (path not in newest or name.generation > newest[path][0]):
-                newest[path] = (name.generation, fname)
+            name = view.names.get(fname)
+            if path and name and (path not in newest or name.precedence > newest[path][0]):
+                newest[path] = (name.precedence, fname)
         return {path: fname for path, (_, fname) in newest.items()}
 
     def switch(
@@ -51,8 +51,9 @@ class BootDir:
         counters: Mapping[str, Counter],
         before: BootView | None = None,
     ) -> None:
-        """Make `ordered` (default first) the menu, as generation `generation`; `counters`
-        by deployment ref; `before`: the view read earlier in the same transaction."""
+        """Make `ordered` (default first) the menu; entries written now get generation
+        `generation`; `counters` by deployment ref; `before`: the view read earlier in
+        the same transaction."""
         new = Generation(self.config, ordered, generation, counters)
         switch.switch(self.path, self.backend, new, before)
 
@@ -67,6 +68,18 @@ class BootDir:
         of the same arguments: then nothing needs writing."""
         new = Generation(self.config, ordered, generation, counters)
         return switch.holds(self.path, self.backend, view, new)
+
+    def needs_writes(
+        self,
+        view: BootView,
+        ordered: Sequence[Deployment],
+        generation: int,
+        counters: Mapping[str, Counter],
+    ) -> bool:
+        """Whether `switch` would write any file, rather than only remove some."""
+        new = Generation(self.config, ordered, generation, counters)
+        planned = switch.plan(view, new)
+        return switch.needs_writes(self.path, self.backend, view, new, planned)
 
     def is_current(self, view: BootView, generation: int) -> bool:
         return switch.is_current(view, generation, self.backend)

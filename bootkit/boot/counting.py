@@ -13,9 +13,10 @@ Once the system is up, `systemd-bless-boot` or `bootkit-mark-good` drops the cou
 A bootloader that cannot rename files keeps a counter of its own, which its backend
 folds into these (GRUB's grubenv counter, see `bootkit.boot.backends.grub`).
 
-The entry names are bootkit's record for every backend: each transaction rewrites
-the entries as a new generation and carries every counter over, after folding the
-backend's counters in, so what the bootloader counted is never lost.
+The entry names are bootkit's record for every backend: each transaction carries
+every counter over into the entries it writes, after folding the backend's counters
+in, so what the bootloader counted is never lost; an entry whose counter and text
+stay is left as it is.
 A new deployment gets `+tries` (the sysroot's setting, or `deploy --tries`);
 `set-default` and `rollback` count their choice afresh unless it is known good
 (`rollback` never picks a bad one); a default found bad gives way, at the next
@@ -89,17 +90,17 @@ def rearmed(current: Counter | None, tries: int) -> Counter:
 def entry_counters(entries: Iterable[tuple[str, BootEntry]]) -> dict[str, Counter]:
     """Each deployment's counter (by path) as its entry's file name records it.
 
-    While an interrupted transaction leaves two generations, the newer one is what
-    boots, so its name wins.
+    While an interrupted transaction leaves two entries of one deployment, the one
+    that sorts first is what boots and counts, so its name wins.
     """
-    newest: dict[str, tuple[int, Counter]] = {}
+    newest: dict[str, tuple[tuple[int, ...], Counter]] = {}
     for fname, entry in entries:
         name = EntryName.parse(fname)
         path = bootkit_arg(entry.options)
         if name is None or path is None:
             continue
-        if path not in newest or name.generation > newest[path][0]:
-            newest[path] = (name.generation, Counter(name.tries_left, name.tries_done))
+        if path not in newest or name.precedence > newest[path][0]:
+            newest[path] = (name.precedence, Counter(name.tries_left, name.tries_done))
     return {path: counter for path, (_, counter) in newest.items()}
 
 
@@ -171,7 +172,7 @@ def uncounted(filename: str) -> str | None:
 def mark_entries_good(boot: Path, dep: Deployment) -> list[str]:
     """Stop counting `dep`'s boots in its entry's name: what was renamed, as short descriptions.
 
-    Every generation's entry loses its counter, should two be present. Renames on
+    Every entry of it loses its counter, should two be present. Renames on
     $BOOT are what systemd-bless-boot does too; no bootkit lock is taken, since the
     bootloader and systemd rename entries without one as well.
     """

@@ -2,15 +2,17 @@
 
 systemd-boot reads them natively, GRUB through blscfg, and with no bootloader of
 bootkit's own they are there for kernel-install style setups. Their file names carry
-the generation, the menu rank and the boot counter (see `bootkit.formats.bls`).
+the entry's class (default, other, bad), its deployment's serial number, the
+generation that wrote it and the boot counter (see `bootkit.formats.bls`).
 """
 
 from __future__ import annotations
 
 from bootkit.boot.counting import Counter
 from bootkit.boot.payloads import UKI_FILE, Payload
+from bootkit.errors import BootkitError
 from bootkit.formats import bootvalues
-from bootkit.formats.bls import BootEntry, EntryName
+from bootkit.formats.bls import MAX_GENERATION, MAX_SERIAL, BootEntry, EntryName
 from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment
 
@@ -28,11 +30,14 @@ def options_for(cfg: SysrootConfig, dep: Deployment) -> str:
 
 
 def entry_name(
-    dep: Deployment, generation: int, rank: int, counter: Counter | None = None
+    dep: Deployment, generation: int, cls: int, counter: Counter | None = None
 ) -> EntryName:
     counter = counter or Counter()
     tail = bootvalues.check_word(f"{dep.os}-{dep.id}", "boot entry name")
-    return EntryName(generation, rank, tail, tries_left=counter.left, tries_done=counter.done)
+    if not 0 <= dep.serial <= MAX_SERIAL or not 0 <= generation <= MAX_GENERATION:
+        raise BootkitError(f"{dep.ref}: serial {dep.serial} or generation {generation} "
+                           "does not fit in a boot entry name")
+    return EntryName(generation, dep.serial, tail, cls, counter.left, counter.done)
 
 
 def render_entry(cfg: SysrootConfig, dep: Deployment, name: EntryName) -> BootEntry:

@@ -14,13 +14,23 @@ from bootkit.formats.versioncmp import compare_versions
 # Where Type #1 entries live, relative to $BOOT.
 ENTRIES_DIR = "loader/entries"
 ENTRY_PREFIX = "bootkit-"
-# Ranks are encoded in fixed-width fields; more deployments than this would not
-# sort correctly, so the transaction refuses them.
+# Ranks of the old name format were fixed-width fields: more deployments than this
+# would not sort correctly, so a transaction refuses them.
 MAX_RANK = 9999
 MAX_GENERATION = 99_999_999
+MAX_SERIAL = 99_999_999
 
-# bootkit-<generation>-<priority>-<os>-<id>[+<left>[-<done>]].conf
+# An entry's class, the first thing its place in the menu depends on: the default
+# first, then the others, those found bad (no boot tries left) last.
+BAD, OTHER, DEFAULT = 1, 2, 3
+
+# bootkit-<class><serial>-<generation>-<os>-<id>[+<left>[-<done>]].conf
 _NAME_RE = re.compile(
+    r"\Abootkit-(?P<cls>[1-3])(?P<serial>\d{8})-(?P<gen>\d{8})-(?P<rest>.+?)"
+    r"(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf\Z"
+)
+# The names of bootkit before: bootkit-<generation>-<priority>-<os>-<id>[+...].conf
+_LEGACY_RE = re.compile(
     r"\Abootkit-(?P<gen>\d{8})-(?P<prio>\d{4})-(?P<rest>.+?)"
     r"(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf\Z"
 )
@@ -28,19 +38,42 @@ _NAME_RE = re.compile(
 
 @dataclass(frozen=True)
 class EntryName:
-    """What bootkit encodes in an entry's file name."""
+    """What bootkit encodes in an entry's file name.
+
+    The name depends only on the entry's own deployment: its class, its serial
+    number, the generation (the switch) that wrote this text, and its boot counter.
+    Other deployments coming and going leave it alone, so a switch writes only the
+    entries whose text or place changes. An entry whose text changes is written
+    under a new generation, never in place: FAT cannot replace a file atomically.
+
+    GRUB's blscfg lists file names newest version first, systemd-boot sort-keys
+    ascending; both put a larger (class, serial, generation) first. Class and serial
+    make one field of nine digits, larger than any eight-digit generation that opens
+    an old-format name, so that every new name sorts before every old one in both.
+    """
 
     generation: int
-    rank: int
+    serial: int
     tail: str  # "<os>-<id>"
+    cls: int = OTHER
     tries_left: int | None = None
     tries_done: int | None = None
+    legacy_rank: int | None = None  # the menu rank in an old-format name
+
+    @property
+    def legacy(self) -> bool:
+        return self.legacy_rank is not None
+
+    @property
+    def stem(self) -> str:
+        """The name without the boot counter and `.conf`: what the counter's changes keep."""
+        if self.legacy_rank is not None:
+            return f"{ENTRY_PREFIX}{self.generation:08d}-{MAX_RANK - self.legacy_rank:04d}-{self.tail}"
+        return f"{ENTRY_PREFIX}{self.cls}{self.serial:08d}-{self.generation:08d}-{self.tail}"
 
     @property
     def filename(self) -> str:
-        # Newer generations and better ranks get larger numbers: GRUB's blscfg lists
-        # file names in descending version order, newest first.
-        name = f"{ENTRY_PREFIX}{self.generation:08d}-{MAX_RANK - self.rank:04d}-{self.tail}"
+        name = self.stem
         if self.tries_left is not None:
             name += f"+{self.tries_left}"
             if self.tries_done is not None:
@@ -49,22 +82,41 @@ class EntryName:
 
     @property
     def sort_key(self) -> str:
-        # systemd-boot sorts sort-key ascending; while a crash leaves two generations
-        # on the ESP, the newer one must come first, hence the inverted generation.
-        return f"bootkit-{MAX_GENERATION - self.generation:08d}-{self.rank:04d}"
+        # systemd-boot sorts sort-key ascending as plain strings: each field inverted.
+        if self.legacy_rank is not None:
+            return f"bootkit-{MAX_GENERATION - self.generation:08d}-{self.legacy_rank:04d}"
+        return (f"bootkit-{DEFAULT - self.cls}-{MAX_SERIAL - self.serial:08d}"
+                f"-{MAX_GENERATION - self.generation:08d}")
+
+    @property
+    def precedence(self) -> tuple[int, ...]:
+        """Larger for the entry that boots first, in either name format; the larger of
+        two entries of one deployment is the one written last."""
+        if self.legacy_rank is not None:
+            return (0, self.generation, -self.legacy_rank)
+        return (1, self.cls, self.serial, self.generation)
 
     @classmethod
     def parse(cls, filename: str) -> EntryName | None:
         m = _NAME_RE.match(filename)
+        if m:
+            return cls(
+                generation=int(m["gen"]), serial=int(m["serial"]), tail=m["rest"],
+                cls=int(m["cls"]), tries_left=_int(m["left"]), tries_done=_int(m["done"]),
+            )
+        m = _LEGACY_RE.match(filename)
         if not m:
             return None
+        rank = MAX_RANK - int(m["prio"])
         return cls(
-            generation=int(m["gen"]),
-            rank=MAX_RANK - int(m["prio"]),
-            tail=m["rest"],
-            tries_left=int(m["left"]) if m["left"] is not None else None,
-            tries_done=int(m["done"]) if m["done"] is not None else None,
+            generation=int(m["gen"]), serial=0, tail=m["rest"],
+            cls=DEFAULT if rank == 0 else OTHER, tries_left=_int(m["left"]),
+            tries_done=_int(m["done"]), legacy_rank=rank,
         )
+
+
+def _int(digits: str | None) -> int | None:
+    return int(digits) if digits is not None else None
 
 
 @dataclass(frozen=True)

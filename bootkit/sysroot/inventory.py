@@ -17,7 +17,6 @@ from bootkit.boot.payloads import Payload
 from bootkit.boot.switch import BootView
 from bootkit.contract import bootkit_arg, deployment_path, is_valid_name
 from bootkit.errors import BootkitError
-from bootkit.formats.bls import EntryName
 from bootkit.records import staged
 from bootkit.records.deployment import Deployment
 from bootkit.records.state import State
@@ -166,14 +165,14 @@ def highest_serial(sr: SysrootPaths, state: State) -> int:
 
 
 def default_on_boot(view: BootView) -> str | None:
-    """The deployment path the newest generation's first entry boots."""
-    best: tuple[int, int] | None = None
+    """The deployment path the entry that sorts first boots."""
+    best: tuple[int, ...] | None = None
     path = None
     for fname, entry in view.entries:
-        name = EntryName.parse(fname)
+        name = view.names.get(fname)
         if name is None:
             continue
-        key = (name.generation, -name.rank)
+        key = name.precedence
         if best is None or key > best:
             best, path = key, bootkit_arg(entry.options)
     return path
@@ -184,7 +183,7 @@ def rebuilt_state(sr: SysrootPaths, recorded: State | None, view: BootView | Non
     is there, oldest first, but for what the recorded state names as in flight.
 
     The default is the recorded one if it is among them, else the deployment that
-    the newest generation on $BOOT boots first, else the newest. Serial and
+    the first entry on $BOOT boots, else the newest. Serial and
     generation continue above every number the state, the disk and $BOOT used.
     """
     recorded = recorded or State()

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from bootkit.base.files import remove_path, remove_tree
 from bootkit.boot import counting, payloads
+from bootkit.boot.bootdir import BootDir
+from bootkit.boot.counting import Counter
 from bootkit.boot.payloads import Payload
 from bootkit.boot.switch import BootView
 from bootkit.errors import BootkitError
@@ -44,8 +46,9 @@ def run(sr: Sysroot, change: Change, rearm_default: bool = False) -> State:
 def commit(
     sr: Sysroot, state: State, arm: Mapping[str, int] | None = None, view: BootView | None = None
 ) -> State:
-    """Record `state` as the intent, then switch $BOOT to it as a new generation; when
-    $BOOT already holds exactly that menu, its generation stays and nothing is rewritten.
+    """Record `state` as the intent, then switch $BOOT to it, writing the entries that
+    are new as a new generation; when $BOOT already holds exactly that menu, its
+    generation stays and nothing is rewritten.
 
     Boot counters carry over from $BOOT; new deployments and those in `arm` (ref ->
     tries) are counted afresh. A default found bad gives way to the first deployment
@@ -67,18 +70,35 @@ def commit(
             plan.demoted, plan.default, plan.demoted,
         )
     ordered = counting.menu_order(menu, state.default, plan.counters)
-    if boot.holds(view, ordered, state.generation, plan.counters):
+    shown = view.mark
+    if shown is not None and boot.holds(view, ordered, shown, plan.counters):
+        # The state's generation is the one $BOOT shows, also after a raise that
+        # turned out to change nothing (see `bootkit.sysroot.kargs`).
+        state = state.with_changes(generation=shown)
         state.save(sr.state_path)
         # Settings outside the menu (systemd-boot's timeout) may still have changed.
         boot.backend.write_static(boot.path, boot.config)
     else:
-        state = state.with_changes(generation=state.generation + 1)
+        state = state.with_changes(generation=_next_generation(boot, view, state, ordered,
+                                                               plan.counters))
         state.save(sr.state_path)
         boot.switch(ordered, state.generation, plan.counters, view)
     # The payloads of deployments left out of the menu stay, to be repaired, and so
     # does a staged deployment's.
     payloads.remove_unreferenced(boot.path, wanted_payloads(sr, state, deps))
     return state
+
+
+def _next_generation(
+    boot: BootDir, view: BootView, state: State, ordered: Sequence[Deployment],
+    counters: Mapping[str, Counter],
+) -> int:
+    """The generation of a switch: past every one used, unless the switch only removes
+    files (what an interrupted one left), which keeps the one $BOOT shows."""
+    shown = view.mark
+    if shown is not None and not boot.needs_writes(view, ordered, shown, counters):
+        return shown
+    return max(state.generation, shown or 0) + 1
 
 
 def bootable(sr: Sysroot, deps: Sequence[Deployment]) -> list[Deployment]:

@@ -146,25 +146,25 @@ def test_a_new_backend_is_driven_through_bootdir(
         bootdir.switch([b, a], 2, {a.ref: Counter(2), b.ref: Counter(3)})
     assert events == [
         "sync",
-        "show bootkit-00000002-9999-os-2-x+3.conf",
-        "show bootkit-00000002-9998-os-1-x+2.conf",
+        "show bootkit-300000002-00000002-os-2-x+3.conf",
+        "show bootkit-200000001-00000002-os-1-x+2.conf",
         "show gen-2.menu",
-        "drop bootkit-00000001-9999-os-1-x+3.conf",
+        "drop bootkit-300000001-00000001-os-1-x+3.conf",
         "drop gen-1.menu",
         "show board.conf",
     ]
     view = bootdir.view()
     assert bootdir.is_current(view, 2) and not bootdir.is_current(view, 1)
     assert bootdir.entry_names(view) == {
-        b.path: "bootkit-00000002-9999-os-2-x+3.conf",
-        a.path: "bootkit-00000002-9998-os-1-x+2.conf",
+        b.path: "bootkit-300000002-00000002-os-2-x+3.conf",
+        a.path: "bootkit-200000001-00000002-os-1-x+2.conf",
     }
 
     # Its own counter is folded in; marking good clears it along with the entry's.
     (boot / "chalk/counter").write_text(f"{b.path} 1\n")
     assert bootdir.counters()[b.path] == Counter(1)
     assert bootdir.mark_good(b) == [
-        "renamed bootkit-00000002-9999-os-2-x+3.conf to bootkit-00000002-9999-os-2-x.conf",
+        "renamed bootkit-300000002-00000002-os-2-x+3.conf to bootkit-300000002-00000002-os-2-x.conf",
         "wiped the chalk counter",
     ]
     assert bootdir.counters()[b.path] == Counter()

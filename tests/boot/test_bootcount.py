@@ -21,7 +21,7 @@ from bootkit.boot import counting, switch
 from bootkit.boot.counting import Counter
 from bootkit.errors import BootkitError
 from bootkit.formats import grubenv, grubscript
-from bootkit.formats.bls import ENTRIES_DIR, EntryName
+from bootkit.formats.bls import DEFAULT, ENTRIES_DIR, OTHER, EntryName
 from bootkit.formats.bootvalues import MAX_TRIES
 from bootkit.records.config import SysrootConfig
 from bootkit.sysroot.layout import Sysroot
@@ -67,8 +67,8 @@ class Machine:
         path = self.entry(ref)
         name = EntryName.parse(path.name)
         assert name is not None and name.tries_left, path.name
-        new = EntryName(name.generation, name.rank, name.tail, name.tries_left - 1,
-                        (name.tries_done or 0) + 1)
+        new = replace(name, tries_left=name.tries_left - 1,
+                      tries_done=(name.tries_done or 0) + 1)
         path.rename(path.with_name(new.filename))
         return new.filename
 
@@ -121,8 +121,11 @@ def test_counters_carry_over_to_the_next_generation(sdboot: Machine) -> None:
     b = sdboot.deploy()
     names = sdboot.entry_names()
     assert len(names) == 2, names
-    gen = EntryName.parse(counted).generation + 1
-    assert sdboot.entry(a).name == counted.replace(f"{gen - 1:08d}-9999", f"{gen:08d}-9998")
+    # Demoted from the default, `a` has a new name; its counter comes along.
+    before, after = EntryName.parse(counted), EntryName.parse(sdboot.entry(a).name)
+    assert before is not None and after is not None
+    assert (before.cls, after.cls) == (DEFAULT, OTHER)
+    assert (after.tries_left, after.tries_done, after.tail) == (2, 1, before.tail)
     assert sdboot.entry(b).name.endswith("+3.conf")
     # Marked good (no counter) stays good through later generations.
     good = sdboot.entry(a)

@@ -16,7 +16,6 @@ from support.helpers import (
     bls_entries,
     deploy_tree,
     deployment_path,
-    entry_name,
     grub_menu,
     init_sysroot,
     make_tree,
@@ -29,7 +28,11 @@ from support.helpers import (
 
 from bootkit.errors import BootkitError
 from bootkit.formats.bls import (
+    BAD,
+    DEFAULT,
     MAX_RANK,
+    MAX_SERIAL,
+    OTHER,
     BootEntry,
     EntryName,
     blscfg_order,
@@ -138,8 +141,11 @@ def test_parse_refuses_garbage_naming_the_file(text: str, message: str) -> None:
     [
         (EntryName(7, 0, "fedora-3-abcdef01"), ""),
         (EntryName(7, 2, "fedora-3-abcdef01", tries_left=3), "+3"),
-        (EntryName(12345678, MAX_RANK, "os-1-x", tries_left=2, tries_done=1), "+2-1"),
-        (EntryName(1, 5, "a.b-c_d-9-0", tries_left=0, tries_done=3), "+0-3"),
+        (EntryName(12345678, MAX_SERIAL, "os-1-x", DEFAULT, 2, 1), "+2-1"),
+        (EntryName(1, 5, "a.b-c_d-9-0", BAD, tries_left=0, tries_done=3), "+0-3"),
+        # The names of bootkit before, which a switch replaces.
+        (EntryName(12345678, 0, "os-1-x", OTHER, 2, 1, legacy_rank=MAX_RANK), "+2-1"),
+        (EntryName(3, 0, "os-1-x", DEFAULT, legacy_rank=0), ""),
     ],
 )
 def test_entry_name_round_trip(name: EntryName, suffix: str) -> None:
@@ -149,9 +155,33 @@ def test_entry_name_round_trip(name: EntryName, suffix: str) -> None:
 
 
 def test_entry_name_fields() -> None:
-    name = EntryName.parse("bootkit-00000042-9997-fedora-12-deadbeef+2-1.conf")
-    assert name == EntryName(42, 2, "fedora-12-deadbeef", tries_left=2, tries_done=1)
-    assert name.sort_key == "bootkit-99999957-0002"
+    name = EntryName.parse("bootkit-300000012-00000042-fedora-12-deadbeef+2-1.conf")
+    assert name == EntryName(42, 12, "fedora-12-deadbeef", DEFAULT, 2, 1)
+    assert name.sort_key == "bootkit-0-99999987-99999957"
+    legacy = EntryName.parse("bootkit-00000042-9997-fedora-12-deadbeef+2-1.conf")
+    assert legacy == EntryName(42, 0, "fedora-12-deadbeef", OTHER, 2, 1, legacy_rank=2)
+    assert legacy.sort_key == "bootkit-99999957-0002"
+
+
+def test_names_sort_by_class_then_serial_then_generation_in_both_bootloaders() -> None:
+    """Newest first within a class, and every new name before every old-format one."""
+    names = [
+        EntryName(9, 7, "os-7-a", DEFAULT),
+        EntryName(3, 7, "os-7-a", DEFAULT),  # an older text of the same entry
+        EntryName(2, 4, "os-4-b", DEFAULT),  # an old default not yet removed
+        EntryName(1, 12, "os-12-c", OTHER, 2, 1),
+        EntryName(8, 9, "os-9-d", OTHER),
+        EntryName(5, 1, "os-1-e", OTHER),
+        EntryName(9, 30, "os-30-f", BAD, 3),  # not yet spent: systemd-boot keeps it here
+        # Old-format names (of generations below 70 million, in systemd-boot's order).
+        EntryName(69_999_999, 0, "os-2-g", DEFAULT, legacy_rank=0),
+        EntryName(69_999_999, 0, "os-1-h", OTHER, legacy_rank=1),
+    ]
+    files = [n.filename for n in names]
+    assert blscfg_order(files[::-1]) == files
+    entries = [(n.filename, _entry(n.sort_key)) for n in names]
+    assert [f for f, _ in systemd_boot_order(entries[::-1])] == files
+    assert sorted(names, key=lambda n: n.precedence, reverse=True) == names
 
 
 @pytest.mark.parametrize(
@@ -318,42 +348,72 @@ class _Crash(BaseException):
     pass
 
 
-@pytest.mark.parametrize("renamed", [1, 2, 3])
-def test_interrupted_switch_puts_the_new_generation_first(
-    sysroot: Sysroot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renamed: int
+def _first_refs(boot: Path) -> set[str]:
+    """What systemd-boot and GRUB's blscfg would boot first."""
+    entries = bls_entries(boot)
+    by_name = dict(entries)
+    firsts = {sdboot_menu(boot)[0][0], blscfg_order([f for f, _ in entries])[0]}
+    return {ref_of_path(deployment_path(by_name[f].options)) for f in firsts}
+
+
+@pytest.mark.parametrize("how", ["deploy", "set-default to the oldest"])
+def test_an_interrupted_switch_boots_the_old_or_the_new_default(
+    sysroot: Sysroot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
+    """Cut at each rename and unlink in loader/entries: both bootloaders boot the old
+    default until the new one is durable, the new one after, with every deployment of
+    that menu listed."""
     for i in range(4):
         _deploy(sysroot, tmp_path, i)
     old = _assert_one_order(sysroot)
-    real_rename = os.rename
-    done = []
+    tree = make_tree(tmp_path / "tree5", version=VERSIONS[5], kernel=b"kernel 5")
+    real_rename, real_unlink = os.rename, os.unlink
+    steps = 0
+    while True:
+        work = tmp_path / f"cut{steps}"
+        subprocess.run(["cp", "-a", sysroot.path, work], check=True)  # hard links kept
+        sr = Sysroot(work)
+        done: list[str] = []
 
-    def rename(src: os.PathLike[str] | str, dst: os.PathLike[str] | str) -> None:
-        if str(dst).endswith(".conf"):
-            if len(done) == renamed:
+        def count(what: str, done: list[str] = done, steps: int = steps) -> None:
+            if len(done) == steps:
                 raise _Crash
-            done.append(dst)
-        real_rename(src, dst)
+            done.append(what)
 
-    monkeypatch.setattr(os, "rename", rename)
-    with pytest.raises(_Crash):
-        operations.set_default(sysroot, old[-1])
-    monkeypatch.undo()
+        def rename(src: os.PathLike[str] | str, dst: os.PathLike[str] | str) -> None:
+            if "loader/entries" in str(dst):
+                count(f"rename {dst}")
+            real_rename(src, dst)
 
-    boot = sysroot.boot_path
-    entries = bls_entries(boot)
-    gens = sorted({entry_name(f).generation for f, _ in entries})
-    assert len(gens) == 2, gens
-    new_gen = gens[-1]
-    for order in (
-        [f for f, _ in sdboot_menu(boot)],
-        blscfg_order([f for f, _ in entries]),
-    ):
-        # The renamed part of the new generation first, in rank order, then the old menu.
-        assert [entry_name(f).generation for f in order] == [new_gen] * renamed + [gens[0]] * 4
-        assert [entry_name(f).rank for f in order[:renamed]] == list(range(renamed))
-        assert refs_of_entries([(f, dict(entries)[f]) for f in order])[0] == old[-1]
-    # The next command finishes the job.
-    operations.bootloader_update(sysroot)
-    assert _assert_one_order(sysroot)[0] == old[-1]
-    assert sysroot.boot.is_current(sysroot.boot.view(), sysroot.state().generation)
+        def unlink(path: os.PathLike[str] | str, *a: object, **kw: object) -> None:
+            if "loader/entries" in str(path) and not str(path).endswith(".bootkit-tmp"):
+                count(f"unlink {path}")
+            real_unlink(path, *a, **kw)  # type: ignore[arg-type]
+
+        with monkeypatch.context() as m:
+            m.setattr(os, "rename", rename)
+            m.setattr(os, "unlink", unlink)
+            try:
+                if how == "deploy":
+                    deploy_tree(sr, tree)
+                else:
+                    operations.set_default(sr, old[-1])
+                finished = True
+            except _Crash:
+                finished = False
+        firsts = _first_refs(sr.boot_path)
+        assert len(firsts) == 1, (done, firsts)
+        (first,) = firsts
+        listed = set(refs_of_entries(bls_entries(sr.boot_path)))
+        if first == old[0]:
+            assert set(old) <= listed, done
+        else:
+            # The state names the new menu before the switch begins.
+            assert first == sr.state().default, done
+            assert set(sr.state().deployments) <= listed, done
+        operations.bootloader_update(sr)
+        _assert_one_order(sr)
+        if finished:
+            break
+        steps += 1
+    assert steps >= 2

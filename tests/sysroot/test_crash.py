@@ -23,6 +23,7 @@ import io
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
@@ -51,6 +52,7 @@ from bootkit import contract
 from bootkit.boot.bootdir import BootDir
 from bootkit.cli import main
 from bootkit.formats import grubscript
+from bootkit.formats.bls import blscfg_order
 from bootkit.records import staged
 from bootkit.sysroot.layout import Sysroot
 
@@ -232,7 +234,22 @@ def templates(scratch: Path) -> dict[str, Path]:
             deploy_tree(Sysroot(sysroot), tree)
         assert not untidy(Sysroot(sysroot))
         out[bootloader] = sysroot
+        legacy = base / bootloader / "legacy"
+        subprocess.run(["cp", "-a", sysroot, legacy], check=True)
+        _to_old_names(legacy / "efi", Sysroot(legacy).state().generation)
+        out[f"{bootloader} old names"] = legacy
     return out
+
+
+def _to_old_names(boot: Path, generation: int) -> None:
+    """Name the entries as bootkit did before: generation and menu rank."""
+    for rank, (fname, _) in enumerate(sdboot_menu(boot)):
+        path = boot / "loader/entries" / fname
+        name = replace(entry_name(fname), generation=generation, legacy_rank=rank)
+        lines = [f"sort-key {name.sort_key}" if line.startswith("sort-key ") else line
+                 for line in path.read_text().splitlines()]
+        path.with_name(name.filename).write_text("\n".join(lines) + "\n")
+        path.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -292,24 +309,20 @@ def _check_visible(
             assert (boot / path.lstrip("/")).is_file(), f"{fname}: {path} is missing"
         tree = sysroot / deployment_path(entry.options).lstrip("/")
         assert (tree / "usr/bin/hello").is_file(), f"{fname}: its deployment {tree} is gone"
-    # (a) systemd-boot: the newest generation present is the old one, complete, or a
-    # prefix of the new one in rename order; older generations are what is left of the old.
-    by_gen: dict[int, list[tuple[str, str]]] = {}
-    for fname, _ in entries:
-        text = (boot / "loader/entries" / fname).read_text()
-        by_gen.setdefault(entry_name(fname).generation, []).append((fname, text))
-    old_gen = entry_name(old.entries[0][0]).generation
-    new_gen = entry_name(new.entries[0][0]).generation
-    assert set(by_gen) <= {old_gen, new_gen}, sorted(by_gen)
-    newest = max(by_gen)
-    shown = sorted(by_gen[newest], key=lambda e: entry_name(e[0]).rank)
-    if newest == old_gen:
-        assert shown == old.entries
-        first = old.entries[0]
-    else:
-        assert shown == new.entries[: len(shown)], "not a prefix of the new entries"
-        assert set(by_gen.get(old_gen, [])) <= set(old.entries)
-        first = new.entries[0]
+    # (a) systemd-boot and GRUB's blscfg: every entry is one of the old or the new
+    # menu; what sorts first is the old default with the whole old menu listed, or the
+    # new default with the whole new menu (see bootkit.boot.switch).
+    texts = {f: (boot / "loader/entries" / f).read_text() for f, _ in entries}
+    allowed = set(old.entries) | set(new.entries)
+    assert {(f, texts[f]) for f in texts} <= allowed, sorted(set(texts.items()) - allowed)
+    listed = set(refs_of_entries(entries))
+    firsts = {sdboot_menu(boot)[0][0], blscfg_order(list(texts))[0]}
+    assert len(firsts) == 1, f"the bootloaders boot different entries: {firsts}"
+    (first_name,) = firsts
+    first = (first_name, texts[first_name])
+    old_shown = first == old.entries[0] and set(old.refs) <= listed
+    new_shown = first == new.entries[0] and set(new.refs) <= listed
+    assert old_shown or new_shown, f"{first_name} boots first, with {sorted(listed)} listed"
     menu = sdboot_menu(boot)
     assert menu[0][0] == first[0], "systemd-boot would not boot the default"
     if bootloader == "grub":
@@ -336,7 +349,9 @@ def test_power_cut_at_every_mutation(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tmp_path = scratch / f"{command}-{bootloader}".replace(" ", "-")
-    template = templates[bootloader]
+    # With nothing to change, an update writes nothing: it is cut while it replaces
+    # the entries of the old name format instead.
+    template = templates[f"{bootloader} old names" if command == "bootloader update" else bootloader]
     boot_rel = Path("efi")
     old = _config(template / boot_rel, bootloader)
 

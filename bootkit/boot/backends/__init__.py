@@ -45,6 +45,7 @@ class MenuFiles:
 
     texts: Mapping[Path, str] = field(default_factory=dict)
     stray: tuple[Path, ...] = ()  # temp files left by an interrupted write
+    generation: int | None = None  # the generation its menu carries, if it carries one
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,10 @@ class Grub:
             for path in (_slot_file(boot, i) for i in range(SLOTS))
             if path.is_file()
         }
-        return MenuFiles(texts, tuple(sorted(slot_dir.glob(".*.bootkit-tmp"))))
+        generation = None
+        if len(texts) == 1:
+            generation = grubscript.slot_generation(next(iter(texts.values())))
+        return MenuFiles(texts, tuple(sorted(slot_dir.glob(".*.bootkit-tmp"))), generation)
 
     def stage_menu(self, boot: Path, new: Generation, before: MenuFiles) -> StagedMenu:
         _slot_dir(boot).mkdir(parents=True, exist_ok=True)
