@@ -131,11 +131,11 @@ class Measured:
     peak_rss: int  # bytes
 
 
-def measure(argv: list[str], env: dict[str, str] | None = None) -> Measured:
-    """Wall time and peak RSS of one child running `argv`, which must succeed."""
+def measure(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Measured:
+    """Wall time and peak RSS of one child running `argv` in `cwd`, which must succeed."""
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
+        proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env, cwd=cwd)
         # wait4 gives this child's own rusage: no earlier child's peak is mixed in.
         _pid, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
@@ -144,6 +144,15 @@ def measure(argv: list[str], env: dict[str, str] | None = None) -> Measured:
             out.seek(0)
             raise SystemExit(f"bench: {' '.join(argv)} failed:\n{out.read().decode(errors='replace')}")
     return Measured(seconds, usage.ru_maxrss * 1024)
+
+
+def bootkit_env() -> dict[str, str]:
+    """The environment of a bootkit child: it imports the bootkit this script imported
+    (a checkout named by PYTHONPATH, say), never one found from its current directory."""
+    import bootkit
+
+    path = [str(Path(bootkit.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "BOOTKIT_NO_PROGRESS": "1", "PYTHONPATH": os.pathsep.join(filter(None, path))}
 
 
 def bootkit_cli(*args: str) -> list[str]:
@@ -161,11 +170,11 @@ def remove(path: Path) -> None:
 def measure_bootkit(tree: Path, work: Path) -> Measured:
     sysroot = work / "sysroot"
     sysroot.mkdir()
-    env = {**os.environ, "BOOTKIT_NO_PROGRESS": "1"}
+    env = bootkit_env()
     measure(bootkit_cli("init", "--sysroot", str(sysroot), "--os", "bench",
-                        "--bootloader", "systemd-boot"), env)
+                        "--bootloader", "systemd-boot"), env, work)
     subprocess.run(["sync"], check=True)
-    return measure(bootkit_cli("deploy", "--sysroot", str(sysroot), str(tree)), env)
+    return measure(bootkit_cli("deploy", "--sysroot", str(sysroot), str(tree)), env, work)
 
 
 def measure_cp(tree: Path, work: Path) -> Measured:
