@@ -7,7 +7,7 @@ import ctypes
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 
@@ -50,15 +50,16 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.bootkit-tmp")
 
 
-def _write_temp(path: Path, data: bytes, mode: int, sync: bool) -> Path:
+def _write_temp(path: Path, chunks: Iterable[bytes], mode: int, sync: bool) -> Path:
     tmp = temp_name(path)
     # Never through a symlink left at the temp name, as in a tree someone else made.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     with _removed_on_error(tmp):
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
             if sync:
                 os.fsync(fd)
         finally:
@@ -86,14 +87,17 @@ def write_unsynced(path: Path, data: bytes, mode: int = 0o644) -> Path:
 
     For batches: write many, `syncfs` once, then `os.rename` each into place.
     """
-    return _write_temp(path, data, mode, sync=False)
+    return _write_temp(path, (data,), mode, sync=False)
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     """Replace `path` with `data` so that a crash leaves the old or the new content."""
-    if isinstance(data, str):
-        data = data.encode()
-    tmp = _write_temp(path, data, mode, sync=True)
+    atomic_write_chunks(path, (data.encode() if isinstance(data, str) else data,), mode)
+
+
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes], mode: int = 0o644) -> None:
+    """`atomic_write` of the concatenation of `chunks`, which is never all in memory."""
+    tmp = _write_temp(path, chunks, mode, sync=True)
     with _removed_on_error(tmp):
         os.rename(tmp, path)
     fsync_dir(path.parent)

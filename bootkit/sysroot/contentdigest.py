@@ -23,6 +23,7 @@ as the source has them, so it can differ between two imports of one tree.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -33,71 +34,147 @@ _ENCODING = ("utf-8", "surrogateescape")
 CHANGING = ("etc", "usr/etc", "var")
 
 
-def content_digest(notes: Iterable[str], leave_out: Iterable[str] = ("var",)) -> str:
+# A note as an importer makes it: `<rel>\0<what>\n`, as text or encoded (as a tree
+# of a million files keeps them: one bytes object each, no more).
+Note = str | bytes
+
+
+def content_digest(notes: Iterable[Note], leave_out: Iterable[str] = ("var",)) -> str:
     """The digest of a tree from an importer's notes (`<rel>\\0<what>\\n` each), without
     the paths in or under `leave_out`."""
     return _digest(_resolved(notes, tuple(leave_out)))
 
 
-def both_digests(notes: Iterable[str]) -> tuple[str, str]:
+def both_digests(notes: Iterable[Note]) -> tuple[str, str]:
     """`content_digest(notes)` and `os_digest(notes)`, with the notes read once."""
-    what = _resolved(notes, ("var",))
+    lines = _resolved(notes, ("var",))
     changing = _under(CHANGING)
-    return _digest(what), _digest({rel: kind for rel, kind in what.items() if not changing(rel)})
+    return _digest(lines), _digest([line for line in lines if not changing(_rel_of(line))])
 
 
-def os_digest(notes: Iterable[str], replaced: Iterable[str] = (), now: Iterable[str] = ()) -> str:
+def os_digest(notes: Iterable[Note], replaced: Iterable[str] = (), now: Iterable[Note] = ()) -> str:
     """The digest of what a deployment keeps as imported: all but /etc, /usr/etc, /var.
 
     `replaced`: paths a deploy changed after the import, each with all below it, whose
     notes no longer hold; `now`: notes, as `note_of` makes them, of what is there instead.
     """
-    what = _resolved(notes, CHANGING)
-    gone = _under(tuple(replaced))
     # Hardlinks are resolved first: a file whose earlier name was replaced is still there.
-    what = {rel: kind for rel, kind in what.items() if not gone(rel)}
-    what |= _resolved(now, CHANGING)
-    return _digest(what)
+    gone = _under(tuple(replaced))
+    added = _resolved(now, CHANGING)
+    added_rels = {_rel_of(line) for line in added}
+    kept = [line for line in _resolved(notes, CHANGING)
+            if not gone(_rel_of(line)) and _rel_of(line) not in added_rels]
+    kept += added
+    kept.sort()
+    return _digest(kept)
 
 
-def _under(prefixes: tuple[str, ...]) -> Callable[[str], bool]:
-    """Whether a path is one of `prefixes` or below one. Made once per digest: it runs
-    for every path of a tree, so the comparisons are left to str methods."""
-    exact = frozenset(prefixes)
-    below = tuple(p + "/" for p in prefixes)
+def _under(prefixes: tuple[str, ...]) -> Callable[[bytes], bool]:
+    """Whether an encoded path is one of `prefixes` or below one. Made once per digest:
+    it runs for every path of a tree, so the comparisons are left to bytes methods."""
+    encoded = tuple(p.encode(*_ENCODING) for p in prefixes)
+    exact = frozenset(encoded)
+    below = tuple(p + b"/" for p in encoded)
     return lambda rel: rel in exact or rel.startswith(below)
 
 
-def _resolved(notes: Iterable[str], leave_out: tuple[str, ...]) -> dict[str, str]:
-    """What each path is, hardlinks resolved to what their target is."""
-    what: dict[str, str] = {}
-    links: dict[str, str] = {}
+def _rel_of(line: bytes) -> bytes:
+    return line[: line.index(b"\0")]
+
+
+def _line(note: Note) -> bytes:
+    """A note encoded, ending in exactly the newline that ends each line of a digest."""
+    line = note if isinstance(note, bytes) else note.encode(*_ENCODING)
+    if b"\0" not in line:
+        line = line.removesuffix(b"\n") + b"\0\n"  # a path with nothing noted of it
+    return line if line.endswith(b"\n") else line + b"\n"
+
+
+def _resolved(notes: Iterable[Note], leave_out: tuple[str, ...]) -> list[bytes]:
+    """The lines a digest hashes, sorted: one per path, what each path is, hardlinks
+    resolved to what their target is.
+
+    A tree's notes are not copied: the lines are the notes themselves (a list of
+    references), but for hardlinks and notes that were text."""
+    if not isinstance(notes, list):
+        notes = list(notes)  # read twice should a path be noted twice
+    lines: list[bytes] = []
+    links: dict[bytes, bytes] = {}
     for note in notes:
-        rel, _, kind = note.removesuffix("\n").partition("\0")
-        if not rel or rel == ".":
+        line = _line(note)
+        cut = line.index(b"\0")
+        if cut == 0 or line[:cut] == b".":
             continue
-        if kind.startswith("h"):
-            links[rel] = kind[1:]
+        if line[cut + 1 : cut + 2] == b"h":
+            links[line[:cut]] = line[cut + 2 : -1]
+        else:
+            lines.append(line)
+    if links:
+        lines += _resolved_links(lines, links)
+    left_out = _under(leave_out)
+    lines = [line for line in lines if not left_out(_rel_of(line))]
+    lines.sort()  # by path: the NUL after each sorts before any byte a longer path has
+    if _repeated(lines):
+        return _resolved_repeats(notes, left_out)
+    return lines
+
+
+def _final_target(rel: bytes, links: dict[bytes, bytes]) -> bytes:
+    target, seen = links[rel], {rel}
+    while target in links and target not in seen:  # a link to an earlier link
+        seen.add(target)
+        target = links[target]
+    return target
+
+
+def _resolved_links(lines: list[bytes], links: dict[bytes, bytes]) -> list[bytes]:
+    """The lines of `links`' paths, each what its target is; links are resolved before
+    anything is left out: a file kept may be a link to one left out (usr/share/x to
+    usr/etc/x), and on disk it is that file."""
+    targets = {rel: _final_target(rel, links) for rel in links}
+    wanted = set(targets.values())
+    what = {_rel_of(line): line[line.index(b"\0") + 1 :] for line in lines
+            if _rel_of(line) in wanted}
+    return [rel + b"\0" + what.get(target, b"h" + target + b"\n")
+            for rel, target in targets.items()]
+
+
+def _repeated(lines: list[bytes]) -> bool:
+    """Whether a path has two lines: all of a path's are side by side once sorted."""
+    return any(_rel_of(a) == _rel_of(b) for a, b in itertools.pairwise(lines))
+
+
+def _resolved_repeats(notes: Iterable[Note], left_out: Callable[[bytes], bool]) -> list[bytes]:
+    """`_resolved` for notes that name a path more than once: the last note of a path
+    holds, a hardlink's over any other."""
+    what: dict[bytes, bytes] = {}
+    links: dict[bytes, bytes] = {}
+    for note in notes:
+        line = _line(note)
+        cut = line.index(b"\0")
+        rel, kind = line[:cut], line[cut + 1 :]
+        if not rel or rel == b".":
+            continue
+        if kind.startswith(b"h"):
+            links[rel] = kind[1:-1]
         else:
             what[rel] = kind
-    # Links are resolved before anything is left out: a file kept may be a link to one
-    # left out (usr/share/x to usr/etc/x), and on disk it is that file.
-    for rel, target in links.items():
-        seen = {rel}
-        while target in links and target not in seen:  # a link to an earlier link
-            seen.add(target)
-            target = links[target]
-        what[rel] = what.get(target, f"h{target}")
-    left_out = _under(leave_out)
-    return {rel: kind for rel, kind in what.items() if not left_out(rel)}
+    for rel in links:
+        target = _final_target(rel, links)
+        what[rel] = what.get(target, b"h" + target + b"\n")
+    return sorted(rel + b"\0" + kind for rel, kind in what.items() if not left_out(rel))
 
 
-def _digest(what: dict[str, str]) -> str:
+def _digest(lines: list[bytes]) -> str:
+    """The digest of sorted lines, hashed a slice at a time: one joined copy of a big
+    tree's lines would take as much memory as the lines themselves."""
     h = hashlib.sha256()
-    # Each path is encoded once, for the sort and for the hash; one update for all lines.
-    encoded = sorted((rel.encode(*_ENCODING), kind) for rel, kind in what.items())
-    h.update(b"".join(rel + b"\0" + kind.encode(*_ENCODING) + b"\n" for rel, kind in encoded))
+    for start in range(0, len(lines), _SLICE):
+        h.update(b"".join(lines[start : start + _SLICE]))
     return h.hexdigest()
+
+
+_SLICE = 4096
 
 
 def tree_notes(tree: Path, file_hash: Callable[[str, os.stat_result], str]) -> Iterator[str]:

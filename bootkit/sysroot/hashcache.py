@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import time
+from array import array
+from collections.abc import Iterator
 from pathlib import Path
 
-from bootkit.base.files import atomic_write
+from bootkit.base.files import atomic_write_chunks
 
 
 class HashCache:
@@ -31,7 +34,7 @@ class HashCache:
         self.path = path
         self.source = str(source.resolve())
         self.old: dict[str, Entry] = {}
-        self.new: dict[str, Entry] = {}
+        self.new = _Entries()
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -46,19 +49,59 @@ class HashCache:
         return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
     def get(self, rel: str, st: os.stat_result) -> str | None:
+        """The hash of `rel` from the last import, if `st` says it is unchanged since;
+        to be kept, it must be `put` again."""
         entry = self.old.get(rel)
         if entry is not None and entry[:_KEY] == self._key(st):
-            self.new[rel] = entry
             return str(entry[_KEY])
         return None
 
     def put(self, rel: str, st: os.stat_result, digest: str) -> None:
-        self.new[rel] = [*self._key(st), digest]
+        """Keep `digest` as the hash of `rel` with `st`; once for each path."""
+        self.new.add(rel, [*self._key(st), digest])
 
     def save(self) -> None:
         limit = time.time_ns() - self.RACY_NS
-        files = {rel: e for rel, e in self.new.items() if int(e[_KEY - 1]) < limit}
-        atomic_write(self.path, json.dumps({"source": self.source, "files": files}), mode=0o600)
+        head = f'{{"source": {json.dumps(self.source)}, "files": {{'.encode()
+        members = self.new.json_members(limit)
+        atomic_write_chunks(self.path, itertools.chain([head], members, [b"}}"]), mode=0o600)
+
+
+class _Entries:
+    """The new entries, as the members of the JSON object they become: a source of a
+    million files would take half a gigabyte as a dict of lists."""
+
+    def __init__(self) -> None:
+        self.text = bytearray()
+        self.ends = array("Q")  # where each member's text ends
+        self.ctimes = array("q")  # each entry's ctime, which says whether it is kept
+
+    def add(self, rel: str, entry: Entry) -> None:
+        self.text += f"{json.dumps(rel)}: {json.dumps(entry)}".encode()
+        self.ends.append(len(self.text))
+        self.ctimes.append(int(entry[_KEY - 1]))
+
+    def json_members(self, ctime_limit: int) -> Iterator[bytes]:
+        """The members of entries changed before `ctime_limit`, comma-separated, in
+        slices of about a megabyte: entries changed later may yet change within the
+        clock tick of their ctime, and are not kept."""
+        out = bytearray()
+        start = 0
+        separator = b""
+        with memoryview(self.text) as view:
+            for end, ctime in zip(self.ends, self.ctimes, strict=True):
+                if ctime < ctime_limit:
+                    out += separator
+                    out += view[start:end]
+                    separator = b", "
+                start = end
+                if len(out) >= _SLICE:
+                    yield bytes(out)
+                    out.clear()
+        yield bytes(out)
+
+
+_SLICE = 1 << 20
 
 
 # An entry: the stat fields of HashCache._key, then the content hash.

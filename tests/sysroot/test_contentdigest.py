@@ -119,3 +119,47 @@ def test_both_digests_are_the_two_digests_made_apart() -> None:
     both = both_digests(notes)
     assert both == (content_digest(notes), os_digest(notes))
     assert both_digests(notes[:-1]) != both
+
+
+# Notes with what makes a digest hard: hardlinks (one to a path left out, one to another
+# link), a symlink target with a newline, names that are not UTF-8 or sort apart from
+# their neighbours, and a name that starts like a left-out one.
+PINNED_NOTES = [
+    ".\0d755:0:0\n",
+    "etc\0d755:0:0\n",
+    "etc/a\0fAAA:644:0:0\n",
+    "usr\0d755:0:0\n",
+    "usr/etc\0d755:0:0\n",
+    "usr/etc/b\0fBBB:644:0:0\n",
+    "usr/share/b\0husr/etc/b\n",
+    "usr/share/c\0husr/share/b\n",
+    "usr/lib\0lshare\n",
+    "usr/lib-x\0lline\nbreak\n",
+    "usr/l\udcffb\0fDDD:600:1:2\n",
+    "usr/l\u00e9b\0fEEE:600:1:2\n",
+    "var\0d755:0:0\n",
+    "var/x\0fCCC:644:0:0\n",
+    "etcetera\0d700:0:0\n",
+]
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["text", "encoded"])
+def test_digests_are_pinned(encoded: bool) -> None:
+    """The digests deployments record never change, nor depend on how notes are kept."""
+    from bootkit.sysroot.contentdigest import Note, both_digests, content_digest, os_digest
+
+    notes: list[Note] = list(PINNED_NOTES)
+    if encoded:
+        notes = [n.encode("utf-8", "surrogateescape") for n in PINNED_NOTES]
+    assert both_digests(notes) == (
+        "4a54d086c4857ae645ab2507cc9d5c67d314fa7576c73a30103b200d602379b7",
+        "51c33b6ebf483d6fd582b27582b4c4db2a7e38fbcbad25f0a40299b7d7c8f466",
+    )
+    assert os_digest(iter(notes), ["usr/lib"], ["usr/lib\0d755:0:0\n"]) == (
+        "d09274cece713f9fbb71583483308e0976a1c8c752897473d192c3129b01688c"
+    )
+    # A path noted twice: its last note holds, a hardlink's over any other.
+    again = [*notes, "usr/etc/b\0fFFF:644:0:0\n", b"usr/share/c\0fGGG:644:0:0\n"]
+    assert content_digest(again) == (
+        "78eb4e3ad0d09b224c2eed4b01de5d02b55c85f774e64c8a3fa885231e740e30"
+    )

@@ -269,8 +269,11 @@ def test_parallel_import_matches_sequential(
     files.update({f"etc/conf.d/{i}": "setting\n" for i in range(20)})
     src = make_tree(tmp_path / "src", files=files)
     reports = {}
-    for mode, threshold in (("sequential", 1 << 30), ("parallel", 0)):
+    # "few in flight": the walk waits for the threads after every two files.
+    for mode, threshold, in_flight in (("sequential", 1 << 30, 1), ("parallel", 0, 1000),
+                                       ("few in flight", 0, 2)):
         monkeypatch.setattr(directory, "PARALLEL_FILES", threshold)
+        monkeypatch.setattr(directory, "IN_FLIGHT", in_flight)
         dest = tmp_path / mode
         reports[mode] = import_tree(src, dest, ObjectStore(tmp_path / f"objects-{mode}"))
         assert describe_tree(dest) == describe_tree(src)
@@ -279,5 +282,7 @@ def test_parallel_import_matches_sequential(
         assert (dest / "etc/conf.d/0").stat().st_nlink == 1
         assert not [p for p in dest.rglob("*") if p.name.endswith(".bootkit-tmp")]
     assert reports["parallel"].digest == reports["sequential"].digest
+    assert reports["few in flight"].notes == reports["sequential"].notes
+    assert reports["few in flight"].content_digest == reports["sequential"].content_digest
     assert reports["parallel"].files == reports["sequential"].files == len(files) + 6
     assert reports["parallel"].linked == reports["sequential"].linked

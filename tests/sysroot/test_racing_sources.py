@@ -43,9 +43,10 @@ def _swap_before_placing(monkeypatch: pytest.MonkeyPatch, swap: Callable[[], Non
     """Run `swap` once the walk is done, before any file is read (the attacker's moment)."""
     real = directory._DirectoryImport.place_all
 
-    def place_all(self: directory._DirectoryImport, files: list[directory._File]) -> None:
+    def place_all(self: directory._DirectoryImport, files: Iterator[directory._File]) -> None:
+        walked = list(files)  # the walk goes on as files are placed: let it finish first
         swap()
-        real(self, files)
+        real(self, iter(walked))
 
     monkeypatch.setattr(directory._DirectoryImport, "place_all", place_all)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
+import itertools
 import os
 import stat
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,7 +156,7 @@ class DirectorySource:
                 self._cache.save()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _File:
     slot: int  # its place among the tree's notes
     rel: str
@@ -163,12 +165,18 @@ class _File:
     xattrs: Xattrs  # as the walk read them, with `st`
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Placed:
     file: _File
     meta: FileMeta
     digest: str
     linked: bool
+    hashed: os.stat_result  # what the file was when `digest` was made, for the hash cache
+
+
+# Files handed to the threads and not yet recorded, at most: the walk goes on while
+# they work, and a big tree is never all in memory.
+IN_FLIGHT = 64 * _WORKERS
 
 
 class _DirectoryImport:
@@ -183,12 +191,13 @@ class _DirectoryImport:
         self.tree = TreeBuilder(dest, store, progress)
         self.cache = cache
 
-    def walk(self, dropped: frozenset[str]) -> list[_File]:
-        """Add directories and symlinks as the walk finds them; return the regular files.
+    def walk(self, dropped: frozenset[str]) -> Iterator[_File]:
+        """Add directories and symlinks as the walk finds them; yield the regular files.
 
-        Files come afterwards, so that several threads can hash and copy them (hashing
-        and file creation both let go of the GIL), while their notes keep their place
-        in the walk order.
+        Files are placed by the caller, so that several threads can hash and copy them
+        (hashing and file creation both let go of the GIL) while the walk goes on; their
+        notes keep their place in the walk order. A directory is made before the walk
+        yields anything below it.
         """
         rel = "."
         try:
@@ -196,18 +205,18 @@ class _DirectoryImport:
         except IMPORT_ERRORS as err:
             raise import_error(f"{rel} from {self.root}", err) from None
         self.tree.add_dir(".", root_meta)
-        files: list[_File] = []
         try:
             for rel, st, extra in _walk(self.root, "", entries, dropped):
-                self.add(rel, st, extra, files)
+                file = self.add(rel, st, extra)
+                if file is not None:
+                    yield file
         except IMPORT_ERRORS as err:
             raise import_error(f"{rel} from {self.root}", err) from None
-        return files
 
     def add(
-        self, rel: str, st: os.stat_result, extra: _Link | Xattrs | FileMeta | None,
-        files: list[_File],
-    ) -> None:
+        self, rel: str, st: os.stat_result, extra: _Link | Xattrs | FileMeta | None
+    ) -> _File | None:
+        """Add what is not a regular file; a regular file is returned, with its note's place."""
         path = f"{self.root}/{rel}"
         kind = FileType.of_mode(st.st_mode)
         if kind is FileType.DIR:
@@ -217,44 +226,56 @@ class _DirectoryImport:
             self.tree.add_symlink(rel, extra.target, extra.meta)
         elif kind is FileType.FILE:
             assert isinstance(extra, tuple)
-            files.append(_File(self.tree.reserve_note(), rel, path, st, extra))
+            return _File(self.tree.reserve_note(), rel, path, st, extra)
         else:
             self.tree.skip(rel, kind.description)
+        return None
 
-    def place_all(self, files: list[_File]) -> None:
-        # A file under usr/ whose hash the cache knows costs one link to the stored
-        # object: cheaper here than handing it to a thread. The rest are read or copied.
-        to_read: list[_File] = []
-        digests: list[str | None] = []
-        for file in files:
-            digest = self.cache.get(file.rel, file.st) if self.cache else None
-            if digest is not None and dedup_eligible(file.rel):
-                self.record(self.place_known(file, digest))
-            else:
-                to_read.append(file)
-                digests.append(digest)
-        if len(to_read) < PARALLEL_FILES:
-            for file, digest in zip(to_read, digests, strict=True):
+    def place_all(self, files: Iterator[_File]) -> None:
+        """Place every file: in this thread for a few, else with a pool of threads."""
+        to_read = self.unknown(files)
+        first = list(itertools.islice(to_read, PARALLEL_FILES))
+        if len(first) < PARALLEL_FILES:
+            for file, digest in first:
                 self.record(self.place(file, digest))
             return
         pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="bootkit-import")
         try:
-            for placed in pool.map(self.place, to_read, digests):
-                self.record(placed)
+            pending: collections.deque[Future[_Placed]] = collections.deque()
+            for file, digest in itertools.chain(first, to_read):
+                pending.append(pool.submit(self.place, file, digest))
+                if len(pending) >= IN_FLIGHT:
+                    self.record(pending.popleft().result())
+            while pending:
+                self.record(pending.popleft().result())
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def place_known(self, file: _File, digest: str) -> _Placed:
+    def unknown(self, files: Iterator[_File]) -> Iterator[tuple[_File, str | None]]:
+        """The files to read, each with its hash if the cache knows it.
+
+        A file under usr/ whose hash the cache knows costs one link to the stored
+        object: cheaper done here than handed to a thread."""
+        for file in files:
+            digest = self.cache.get(file.rel, file.st) if self.cache else None
+            if digest is not None and dedup_eligible(file.rel):
+                placed = self.place_known(file, digest)
+                if placed is not None:
+                    self.record(placed)
+                    continue
+            yield file, digest
+
+    def place_known(self, file: _File, digest: str) -> _Placed | None:
         """Put in place a file under usr/ whose hash the cache knows, as a link to its
         stored object, without opening it: the cache entry matched the walk's lstat
         (inode, size, mtime, ctime), so the content and the metadata are the ones the
         hash was made with, and the tree gets the store's inode, never the source's.
-        Without a stored object, the file is read as any other."""
+        None without a stored object: the file is then read as any other."""
         st = file.st
         meta = FileMeta(st.st_mode, st.st_uid, st.st_gid, file.xattrs, st.st_mtime)
         if self.tree.link_stored(file.rel, meta, digest):
-            return _Placed(file, meta, digest, True)
-        return self.place(file, digest)
+            return _Placed(file, meta, digest, True, st)
+        return None
 
     def place(self, file: _File, digest: str | None = None) -> _Placed:
         """Hash (unless known) and put one file in place. Thread-safe.
@@ -282,13 +303,14 @@ class _DirectoryImport:
         if claimed:
             self.tree.space.claim(file.rel, st.st_size)
         data = None
+        # A hash from the cache holds for the file as the walk saw it (see `unknown`).
+        hashed = file.st
         if digest is None:
             digest, data = _read_hash(fd)
-            if self.cache:
-                self.cache.put(file.rel, st, digest)
+            hashed = st
         fill = self.copier(file, fd, meta, digest, data, claimed)
         linked = self.tree.store_file(file.rel, meta, digest, fill)
-        return _Placed(file, meta, digest, linked)
+        return _Placed(file, meta, digest, linked, hashed)
 
     def copier(
         self, file: _File, fd: int, meta: FileMeta, digest: str, data: bytes | None,
@@ -313,6 +335,9 @@ class _DirectoryImport:
         return fill
 
     def record(self, placed: _Placed) -> None:
+        """Count a placed file and keep its hash for the next import; in this thread."""
+        if self.cache:
+            self.cache.put(placed.file.rel, placed.hashed, placed.digest)
         size = placed.file.st.st_size
         self.tree.count_file(
             placed.file.rel, placed.meta, placed.digest, size, placed.linked, placed.file.slot

@@ -80,6 +80,10 @@ class FreeSpace:
             self.left -= size
 
 
+# A note (see contentdigest), encoded: `bytes`, which a field of ImportReport hides there.
+EncodedNote = bytes
+
+
 @dataclass
 class ImportReport:
     files: int = 0
@@ -89,9 +93,9 @@ class ImportReport:
     digest: str = ""  # identifies the tree's content (in its deployment's id)
     content_digest: str = ""  # the same for the same tree from any source (see contentdigest)
     os_digest: str = ""  # the same, without /etc: what fsck checks a deployment's tree against
-    # What the digests were made from, one line per entry (see contentdigest): a deploy
-    # that changes the tree after the import makes os_digest again from them.
-    notes: list[str] = field(default_factory=list, repr=False)
+    # What the digests were made from, one line per entry (see contentdigest), encoded:
+    # a deploy that changes the tree after the import makes os_digest again from them.
+    notes: list[EncodedNote] = field(default_factory=list, repr=False)
 
 
 class TreeBuilder:
@@ -104,7 +108,9 @@ class TreeBuilder:
         self.report = ImportReport()
         store.prepare()
         self.space = FreeSpace(dest)
-        self.notes: list[str] = []  # what identifies the tree, one line per entry, in walk order
+        # What identifies the tree, one line per entry, in walk order; kept encoded, as
+        # one object each: a tree may have millions of entries.
+        self.notes: list[bytes] = []
         self.dir_meta: list[tuple[str, FileMeta]] = []
         self.dirs: dict[str, tuple[int, int | None]] = {}  # rel: index in dir_meta, note slot
         self.var_files: dict[str, str] = {}  # what the notes would say of /var's files
@@ -115,14 +121,15 @@ class TreeBuilder:
             if what.startswith("f"):
                 self.var_files[rel] = what  # for a hardlink to it from outside /var
             return
+        note = f"{rel}\0{what}\n".encode("utf-8", "surrogateescape")
         if slot is None:
-            self.notes.append(f"{rel}\0{what}\n")
+            self.notes.append(note)
         else:
-            self.notes[slot] = f"{rel}\0{what}\n"
+            self.notes[slot] = note
 
     def reserve_note(self) -> int:
         """A place in the walk order for an entry whose note comes later."""
-        self.notes.append("")
+        self.notes.append(b"")
         return len(self.notes) - 1
 
     def skip(self, rel: str, kind: str) -> None:
@@ -218,7 +225,7 @@ class TreeBuilder:
             apply_meta(path, meta)
         tree_hash = hashlib.sha256()
         for note in self.notes:
-            tree_hash.update(note.encode("utf-8", "surrogateescape"))
+            tree_hash.update(note)
         self.report.digest = tree_hash.hexdigest()
         self.report.content_digest, self.report.os_digest = both_digests(self.notes)
         self.report.notes = self.notes
