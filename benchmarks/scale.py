@@ -147,12 +147,10 @@ def measure(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None
 
 
 def bootkit_env() -> dict[str, str]:
-    """The environment of a bootkit child: it imports the bootkit this script imported
-    (a checkout named by PYTHONPATH, say), never one found from its current directory."""
-    import bootkit
-
-    path = [str(Path(bootkit.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "BOOTKIT_NO_PROGRESS": "1", "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    """The environment of a bootkit child. Each runs in its own work directory, which
+    `-c` puts first on its path: no bootkit is found there, so the child imports the
+    one this interpreter would (a checkout named by PYTHONPATH, say)."""
+    return {**os.environ, "BOOTKIT_NO_PROGRESS": "1"}
 
 
 def bootkit_cli(*args: str) -> list[str]:
