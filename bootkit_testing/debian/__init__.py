@@ -6,7 +6,8 @@ report; fast, per test session). What the guest reports and does is described in
 `guest_report`: one line `BOOTKIT-TEST <key>=<value>` per finding, the format of
 bootkit_testing.harness's BootReport, then this boot's step of the scenario
 (`stage`, `crash`, `fail`, `update`, `rollback`, the OCI scenario's `oci-switch`,
-`oci-upgrade`, `oci-rollback`, or only the report), passed in by QEMU's fw_cfg.
+`oci-upgrade`, `oci-rollback`, benchmarks/guest.py's `bench-deploy` and
+`bench-profile`, or only the report), passed in by QEMU's fw_cfg.
 For the OCI scenario, `containers` adds skopeo to the base and `image` makes the
 test tree into an OCI image of layers split by package, in two versions.
 """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import time
 from pathlib import Path
@@ -315,9 +316,69 @@ def oci_rollback() -> None:
     rollback()
 
 
+# --- benchmarks/guest.py: a deploy from the update disk against tar, timed --------------
+
+BENCH_TAR_DIR = Path("/var/tmp/bootkit-bench-tar")
+
+
+def timed(*argv: str) -> str:
+    """Run `argv`; "<wall> <user> <sys>" seconds it took, its children's CPU included."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    proc = run(*argv)
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {one_line(proc.stderr + proc.stdout)}")
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    return f"{wall:.1f} {user:.1f} {system:.1f}"
+
+
+def warm_update() -> Path:
+    """The update's archive, read once: no timed command pays for its cold read."""
+    archive = mounted_update()
+    with open(archive, "rb") as f:
+        while f.read(1 << 20):
+            pass
+    return archive
+
+
+def bench_deploy() -> None:
+    """`bootkit deploy --no-stage` of the update's archive, then, as the reference,
+    `tar -xf` of it on the same filesystem (/var is on the physical root) and `sync`."""
+    archive = warm_update()
+    say("bench:deploy", timed("bootkit", "deploy", "--no-stage", "--json", str(archive)))
+    BENCH_TAR_DIR.mkdir(parents=True)
+    say("bench:tar", timed("sh", "-c", 'tar -xf "$1" -C "$2" && sync', "sh",
+                           str(archive), str(BENCH_TAR_DIR)))
+    say("bench:files", str(sum(len(dirs) + len(files) for _, dirs, files in os.walk(BENCH_TAR_DIR))))
+
+
+def bench_profile() -> None:
+    """The deploy of `bench_deploy` under cProfile: where its time goes in this guest,
+    the functions that took most of it by themselves, one line each."""
+    archive = warm_update()
+    stats = Path("/run/bootkit-bench.prof")
+    say("bench:deploy", timed("python3", "-m", "cProfile", "-o", str(stats), "/usr/bin/bootkit",
+                              "deploy", "--no-stage", "--json", str(archive)))
+    out = run("python3", "-c", PRINT_PROFILE, str(stats)).stdout
+    for i, line in enumerate(out.splitlines()):
+        say(f"profile:{i:02}", line.strip())
+
+
+PRINT_PROFILE = """
+import pstats, sys
+stats = pstats.Stats(sys.argv[1]).sort_stats("tottime")
+for func in stats.fcn_list[:30]:
+    calls, _, tottime, cumtime, _ = stats.stats[func]
+    print(f"{tottime:8.2f} {cumtime:8.2f} {calls:8d} {pstats.func_std_string(func)}")
+"""
+
+
 STEPS = {
     "stage": stage, "crash": crash, "fail": fail, "update": update, "rollback": rollback,
     "oci-switch": oci_switch, "oci-upgrade": oci_upgrade, "oci-rollback": oci_rollback,
+    "bench-deploy": bench_deploy, "bench-profile": bench_profile,
 }
 # Steps that leave an update staged: the shutdown after them must stop the services,
 # so that bootkit-finalize-staged.service finalizes it.

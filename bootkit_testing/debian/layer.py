@@ -135,11 +135,11 @@ def _symlink(path: Path, target: str) -> None:
     path.symlink_to(target)
 
 
-def _install_bootkit(tree: Path) -> None:
+def _install_bootkit(tree: Path, checkout: Path) -> None:
     dest = tree / "usr/lib/python3/dist-packages/bootkit"
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(REPO / "bootkit", dest, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(checkout / "bootkit", dest, ignore=shutil.ignore_patterns("__pycache__"))
     _replace(tree / "usr/bin/bootkit", BOOTKIT_SCRIPT, 0o755)
     # What a distribution's tree does to have its boots marked good.
     install_units(tree, BOOT_DIR)
@@ -185,10 +185,12 @@ def _copy_tree(src: Path, dest: Path) -> None:
         run_command(["cp", "-a", "--reflink=auto", src, dest])
 
 
-def make_tree(dest: Path, base: Path, variant: Variant) -> Path:
-    """A test tree at `dest` (which must not exist): the base plus bootkit and the report."""
+def make_tree(dest: Path, base: Path, variant: Variant, checkout: Path = REPO) -> Path:
+    """A test tree at `dest` (which must not exist): the base plus bootkit and the report.
+
+    bootkit comes from `checkout`: another one lets a benchmark compare two versions."""
     _copy_tree(base, dest)
-    _install_bootkit(dest)
+    _install_bootkit(dest, checkout)
     _configure(dest, variant)
     return dest
 

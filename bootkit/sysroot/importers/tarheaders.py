@@ -29,9 +29,14 @@ class _Budget:
 
     def __init__(self, stream: Any, member: tarfile.TarInfo) -> None:
         self.stream = stream
-        self.name = f"{member.name!r} at byte {member.offset}"
+        self.member = member
         self.left = HEADER_LIMIT
         self.steps = 0
+
+    @property
+    def name(self) -> str:
+        """The member, for a message: made only then, as there is a budget per member."""
+        return f"{self.member.name!r} at byte {self.member.offset}"
 
     def read(self, size: int = -1) -> bytes:
         if size < 0 or size > self.left:

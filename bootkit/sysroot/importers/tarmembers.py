@@ -10,7 +10,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import PurePosixPath
-from typing import IO
+from typing import Protocol
 
 from bootkit.base.filetypes import FileType
 from bootkit.base.seen import CREATE_FLAGS
@@ -21,8 +21,10 @@ from bootkit.sysroot.store import FileMeta, apply_meta, create_file
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-def member_path(name: str, *, rooted: bool = False) -> PurePosixPath:
-    """A member's name as a path relative to the tree's root; '..' is refused anywhere.
+def member_rel(name: str, *, rooted: bool = False) -> str:
+    """A member's name as a path relative to the tree's root, "." for the root itself;
+    '..' is refused anywhere. Empty and "." components are dropped, as PurePosixPath
+    drops them: plain string work, as this runs once per member.
 
     With `rooted`, a name that starts with '/' is taken relative to the root, as
     container engines read image layers (umoci writes the root itself as "/");
@@ -35,25 +37,32 @@ def member_path(name: str, *, rooted: bool = False) -> PurePosixPath:
             f"tar member {name!r} has an absolute path",
             hint="build the archive relative to the tree's root",
         )
-    parts = [p for p in PurePosixPath(name).parts if p != "."]
+    parts = [p for p in name.split("/") if p and p != "."]
     if ".." in parts:
         raise BootkitError(
             f"tar member {name!r} contains '..'", hint="the archive may be malicious; rebuild it"
         )
-    return PurePosixPath(*parts) if parts else PurePosixPath(".")
+    return "/".join(parts) or "."
 
 
-def escapes(rel: PurePosixPath, target: str) -> bool:
-    """Whether a relative symlink at `rel` points above the tree's root."""
+def member_path(name: str, *, rooted: bool = False) -> PurePosixPath:
+    """`member_rel` as a path."""
+    return PurePosixPath(member_rel(name, rooted=rooted))
+
+
+def escapes(rel: PurePosixPath | str, target: str) -> bool:
+    """Whether a relative symlink at `rel` (as `member_rel` gives it) points above the
+    tree's root."""
     if target.startswith("/"):
         return False  # resolved against the deployment's own root at boot
-    depth = len(rel.parent.parts) if str(rel.parent) != "." else 0
-    for part in PurePosixPath(target).parts:
+    rel = str(rel)
+    depth = rel.count("/") if rel != "." else 0  # of the directory holding the link
+    for part in target.split("/"):
         if part == "..":
             depth -= 1
             if depth < 0:
                 return True
-        elif part != ".":
+        elif part and part != ".":
             depth += 1
     return False
 
@@ -89,6 +98,8 @@ def format_bits(kind: FileType | None) -> int:
 
 
 def pax_xattrs(m: tarfile.TarInfo) -> Xattrs:
+    if not m.pax_headers:
+        return ()  # most members of most archives
     prefix = "SCHILY.xattr."
     return tuple(
         sorted(
@@ -115,9 +126,23 @@ def _writer(data: bytes, meta: FileMeta) -> Callable[[str], None]:
     return fill
 
 
+class Reader(Protocol):
+    """What a member's content is read from."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+def member_digest(f: Reader) -> str:
+    """The content hash of a file member read from `f`, for a member not written."""
+    h = hashlib.sha256()
+    while block := f.read(1 << 20):
+        h.update(block)
+    return h.hexdigest()
+
+
 @contextmanager
 def member_content(
-    f: IO[bytes], size: int, meta: FileMeta, spool: str
+    f: Reader, size: int, meta: FileMeta, spool: str
 ) -> Iterator[tuple[str, Callable[[str], None]]]:
     """The content hash of a file member read from `f`, and what makes a file of it with
     `meta` at a path (see `store.create_file`); to be used within the block.

@@ -217,6 +217,10 @@ class TreeBuilder:
             self.space.claim(rel, size)
             with open(src, "rb") as f:
                 create_file(dst, meta, lambda fd: copy_fd(f.fileno(), fd))
+        self.note_hardlink(rel, target)
+
+    def note_hardlink(self, rel: str, target: str) -> None:
+        """The note of `rel`, another name of the earlier file `target`."""
         # A link to a file of /var, which has no note: this name notes the file itself.
         self._note(rel, self.var_files.get(target, f"h{target}"))
 
