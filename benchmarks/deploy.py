@@ -10,7 +10,9 @@ Prints one table. What it measures:
     `cp -a` of it into the same filesystem (shown with and without a `sync` after it:
     bootkit's deploy includes making the tree durable, cp does not);
 (b) a second deploy of that tree with one file changed: time, and the disk it adds
-    (counted per inode, like du, over the whole sysroot);
+    (counted per inode, like du, over the whole sysroot), beside `cp -al` of the tree
+    (every directory and symlink made anew, every file a hardlink: a new deployment's
+    floor);
 (c) `bootkit bootloader update` with 1, 10, 100 and 1000 deployments, made directly
     through the core API with empty trees; only the update is timed, three ways:
     nothing changed; one deployment added as the new default, which is a deploy's
@@ -240,6 +242,10 @@ def bench_copy(tree: Path, rep: int, times: Samples, disk: dict[str, int]) -> No
     run(["sync"])
     times["cp -a"].append(timed(["cp", "-a", tree, dest]))
     times["cp sync"].append(timed(["sync"]))
+    # The floor for (b): a new tree of hardlinks to unchanged files still makes every
+    # directory and symlink anew, as `cp -al` does.
+    run(["sync"])
+    times["cp -al"].append(timed(["cp", "-al", tree, RUN / f"links-{rep}"]))
 
 
 def bench_ostree(tree: Path, rep: int, times: Samples, disk: dict[str, int]) -> None:
@@ -425,8 +431,8 @@ def deploy_rows(times: Samples, disk: dict[str, int], files: int, size: int) -> 
         ("(b) second deploy, one file changed: CLI, start-up included", fmt_s(second),
          ostree_cell("ostree second commit", "ostree second deploy"),
          f"< 0.6 s: {verdict(second < 0.6)}"),
-        ("(b) the same, in-process (no interpreter start)", fmt_s(inproc), "-",
-         f"< 1 s: {verdict(inproc < 1)}"),
+        ("(b) the same, in-process (no interpreter start)", fmt_s(inproc),
+         f"cp -al {fmt_s(best(times, 'cp -al'))}", f"< 1 s: {verdict(inproc < 1)}"),
         ("(b) second deploy: extra disk", fmt_mb(disk["bootkit second"]), ostree_disk["second"],
          f"< 1 MB: {verdict(disk['bootkit second'] < 1e6)}"),
     ]
