@@ -258,13 +258,16 @@ def fail() -> None:
     """Stage an update, then fill $BOOT so that finalizing it at shutdown fails."""
     deploy("--stage")
     say("status-staged", json.dumps(status()))
-    on_boot("dd if=/dev/zero of=fill bs=1M status=none; sync")
+    # Megabytes first, then sectors: a finalize writes only a few small entry files, and
+    # the last clusters left by the first pass would hold them.
+    on_boot("dd if=/dev/zero of=fill bs=1M status=none;"
+            " dd if=/dev/zero of=fill-tail bs=512 status=none; sync")
     say("boot-free", on_boot("df --output=avail .").stdout.split()[-1])
 
 
 def update() -> None:
     """Make room on $BOOT, update at once, add a kernel argument, clean up."""
-    proc = on_boot("rm -f fill")
+    proc = on_boot("rm -f fill fill-tail")
     if proc.returncode != 0:
         raise RuntimeError(f"cannot empty $BOOT: {one_line(proc.stderr)}")
     deployed = deploy("--no-stage")
