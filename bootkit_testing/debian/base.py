@@ -63,10 +63,22 @@ DRACUT_OMIT = (
     "crypt", "dm", "kernel-modules-extra", "nvdimm", "lunmask", "resume",
     "terminfo", "virtiofs", "usrmount", "shutdown",
 )
-DRACUT_ARGS = (
-    "--no-hostonly", "--no-hostonly-cmdline", "--no-early-microcode",
-    "--add", "bootkit", "--omit", " ".join(DRACUT_OMIT),
-)
+
+
+def dracut_args(
+    add: Sequence[str] = (), keep: Sequence[str] = (), install: Sequence[str] = ()
+) -> tuple[str, ...]:
+    """dracut's options for a base: bootkit's module and `add`, DRACUT_OMIT but `keep`, and
+    the files `install` names (with the libraries they need)."""
+    omit = [m for m in DRACUT_OMIT if m not in keep]
+    return (
+        "--no-hostonly", "--no-hostonly-cmdline", "--no-early-microcode",
+        "--add", " ".join(("bootkit", *add)), "--omit", " ".join(omit),
+        *(("--install", " ".join(install)) if install else ()),
+    )
+
+
+DRACUT_ARGS = dracut_args()
 DRACUT_MODULE = REPO / "bootkit" / "data" / "dracut" / "90bootkit"
 
 # Trimmed from the base: nothing in this test system reads them at run time, and each
@@ -136,6 +148,39 @@ def missing_prerequisites() -> list[str]:
         if shutil.which(tool) is None:
             missing.append(tool)
     return missing
+
+
+def download_debs(dest: Path, packages: Sequence[str], log: Path) -> list[Path]:
+    """The .deb of each of `packages` in `dest`, from this machine's apt (`apt-get download`)
+    when one is missing: the machine must run the base's Debian suite, as test machines do."""
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def found() -> list[Path | None]:
+        return [next(iter(sorted(dest.glob(f"{name}_*.deb"))), None) for name in packages]
+
+    debs = found()
+    if any(deb is None for deb in debs):
+        run_command(["sh", "-c", 'cd "$1" && shift && exec apt-get download "$@"', "sh",
+                     dest, *packages], log)
+        debs = found()
+    have = [deb for deb in debs if deb is not None]
+    if len(have) != len(packages):
+        raise RuntimeError(f"apt-get download left no .deb of some of {packages} in {dest}")
+    return have
+
+
+def install_debs(root: Path, debs: Sequence[Path], log: Path, excluded: Sequence[str] = ()) -> None:
+    """Install `debs` into the tree at `root` with its own dpkg, their dependencies unchecked
+    (what they need from the base is there); `excluded`: path patterns left out."""
+    inside = root / "tmp/bootkit-debs"
+    inside.mkdir()
+    for deb in debs:
+        shutil.copy2(deb, inside)
+    run_in_tree(root, [
+        "dpkg", "--force-depends", *(f"--path-exclude={p}" for p in excluded),
+        "--install", *(f"/tmp/bootkit-debs/{deb.name}" for deb in debs),
+    ], log)
+    shutil.rmtree(inside)
 
 
 # --- the mirror ------------------------------------------------------------------------
@@ -242,20 +287,33 @@ def _install_kernel(root: Path, kernel: KernelTree, log: Path) -> Path:
     for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
         if (kernel.modules_dir / name).is_file():
             shutil.copy2(kernel.modules_dir / name, dest / name)
-    order = kmod.load_order(kmod.ModuleTree(kernel.modules_dir), MODULES)
-    for module in order.modules:
-        target = dest / module.relpath
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(module.path, target)
-    run_command(["depmod", "-b", root, kernel.version], log)
+    install_modules(root, kernel, MODULES, log)
     return dest
 
 
-def _build_initramfs(root: Path, kernel: KernelTree, log: Path) -> None:
+def install_modules(root: Path, kernel: KernelTree, modules: Sequence[str], log: Path) -> None:
+    """The `modules` (with what they need) under usr/lib/modules/<kver>, and depmod's index.
+
+    A module the tree has already is left as it is: the tree may share it by a hardlink."""
+    dest = root / "usr/lib/modules" / kernel.version
+    order = kmod.load_order(kmod.ModuleTree(kernel.modules_dir), modules)
+    for module in order.modules:
+        target = dest / module.relpath
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(module.path, target)
+    run_command(["depmod", "-b", root, kernel.version], log)
+
+
+def build_initramfs(
+    root: Path, kernel: KernelTree, log: Path, dracut: Sequence[str] = DRACUT_ARGS
+) -> None:
+    """usr/lib/modules/<kver>/initramfs.img, by the tree's own dracut with options `dracut`."""
     module_dir = root / "usr/lib/dracut/modules.d/90bootkit"
     run_command([*bootkit_command(), "dracut", "install", "--dest", module_dir], log)
     image = f"/usr/lib/modules/{kernel.version}/initramfs.img"
-    run_in_tree(root, ["dracut", *DRACUT_ARGS, "--kver", kernel.version, "--force", image], log)
+    run_in_tree(root, ["dracut", *dracut, "--kver", kernel.version, "--force", image], log)
 
 
 def build_base(dest: Path, kernel: KernelTree, mirror: str, log: Path) -> None:
@@ -263,7 +321,7 @@ def build_base(dest: Path, kernel: KernelTree, mirror: str, log: Path) -> None:
     _debootstrap(dest, mirror, log)
     _trim(dest, log)
     _install_kernel(dest, kernel, log)
-    _build_initramfs(dest, kernel, log)
+    build_initramfs(dest, kernel, log)
 
 
 @contextlib.contextmanager

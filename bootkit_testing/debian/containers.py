@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .base import CACHE, _cache_lock, run_command, run_in_tree
+from .base import CACHE, _cache_lock, download_debs, install_debs, run_command
 
 PACKAGES = (
     "skopeo", "golang-github-containers-common", "golang-github-containers-image",
@@ -37,19 +37,6 @@ def _key(base: Path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _download(dest: Path, log: Path) -> list[Path]:
-    dest.mkdir(parents=True, exist_ok=True)
-    debs = [next(iter(sorted(dest.glob(f"{name}_*.deb"))), None) for name in PACKAGES]
-    if any(deb is None for deb in debs):
-        run_command(["sh", "-c", 'cd "$1" && shift && exec apt-get download "$@"', "sh",
-                     dest, *PACKAGES], log)
-        debs = [next(iter(sorted(dest.glob(f"{name}_*.deb"))), None) for name in PACKAGES]
-    found = [deb for deb in debs if deb is not None]
-    if len(found) != len(PACKAGES):
-        raise RuntimeError(f"apt-get download left no .deb of some of {PACKAGES} in {dest}")
-    return found
-
-
 def ensure_containers_base(base: Path) -> Path:
     """The cached copy of `base` with skopeo installed, made first when missing."""
     dest = CACHE / f"{base.name}-containers-{_key(base)}"
@@ -58,20 +45,12 @@ def ensure_containers_base(base: Path) -> Path:
             return dest
         log = CACHE / f"{dest.name}.log"
         log.unlink(missing_ok=True)
-        debs = _download(CACHE / "debs-containers", log)
+        debs = download_debs(CACHE / "debs-containers", PACKAGES, log)
         work = Path(tempfile.mkdtemp(prefix=f"build-{dest.name}-", dir=CACHE))
         try:
             root = work / "root"
             run_command(["cp", "-a", base, root], log)
-            inside = root / "tmp/bootkit-debs"
-            inside.mkdir()
-            for deb in debs:
-                shutil.copy2(deb, inside)
-            run_in_tree(root, [
-                "dpkg", "--force-depends", *(f"--path-exclude={p}" for p in EXCLUDED),
-                "--install", *(f"/tmp/bootkit-debs/{deb.name}" for deb in debs),
-            ], log)
-            shutil.rmtree(inside)
+            install_debs(root, debs, log, EXCLUDED)
             for stale in CACHE.glob(f"{base.name}-containers-*"):
                 if stale.is_dir() and stale.name != dest.name:
                     shutil.rmtree(stale, ignore_errors=True)
