@@ -67,6 +67,8 @@ class Machine:
     # Secure Boot firmware (e.g. OVMF_CODE_4M.secboot.fd) keeps its variables in
     # SMM-protected flash; without these flags it does not start.
     secure_boot: bool = False
+    # A TPM 2.0 (CRB interface): the control socket of a running swtpm (bootkit_testing.tpm).
+    tpm_socket: Path | None = None
 
 
 def machine_args(m: Machine) -> list[str]:
@@ -99,6 +101,16 @@ def disk_args(image: Path) -> list[str]:
     ]
 
 
+def tpm_args(sock: Path | None) -> list[str]:
+    if sock is None:
+        return []
+    return [
+        "-chardev", f"socket,id=chrtpm,path={sock}",
+        "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+        "-device", "tpm-crb,tpmdev=tpm0",
+    ]
+
+
 def console_args() -> list[str]:
     return ["-serial", "stdio", "-monitor", "none"]
 
@@ -109,6 +121,7 @@ def qemu_command(m: Machine, vars_copy: Path) -> list[str]:
         *machine_args(m),
         *firmware_args(m.firmware_code, vars_copy),
         *disk_args(m.image),
+        *tpm_args(m.tpm_socket),
         *console_args(),
     ]
 
