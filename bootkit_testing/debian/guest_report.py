@@ -54,6 +54,9 @@ USER_DATA = (
 LAYOUT = ("/home", "/root", "/opt", "/srv", "/mnt", "/media", "/usr/local")
 # The kernel argument the admin adds in the 'update' step.
 ADMIN_KARG = "bootkit.test.admin=1"
+# With a TPM: the PCR the signed policy covers, and what unlocked the root's LUKS2 volume.
+TPM = Path("/sys/class/tpm/tpm0")
+POLICY_PCR = 11
 
 
 def say(key: str, value: str = "") -> None:
@@ -151,6 +154,14 @@ def image_marker() -> str:
     return text if text.startswith(IMAGE_MARKER) else ""
 
 
+def report_tpm() -> None:
+    """PCR 11 as the report sees it, and what systemd-cryptsetup said in the initramfs."""
+    say("pcr11", read(TPM / f"pcr-sha256/{POLICY_PCR}"))
+    log = run("journalctl", "--boot", "--output=short-monotonic", "--no-pager",
+              "--unit=systemd-cryptsetup@*")
+    say("log:cryptsetup", one_line(log.stdout))
+
+
 def report() -> Any:
     rel = os_release()
     say("version", rel.get("VERSION_ID", ""))
@@ -180,6 +191,8 @@ def report() -> Any:
     current = status()
     say("status", json.dumps(current))
     say("boot-times", boot_times())
+    if TPM.exists():
+        report_tpm()
     report_layout_and_data()
     say("etc:site", read(f"/etc/{TEST_DIR}/site.conf"))
     say("etc:defaults", read(f"/etc/{TEST_DIR}/defaults.conf"))
