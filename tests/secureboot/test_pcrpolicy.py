@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pefile
 import pytest
 from click.testing import CliRunner
+from support import swtpm
 from test_uki import OS_RELEASE, fake_bzimage
 
 from bootkit.cli import main
@@ -118,52 +116,18 @@ def test_predicted_values_equal_systemd_measure_calculate(signed_uki: Path, tmp_
     assert ours == theirs
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-def swtpm(tmp_path: Path) -> Iterator[str]:
-    """A TPM 2.0 on 127.0.0.1 for systemd-measure's trial sessions: its TCTI string."""
-    if shutil.which("swtpm") is None or not list(Path("/usr/lib").glob("*/libtss2-tcti-swtpm.so*")):
-        pytest.skip("swtpm and libtss2-tcti-swtpm0 are needed (scripts/setup installs them)")
-    state = tmp_path / "tpm"
-    state.mkdir()
-    for _ in range(5):
-        port = _free_port()
-        proc = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
-             "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
-             "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
-             "--flags", "not-need-init,startup-clear"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        if proc.poll() is None:
-            break
-    else:
-        pytest.fail("swtpm did not start")
-    try:
-        yield f"swtpm:host=127.0.0.1,port={port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def tpm(tmp_path: Path) -> Iterator[str]:
+    with swtpm.running(tmp_path / "tpm") as tcti:
+        yield tcti
 
 
 @pytest.mark.skipif(not MEASURE.is_file(), reason="systemd-measure (systemd 252) is missing")
 def test_pcrsig_equals_systemd_measure_sign(signed_uki: Path, pcr_keys: keys.PcrKeyPair,
-                                            swtpm: str, tmp_path: Path) -> None:
+                                            tpm: str, tmp_path: Path) -> None:
     args = write_sections(signed_uki, tmp_path)
     proc = subprocess.run(
-        [MEASURE, "sign", f"--tpm2-device={swtpm}", *args, f"--private-key={pcr_keys.key}",
+        [MEASURE, "sign", f"--tpm2-device={tpm}", *args, f"--private-key={pcr_keys.key}",
          f"--public-key={pcr_keys.public}", "--bank=sha256", "--json=short"],
         capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
