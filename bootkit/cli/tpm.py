@@ -11,7 +11,8 @@ import click
 from bootkit.base.process import find_program
 from bootkit.cli.common import open_sysroot, print_json, sysroot_option, warn
 from bootkit.errors import BootkitError
-from bootkit.secureboot import enrolment, pcrpolicy
+from bootkit.secureboot import pcrpolicy
+from bootkit.sysroot import enrolment
 
 
 @click.group("tpm")
