@@ -40,6 +40,7 @@ PACKAGES: Mapping[str, str] = {
     "mmd": "mtools",
     "qemu-system-x86_64": "qemu-system-x86",
     "skopeo": "skopeo",
+    "systemd-cryptenroll": "systemd (systemd-cryptsetup from Debian 13 on)",
     "unshare": "util-linux",
     "zstd": "zstd",
 }

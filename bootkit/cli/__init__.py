@@ -41,6 +41,7 @@ COMMAND_MODULES = {
     "uki": "uki",
     "sign": "uki",
     "keys": "uki",
+    "tpm": "tpm",
 }
 
 

@@ -94,7 +94,7 @@ def create(image: Path, sources: tuple[Path, ...], size: int, bootloader: str,
            os_name: str | None, esp_size: int, kargs: tuple[str, ...], timeout: int,
            initramfs: str, tries: int, force: bool, as_json: bool, uki: bool,
            signing_key: Path | None, signing_cert: Path | None,
-           passphrase_file: Path | None) -> None:
+           passphrase_file: Path | None, pcr_key: Path | None, pcr_cert: Path | None) -> None:
     """Make IMAGE with one deployment per SOURCE; the last one is the default.
 
     Each SOURCE is a root tree (directory or tar archive) as 'bootkit deploy'
@@ -109,7 +109,8 @@ def create(image: Path, sources: tuple[Path, ...], size: int, bootloader: str,
         output=image, size=size, bootloader=Bootloader(bootloader), sources=sources, os_name=os_name,
         esp_size=esp_size, kargs=kargs, timeout=timeout, initramfs=InitramfsMode(initramfs),
         tries=tries,
-        force=force, settings=signing.boot_settings(uki, signing_key, signing_cert, passphrase_file),
+        force=force, settings=signing.boot_settings(uki, signing_key, signing_cert, passphrase_file,
+                                                    pcr_key, pcr_cert),
     )
     ids = diskimage.create_image(spec, report=_reporter(as_json), progress=_import_progress)
     if as_json:

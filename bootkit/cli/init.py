@@ -19,8 +19,8 @@ _key_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def uki_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--uki and the signing key, passed on as `uki`, `signing_key`, `signing_cert` and
-    `passphrase_file`: the arguments of `signing.boot_settings`."""
+    """--uki and the signing keys, passed on as `uki`, `signing_key`, `signing_cert`,
+    `passphrase_file`, `pcr_key` and `pcr_cert`: the arguments of `signing.boot_settings`."""
     for option in reversed(
         [
             click.option(
@@ -43,8 +43,21 @@ def uki_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--passphrase-file",
                 type=_key_file,
-                help="File whose first line decrypts the signing key; its path is "
+                help="File whose first line decrypts the signing and PCR keys; its path is "
                 "recorded (else $BOOTKIT_KEY_PASSPHRASE is read at each deploy).",
+            ),
+            click.option(
+                "--pcr-key",
+                type=_key_file,
+                help="Sign each UKI's PCR 11 policy with this private key (RSA 2048, from "
+                "`bootkit keys create --pcr`), so a disk enrolled once against its public "
+                "key with systemd-cryptenroll unlocks under every deployment; needs --uki.",
+            ),
+            click.option(
+                "--pcr-cert",
+                type=_key_file,
+                help="The public half of the PCR key (its certificate or PEM public key); "
+                "each UKI carries it as .pcrpkey.",
             ),
         ]
     ):
@@ -96,6 +109,8 @@ def init(
     signing_key: Path | None,
     signing_cert: Path | None,
     passphrase_file: Path | None,
+    pcr_key: Path | None,
+    pcr_cert: Path | None,
 ) -> None:
     """Lay out a sysroot for deployments and record its boot configuration.
 
@@ -107,15 +122,19 @@ def init(
     With --uki, each deployment made from then on boots as a Unified Kernel Image
     whose embedded command line names it; with a signing key, deploy signs each
     UKI, so under Secure Boot kernel, initramfs and command line are all verified.
+    With a PCR key, each UKI also carries a signed PCR 11 policy for TPM-bound disk
+    encryption (see `bootkit uki inspect` and the README's "Measured boot").
     """
     config = SysrootConfig(
         os=os_name, bootloader=Bootloader(bootloader), boot_dir=boot_dir, root_arg=root_arg,
         timeout=timeout, tries=tries,
-        **signing.boot_settings(uki, signing_key, signing_cert, passphrase_file),
+        **signing.boot_settings(uki, signing_key, signing_cert, passphrase_file, pcr_key,
+                                pcr_cert),
     )
     sr = operations.init(Sysroot(sysroot or Path("/")), config, force)
     extra = "; UKIs" if uki else ""
     extra += ", signed" if signing_key else ""
+    extra += ", with a signed PCR 11 policy" if pcr_key else ""
     click.echo(
         f"Initialized {sr.path} for {os_name}; bootloader {bootloader}; $BOOT at {boot_dir}{extra}"
     )

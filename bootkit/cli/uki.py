@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from bootkit.secureboot import authenticode, keys, uki
+from bootkit.secureboot import authenticode, keys, pcrpolicy, uki
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 _output_file = click.Path(dir_okay=False, writable=True, path_type=Path)
@@ -31,19 +31,33 @@ def uki_group() -> None:
               help="The unsigned systemd EFI stub to build on.")
 @click.option("--sbat", "sbat_file", type=_existing_file,
               help="A file of extra SBAT CSV lines, merged with the stub's own entries.")
+@click.option("--pcr-key", type=_existing_file,
+              help="Sign the UKI's PCR 11 policy with this key (from `bootkit keys create --pcr`).")
+@click.option("--pcr-cert", type=_existing_file,
+              help="The PCR key's certificate or PEM public key, embedded as .pcrpkey.")
+@click.option("--passphrase-file", type=_existing_file,
+              help=f"File whose first line decrypts the PCR key (else ${keys.PASSPHRASE_ENV}).")
 @click.option("-o", "--output", type=_output_file, required=True, help="The UKI to write.")
 def uki_build(linux: Path, initrds: tuple[Path, ...], cmdline: str, os_release: Path,
-              uname: str | None, stub: Path, sbat_file: Path | None, output: Path) -> None:
+              uname: str | None, stub: Path, sbat_file: Path | None, pcr_key: Path | None,
+              pcr_cert: Path | None, passphrase_file: Path | None, output: Path) -> None:
     """Build a Unified Kernel Image: one EFI binary that boots the kernel.
 
     The sections .osrel, .cmdline, .uname, .initrd and .linux are appended to
     systemd's stub, so firmware or systemd-boot can start the result directly
     (put it in $ESP/EFI/Linux/ for systemd-boot to list it). Sign the result
     with `bootkit sign` for Secure Boot: the signature then covers kernel,
-    initrd and command line together.
+    initrd and command line together. With --pcr-key and --pcr-cert it also
+    carries .pcrpkey and .pcrsig, the signed PCR 11 policy systemd-cryptsetup
+    checks before a TPM unseals a disk key.
     """
+    if (pcr_key is None) != (pcr_cert is None):
+        raise click.UsageError("--pcr-key and --pcr-cert go together")
+    pcr_signer = (pcrpolicy.load_pcr_signer(pcr_key, pcr_cert, passphrase_file)
+                  if pcr_key is not None and pcr_cert is not None else None)
     uki.build_uki_from_files(
-        output, linux, list(initrds), cmdline, os_release, uname=uname, stub=stub, sbat=sbat_file
+        output, linux, list(initrds), cmdline, os_release, uname=uname, stub=stub, sbat=sbat_file,
+        pcr_signer=pcr_signer,
     )
     click.echo(f"Wrote {output}")
 
@@ -51,12 +65,29 @@ def uki_build(linux: Path, initrds: tuple[Path, ...], cmdline: str, os_release: 
 @uki_group.command("inspect")
 @click.argument("image", type=_existing_file)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def uki_inspect(image: Path, as_json: bool) -> None:
-    """Show the sections of a UKI and its embedded command line, uname and os-release."""
+@click.option("--require-pcr-signature", is_flag=True,
+              help="Exit with status 1 unless .pcrsig signs PCR 11 of every boot phase.")
+def uki_inspect(image: Path, as_json: bool, require_pcr_signature: bool) -> None:
+    """Show the sections of a UKI, its embedded command line, uname and os-release,
+    and the PCR 11 values it will cause.
+
+    PCR 11 is predicted for each boot phase systemd signs for (from the initrd to
+    the system up), from exactly the section bytes the image carries, and checked
+    against the signatures in .pcrsig made with the key in .pcrpkey: a UKI whose
+    phases all read "signed" unlocks a disk enrolled against that key.
+    """
     info = uki.inspect_uki(image)
     if as_json:
         click.echo(info.to_json())
-        return
+    else:
+        _print_uki(info)
+    if require_pcr_signature and not (
+        info.pcr11 is not None and info.pcr11.phases and all(p.signed for p in info.pcr11.phases)
+    ):
+        raise SystemExit(1)
+
+
+def _print_uki(info: uki.UkiInfo) -> None:
     click.echo(f"{'SECTION':<10} {'VMA':>10} {'SIZE':>10}")
     for s in info.sections:
         click.echo(f"{s.name:<10} {s.vma:#10x} {s.size:>10}")
@@ -67,6 +98,17 @@ def uki_inspect(image: Path, as_json: bool) -> None:
         click.echo("os-release:")
         for line in info.os_release.splitlines():
             click.echo(f"  {line}")
+    if info.pcr11 is None:
+        click.echo(f"PCR 11:  not predicted: {info.pcr11_problem}")
+        return
+    check = info.pcr11
+    click.echo(f"PCR 11 ({check.bank}, as systemd-stub {check.stub_version} measures it):")
+    for phase in check.phases:
+        state = "signed" if phase.signed else "NOT SIGNED"
+        click.echo(f"  {phase.phase:<40} {phase.value}  {state}")
+    click.echo(f"PCR key: {'sha256:' + check.public_key if check.public_key else '-'}")
+    if check.problem:
+        click.echo(f"PCR signature: {check.problem}")
 
 
 @click.command("sign")
@@ -104,14 +146,32 @@ def keys_group() -> None:
               help="Common-name prefix of the certificates (\"NAME PK\", \"NAME KEK\", ...).")
 @click.option("--bits", type=click.Choice([str(b) for b in keys.KEY_SIZES]), default="2048",
               show_default=True, help="RSA key size.")
+@click.option("--pcr", is_flag=True,
+              help="Create the PCR policy key instead (pcr.key, pcr.crt, pcr.pem).")
 @click.option("--json", "as_json", is_flag=True, help="Print the created files as JSON.")
-def keys_create(directory: Path, name: str, bits: str, as_json: bool) -> None:
-    """Create a PK, KEK and db key set in DIRECTORY.
+def keys_create(directory: Path, name: str, bits: str, pcr: bool, as_json: bool) -> None:
+    """Create a PK, KEK and db key set in DIRECTORY, or with --pcr the PCR policy key.
 
     Per role: ROLE.key (PEM, unencrypted, mode 0600), ROLE.crt (PEM), ROLE.cer
     (DER, for firmware setup menus) and ROLE.esl (EFI signature list); GUID
     holds the owner GUID used in the lists. Sign boot binaries with db.key.
+
+    With --pcr: pcr.key (RSA 2048, mode 0600), pcr.crt and pcr.pem (the public
+    key). `bootkit init --uki --pcr-key pcr.key --pcr-cert pcr.crt` makes every
+    UKI carry a PCR 11 policy signed with it; enrol a LUKS2 volume once with
+    `systemd-cryptenroll --tpm2-device=auto --tpm2-public-key=pcr.pem
+    --tpm2-public-key-pcrs=11 DEVICE`.
     """
+    if pcr:
+        if bits != "2048":
+            raise click.UsageError("the PCR policy key is RSA 2048; leave out --bits")
+        made = keys.create_pcr_key(directory, name)
+        if as_json:
+            click.echo(json.dumps({"pcr": {"key": str(made.key), "cert": str(made.cert),
+                                           "public": str(made.public)}}, indent=2))
+        else:
+            click.echo(f"pcr  {made.key}  {made.cert}  {made.public}")
+        return
     pairs = keys.create_key_set(directory, name, int(bits))
     if as_json:
         click.echo(json.dumps({role: {"key": str(p.key), "cert": str(p.cert), "cer": str(p.cer),

@@ -50,6 +50,9 @@ class SysrootConfig:
     signing_cert: str | None = None
     # Decrypts an encrypted key; without it BOOTKIT_KEY_PASSPHRASE does.
     signing_passphrase_file: str | None = None
+    # Signs each UKI's PCR 11 policy (.pcrsig); the public half goes in as .pcrpkey.
+    pcr_key: str | None = None
+    pcr_cert: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.os, str):
@@ -63,7 +66,8 @@ class SysrootConfig:
         bootvalues.check_tries(self.tries)
         if not isinstance(self.uki, bool):
             raise BootkitError(f"the UKI setting must be true or false, not {self.uki!r}")
-        for name in ("signing_key", "signing_cert", "signing_passphrase_file"):
+        for name in ("signing_key", "signing_cert", "signing_passphrase_file", "pcr_key",
+                     "pcr_cert"):
             value = getattr(self, name)
             if value is not None:
                 bootvalues.check_text(value, name.replace("_", " "), 4096)

@@ -171,6 +171,39 @@ def create_key_set(directory: Path, name: str = "bootkit", bits: int = 2048,
     return pairs
 
 
+@dataclass(frozen=True)
+class PcrKeyPair:
+    """The PCR policy key: PEM key, PEM certificate, PEM public key (what
+    systemd-cryptenroll --tpm2-public-key takes)."""
+
+    key: Path
+    cert: Path
+    public: Path
+
+
+PCR_KEY_FILES = ("pcr.key", "pcr.crt", "pcr.pem")
+
+
+def create_pcr_key(directory: Path, name: str = "bootkit", years: int = 10) -> PcrKeyPair:
+    """Create the RSA 2048 key pair that signs PCR 11 policies (refusing to overwrite)."""
+    from bootkit.secureboot.pcrpolicy import KEY_BITS, public_key_pem
+
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = [f for f in PCR_KEY_FILES if (directory / f).exists()]
+    if existing:
+        raise BootkitError(f"{directory} already holds {', '.join(existing)}",
+                           hint="pick another directory; keys are never overwritten")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+    pair = PcrKeyPair(*(directory / f for f in PCR_KEY_FILES))
+    atomic_write(pair.key, key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()), mode=0o600)
+    atomic_write(pair.cert, _self_signed(key, f"{name} PCR policy", years).public_bytes(
+        serialization.Encoding.PEM))
+    atomic_write(pair.public, public_key_pem(key.public_key()))
+    return pair
+
+
 # Non-volatile, boot and runtime access, updates only with a time-based signature.
 KEY_VARIABLE_ATTRIBUTES = (
     efivarstore.NON_VOLATILE

@@ -78,12 +78,15 @@ class SigningSettings(TypedDict):
     signing_key: str | None
     signing_cert: str | None
     signing_passphrase_file: str | None
+    pcr_key: str | None
+    pcr_cert: str | None
 
 
 def boot_settings(
-    uki: bool, key: Path | None, cert: Path | None, passphrase_file: Path | None
+    uki: bool, key: Path | None, cert: Path | None, passphrase_file: Path | None,
+    pcr_key: Path | None = None, pcr_cert: Path | None = None,
 ) -> SigningSettings:
-    """The sysroot settings for UKIs and signing, checked: the key must load and match.
+    """The sysroot settings for UKIs and signing, checked: the keys must load and match.
 
     Paths are stored absolute: later commands may run from any directory.
     """
@@ -92,13 +95,19 @@ def boot_settings(
             "a signing key and its certificate go together",
             hint="give both: the key signs, the certificate goes into each signature",
         )
-    if passphrase_file is not None and key is None:
-        raise BootkitError("a passphrase file decrypts a signing key, and none was given")
-    if key is not None and not uki:
+    if (pcr_key is None) != (pcr_cert is None):
+        raise BootkitError(
+            "a PCR key and its certificate (or public key) go together",
+            hint="give both: the key signs each UKI's PCR 11 policy, the public half goes "
+            "into the UKI for systemd to check the signature with",
+        )
+    if passphrase_file is not None and key is None and pcr_key is None:
+        raise BootkitError("a passphrase file decrypts a signing or PCR key, and none was given")
+    if (key is not None or pcr_key is not None) and not uki:
         raise BootkitError(
             "signing needs Unified Kernel Images",
             hint="only a Unified Kernel Image covers kernel, initrd and command line with "
-            "one signature; boot the deployments as UKIs",
+            "one signature, and is measured whole into PCR 11; boot the deployments as UKIs",
         )
     from bootkit.secureboot.uki import DEFAULT_STUB
 
@@ -109,9 +118,15 @@ def boot_settings(
         )
     if key is not None and cert is not None:
         load_signer(key, cert, passphrase_file)
+    if pcr_key is not None and pcr_cert is not None:
+        from bootkit.secureboot import pcrpolicy
+
+        pcrpolicy.load_pcr_signer(pcr_key, pcr_cert, passphrase_file)
     return SigningSettings(
         uki=uki,
         signing_key=str(key.resolve()) if key else None,
         signing_cert=str(cert.resolve()) if cert else None,
         signing_passphrase_file=str(passphrase_file.resolve()) if passphrase_file else None,
+        pcr_key=str(pcr_key.resolve()) if pcr_key else None,
+        pcr_cert=str(pcr_cert.resolve()) if pcr_cert else None,
     )

@@ -13,20 +13,25 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pefile
 
 from bootkit.base.files import atomic_write
 from bootkit.errors import BootkitError
 from bootkit.formats import bzimage
+from bootkit.secureboot import pcrpolicy
 from bootkit.secureboot.authenticode import PeLayout, align_up, pe_checksum
+
+if TYPE_CHECKING:
+    from bootkit.secureboot.pcrpolicy import PcrSigner
 
 DEFAULT_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 
 SECTION_NAME_MAX = 8  # IMAGE_SECTION_HEADER.Name is 8 bytes, NUL-padded
 SECTION_HEADER_SIZE = 40
 # Payload order: small metadata first, the kernel last, as systemd's ukify lays them out.
-PAYLOAD_ORDER = (".osrel", ".cmdline", ".uname", ".initrd", ".linux")
+PAYLOAD_ORDER = (".osrel", ".cmdline", ".uname", ".pcrsig", ".pcrpkey", ".initrd", ".linux")
 TEXT_SECTIONS = (".osrel", ".cmdline", ".uname", ".sbat")
 SBAT_HEADER = "sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md"
 # Initialised, read-only data.
@@ -132,12 +137,15 @@ class _Stub:
     def section(self, name: str) -> pefile.SectionStructure | None:
         return next((s for s in self.pe.sections if _section_name(s) == name), None)
 
-    def section_text(self, name: str) -> str:
+    def section_data(self, name: str) -> bytes:
         header = self.section(name)
         if header is None:
-            return ""
+            return b""
         data: bytes = header.get_data()[: header.Misc_VirtualSize]
-        return data.decode("utf-8", "replace")
+        return data
+
+    def section_text(self, name: str) -> str:
+        return self.section_data(name).decode("utf-8", "replace")
 
 
 def _new_header(pe: pefile.PE, section: Section, offset: int, vma: int,
@@ -264,11 +272,12 @@ def build_uki_from_files(
     uname: str | None = None,
     stub: Path = DEFAULT_STUB,
     sbat: Path | None = None,
+    pcr_signer: PcrSigner | None = None,
 ) -> None:
     """`build_uki` with the os-release and extra SBAT lines read from files."""
     sbat_text = _read(sbat, "SBAT file").decode("utf-8", "replace") if sbat else None
     build_uki(output, linux, initrds, cmdline, _read(os_release, "os-release file"),
-              uname=uname, stub=stub, sbat=sbat_text)
+              uname=uname, stub=stub, sbat=sbat_text, pcr_signer=pcr_signer)
 
 
 def build_uki(
@@ -280,12 +289,15 @@ def build_uki(
     uname: str | None = None,
     stub: Path = DEFAULT_STUB,
     sbat: str | None = None,
+    pcr_signer: PcrSigner | None = None,
 ) -> None:
     """Write a Unified Kernel Image to `output` (atomically).
 
     `uname` defaults to the release string in the kernel's bzImage header. With
     `sbat`, the stub's SBAT entries (and the kernel's, if it has a .sbat
-    section) are merged with it into the UKI's single .sbat section.
+    section) are merged with it into the UKI's single .sbat section. With
+    `pcr_signer`, the UKI carries its public key (.pcrpkey) and its signature of
+    the PCR 11 values this UKI will cause (.pcrsig); see `bootkit.secureboot.pcrpolicy`.
     """
     stub_data = _read(stub, "stub")
     kernel = _read(linux, "kernel")
@@ -310,10 +322,17 @@ def build_uki(
         ".initrd": initrd,
         ".linux": kernel,
     }
-    sections = [Section(name, payload[name]) for name in PAYLOAD_ORDER if payload[name]]
+    parsed = _Stub(stub_data, stub)
     if sbat is not None:
-        stub_sbat = _Stub(stub_data, stub).section_text(".sbat")
-        sections.append(Section(".sbat", merge_sbat(stub_sbat, _kernel_sbat(kernel), sbat).encode()))
+        payload[".sbat"] = merge_sbat(parsed.section_text(".sbat"), _kernel_sbat(kernel),
+                                      sbat).encode()
+    if pcr_signer is not None:
+        # Signed last: the signature covers every other section as the stub will see it.
+        payload[pcrpolicy.PCRPKEY] = pcr_signer.public_pem
+        version = pcrpolicy.stub_version(parsed.section_data(".sdmagic"))
+        payload[pcrpolicy.PCRSIG] = pcr_signer.sign(payload, version)
+    sections = [Section(name, payload[name]) for name in (*PAYLOAD_ORDER, ".sbat")
+                if payload.get(name)]
     atomic_write(output, assemble(stub_data, sections, stub), mode=0o644)
 
 
@@ -342,6 +361,8 @@ class UkiInfo:
     os_release: str | None
     sbat: str | None
     signed: bool
+    pcr11: pcrpolicy.PolicyCheck | None  # None when PCR 11 cannot be predicted
+    pcr11_problem: str | None  # why it cannot
 
     def to_json(self) -> str:
         return json.dumps(
@@ -355,28 +376,50 @@ class UkiInfo:
                 "os_release": self.os_release,
                 "sbat": self.sbat,
                 "signed": self.signed,
+                "pcr11": self.pcr11.to_dict() if self.pcr11 else None,
+                "pcr11_problem": self.pcr11_problem,
             },
             indent=2,
         )
 
 
+def _loaded_contents(data: bytes, header: pefile.SectionStructure) -> bytes:
+    """A section as the stub sees it in memory: VirtualSize bytes, zeros past the raw data."""
+    size = header.Misc_VirtualSize
+    raw = data[header.PointerToRawData : header.PointerToRawData + min(size, header.SizeOfRawData)]
+    return raw.ljust(size, b"\0")
+
+
 def inspect_uki(path: Path) -> UkiInfo:
-    """Sections and text payloads of a UKI (or any PE image)."""
+    """Sections and text payloads of a UKI (or any PE image), and its PCR 11 policy."""
     data = _read(path, "image")
     try:
         pe = pefile.PE(data=data, fast_load=True)
     except pefile.PEFormatError as err:
         raise BootkitError(f"{path} is not a PE image: {err}") from None
-    texts: dict[str, str | None] = dict.fromkeys(TEXT_SECTIONS)
     infos = []
+    contents: dict[str, bytes] = {}
+    duplicated: set[str] = set()
     for header in pe.sections:
         name = _section_name(header)
         infos.append(SectionInfo(name, header.VirtualAddress, header.Misc_VirtualSize,
                                  header.PointerToRawData))
-        if name in texts:
-            size = min(header.Misc_VirtualSize, header.SizeOfRawData)
-            raw = data[header.PointerToRawData : header.PointerToRawData + size]
-            texts[name] = raw.rstrip(b"\0").decode("utf-8", "replace")
+        if name in contents:
+            duplicated.add(name)
+        contents[name] = _loaded_contents(data, header)
+    texts = {name: contents[name].rstrip(b"\0").decode("utf-8", "replace")
+             if name in contents else None for name in TEXT_SECTIONS}
+    pcr11, problem = None, None
+    if duplicated:
+        problem = f"sections named more than once: {', '.join(sorted(duplicated))}"
+    elif ".linux" in contents:
+        try:
+            version = pcrpolicy.stub_version(contents.get(".sdmagic", b""))
+            pcr11 = pcrpolicy.check(contents, version)
+        except BootkitError as err:
+            problem = err.message
+    else:
+        problem = "not a UKI: no .linux section"
     return UkiInfo(
         sections=tuple(infos),
         cmdline=texts[".cmdline"],
@@ -384,4 +427,6 @@ def inspect_uki(path: Path) -> UkiInfo:
         os_release=texts[".osrel"],
         sbat=texts[".sbat"],
         signed=PeLayout.read(data).signed,
+        pcr11=pcr11,
+        pcr11_problem=problem,
     )

@@ -23,6 +23,7 @@ from bootkit.base.confined import Tree
 from bootkit.base.files import remove_path
 from bootkit.boot import payloads
 from bootkit.errors import BootkitError
+from bootkit.secureboot.pcrpolicy import PcrSigner
 from bootkit.secureboot.signing import Signer
 from bootkit.sysroot.kernel import TreeKernel, os_release_data
 
@@ -46,9 +47,11 @@ def boot_files(
     mode: InitramfsMode,
     uki_cmdline: str | None,
     signer: Signer | None,
+    pcr_signer: PcrSigner | None = None,
 ) -> Iterator[dict[str, Path]]:
     """The payload's files by name on $BOOT: `linux` and `initrd`, or with a command
-    line, one UKI (`uki.efi`) whose .osrel section is the tree's os-release.
+    line, one UKI (`uki.efi`) whose .osrel section is the tree's os-release, with a
+    signed PCR 11 policy when there is a PCR signer.
 
     Called under the sysroot's lock: what an earlier, interrupted call left in `tmp`
     (links that keep stored objects alive among it) is removed first.
@@ -69,7 +72,8 @@ def boot_files(
         from bootkit.secureboot.uki import build_uki
 
         image = work / payloads.UKI_FILE
-        build_uki(image, linux, [initrd], uki_cmdline, os_release_data(tree) or b"")
+        build_uki(image, linux, [initrd], uki_cmdline, os_release_data(tree) or b"",
+                  pcr_signer=pcr_signer)
         if signer is not None:
             signer.sign(image)
         yield {payloads.UKI_FILE: image}

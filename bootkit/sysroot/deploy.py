@@ -42,7 +42,8 @@ from bootkit.formats import bootvalues
 from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment, PayloadFile
 from bootkit.records.state import State
-from bootkit.secureboot import signing
+from bootkit.secureboot import pcrpolicy, signing
+from bootkit.secureboot.pcrpolicy import PcrSigner
 from bootkit.sysroot import desktoplayout, etcmerge, imageargs, mergesource, staged, transaction
 from bootkit.sysroot.bootfiles import InitramfsMode, boot_files
 from bootkit.sysroot.cleanup import reclaimable_bytes
@@ -117,6 +118,7 @@ class Job:
     source: Source
     staging: Path
     signer: signing.Signer | None
+    pcr_signer: PcrSigner | None
     previous: Deployment | None = None  # the deployment of this OS it follows
     stage: bool = False  # switched at shutdown, by `bootkit finalize-staged`
     report: ImportReport | None = None
@@ -163,6 +165,7 @@ def _start(sysroot: Sysroot, request: DeployRequest) -> Job:
     os_name = request.os_name or config.os
     # Before anything is written: a key that does not load fails the deploy at once.
     signer = signing.configured_signer(config) if config.uki else None
+    pcr_signer = pcrpolicy.configured_pcr_signer(config) if config.uki else None
     stateroot = sysroot.stateroot(os_name)
     if isinstance(request.source, Path):
         source: Source = open_source(request.source, sysroot.meta / HASH_CACHE)
@@ -178,7 +181,8 @@ def _start(sysroot: Sysroot, request: DeployRequest) -> Job:
     staged.discard(sysroot, "a new deploy replaces it")
     state = sysroot.state()
     previous = mergesource.merge_source(sysroot, state, os_name)
-    return Job(sysroot, request, config, state, os_name, source, staging, signer, previous, stage)
+    return Job(sysroot, request, config, state, os_name, source, staging, signer, pcr_signer,
+               previous, stage)
 
 
 @contextlib.contextmanager
@@ -323,7 +327,8 @@ def _install_payload(job: Job) -> None:
     # A UKI carries the command line that names this deployment.
     cmdline = options_for(job.config, dep) if dep.uki else None
     sysroot.tmp.mkdir(exist_ok=True)
-    files_for = boot_files(sysroot.tmp, job.staging, job.kernel, job.request.initramfs, cmdline, job.signer)
+    files_for = boot_files(sysroot.tmp, job.staging, job.kernel, job.request.initramfs, cmdline,
+                           job.signer, job.pcr_signer)
     with files_for as files:
         digests = {name: payloads.file_digest(path) for name, path in files.items()}
         payload = Payload(job.os_name, payloads.name_for(job.kernel.version, digests.values()))

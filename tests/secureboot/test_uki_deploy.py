@@ -266,3 +266,38 @@ def test_bootloader_install_signs_systemd_boot(tmp_path: Path, passphrase_file: 
     assert not uki.inspect_uki(Sysroot(plain).boot_path / esp.REMOVABLE_PATH).signed
     none = init(tmp_path / "none", bootloader="none")
     assert "nothing to install" in fails("bootloader", "install", "--sysroot", none)
+
+
+# --- signed PCR 11 policies ------------------------------------------------------------------
+
+
+def test_every_deployment_carries_a_pcr_policy_signed_with_the_configured_key(
+        tmp_path: Path) -> None:
+    from bootkit.secureboot import pcrpolicy
+
+    pcr = keys.create_pcr_key(tmp_path / "pcr")
+    sysroot = init(tmp_path / "sys", "--uki", "--pcr-key", pcr.key, "--pcr-cert", pcr.cert)
+    deploy_two(sysroot, tmp_path)
+    sr = Sysroot(sysroot)
+    expected_key = pcrpolicy.fingerprint(pcrpolicy.load_public_key(pcr.public))
+    for dep in sr.deployments():
+        info = uki.inspect_uki(sr.boot_path / "bootkit" / "test" / dep.payload / UKI_FILE)
+        assert info.cmdline is not None and f"bootkit={dep.path}" in info.cmdline
+        assert info.pcr11 is not None and info.pcr11.public_key == expected_key
+        assert all(p.signed for p in info.pcr11.phases), info.pcr11
+    config = json.loads((sysroot / "bootkit" / "config.json").read_text())
+    assert (config["pcr_key"], config["pcr_cert"]) == (str(pcr.key), str(pcr.cert))
+
+
+def test_a_pcr_key_needs_ukis_and_its_public_half(tmp_path: Path) -> None:
+    pcr = keys.create_pcr_key(tmp_path / "pcr")
+    sysroot = tmp_path / "sys"
+    sysroot.mkdir()
+    base = ["init", "--sysroot", sysroot, "--os", "test", "--bootloader", "systemd-boot"]
+    assert "needs Unified Kernel Images" in fails(*base, "--pcr-key", pcr.key, "--pcr-cert",
+                                                  pcr.cert)
+    assert "go together" in fails(*base, "--uki", "--pcr-key", pcr.key)
+    other = keys.create_pcr_key(tmp_path / "other")
+    assert "does not belong" in fails(*base, "--uki", "--pcr-key", pcr.key, "--pcr-cert",
+                                      other.public)
+    assert not (sysroot / "bootkit").exists()
