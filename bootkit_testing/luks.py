@@ -4,8 +4,8 @@
 takes the root partition out into a file, shrinks the filesystem by RESERVED, encrypts
 it in place with `cryptsetup reencrypt --encrypt` (which works on a plain file,
 offline, with neither a loop device nor device-mapper: it moves the data up behind
-the 16 MiB LUKS2 header it writes in front), enrols the volume with a TPM2 through
-`systemd-cryptenroll` and puts the partition back. The volume keeps the
+the 16 MiB LUKS2 header it writes in front), lets the caller enrol the volume (with
+a TPM2, by `systemd-cryptenroll` on the file) and puts the partition back. The volume keeps the
 filesystem's label inside, so `root=LABEL=` finds it once it is unlocked.
 
 The passphrase (key slot 0) is the recovery one; PBKDF2 with few iterations keeps
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bootkit.diskimage import MIB, DiskLayout
@@ -53,43 +53,30 @@ def _copy_range(src: Path, src_offset: int, dest: Path, dest_offset: int, size: 
 
 
 def encrypt_root(
-    image: Path,
-    work: Path,
-    uuid: str,
-    passphrase: Path,
-    tpm2_device: str | None = None,
-    tpm2_public_key: Path | None = None,
-    pcrs: str = "11",
+    image: Path, work: Path, uuid: str, passphrase: Path,
+    enrol: Callable[[Path], None] | None = None,
 ) -> None:
-    """Put the root filesystem of `image` into LUKS2 with `uuid`, unlocked by the passphrase
-    in the file `passphrase`, and with a TPM2 (TCTI `tpm2_device`) whose signed PCR policy
-    is checked against `tpm2_public_key` for `pcrs`, if given: no literal PCR binding."""
+    """Put the root filesystem of `image` into a LUKS2 volume with `uuid` whose key slot 0
+    opens with the passphrase in the file `passphrase`; `enrol` adds to the volume (a
+    file of its own then) before it goes back into the image."""
     root = DiskLayout.read(image).root
     volume = work / "root.luks"
     volume.unlink(missing_ok=True)
     _copy_range(image, root.offset, volume, 0, root.size)
-    # resize2fs shrinks only a filesystem e2fsck has just checked.
-    _run(["e2fsck", "-f", "-p", volume])
-    _run(["resize2fs", "-f", volume, f"{(root.size - RESERVED) // 1024}K"])
-    # resize2fs shortened the file to the filesystem: the reserve must be there, at the end.
-    os.truncate(volume, root.size)
-    _run(["cryptsetup", "reencrypt", "--encrypt", "--type", "luks2", "--batch-mode",
-          "--reduce-device-size", f"{RESERVED // MIB}M", "--uuid", uuid, *PBKDF,
-          "--key-file", passphrase, volume])
-    if tpm2_device is not None:
-        enrol_tpm2(volume, passphrase, tpm2_device, tpm2_public_key, pcrs)
-    _copy_range(volume, 0, image, root.offset, root.size)
-    volume.unlink()
-
-
-def enrol_tpm2(volume: Path, passphrase: Path, device: str, public_key: Path | None,
-               pcrs: str) -> None:
-    """A systemd-tpm2 token and key slot: with `public_key`, sealed to the signed policy
-    over `pcrs` (and no literal PCR values); without, to the current values of `pcrs`."""
-    policy = ([f"--tpm2-public-key={public_key}", f"--tpm2-public-key-pcrs={pcrs}",
-               "--tpm2-pcrs="] if public_key else [f"--tpm2-pcrs={pcrs}"])
-    _run(["systemd-cryptenroll", f"--tpm2-device={device}", *policy,
-          f"--unlock-key-file={passphrase}", volume])
+    try:
+        # resize2fs shrinks only a filesystem e2fsck has just checked.
+        _run(["e2fsck", "-f", "-p", volume])
+        _run(["resize2fs", "-f", volume, f"{(root.size - RESERVED) // 1024}K"])
+        # resize2fs shortened the file to the filesystem: the reserve must be there, at the end.
+        os.truncate(volume, root.size)
+        _run(["cryptsetup", "reencrypt", "--encrypt", "--type", "luks2", "--batch-mode",
+              "--reduce-device-size", f"{RESERVED // MIB}M", "--uuid", uuid, *PBKDF,
+              "--key-file", passphrase, volume])
+        if enrol is not None:
+            enrol(volume)
+        _copy_range(volume, 0, image, root.offset, root.size)
+    finally:
+        volume.unlink(missing_ok=True)
 
 
 def luks_dump(image: Path, work: Path) -> str:

@@ -9,7 +9,9 @@ bootkit_testing.harness's BootReport, then this boot's step of the scenario
 `oci-upgrade`, `oci-rollback`, benchmarks/guest.py's `bench-deploy` and
 `bench-profile`, or only the report), passed in by QEMU's fw_cfg.
 For the OCI scenario, `containers` adds skopeo to the base and `image` makes the
-test tree into an OCI image of layers split by package, in two versions.
+test tree into an OCI image of layers split by package, in two versions. For
+measured boot, `crypt` makes a base whose initramfs unlocks a LUKS2 root with the
+TPM through systemd's signed PCR 11 policy.
 """
 
 from .base import DebianUnavailable, ensure_base, missing_prerequisites
