@@ -91,13 +91,13 @@ def luks_dump(image: Path, work: Path) -> str:
         header.unlink()
 
 
-def _esp(image: Path, path: str) -> str:
+def _esp(image: Path) -> str:
     return f"{image}@@{DiskLayout.read(image).esp.offset}"
 
 
 def read_esp_file(image: Path, path: str) -> bytes:
     """The file at `path` (from the ESP's root, with /) on the ESP of `image`."""
-    proc = subprocess.run(["mcopy", "-n", "-i", _esp(image, path), f"::{path}", "-"],
+    proc = subprocess.run(["mcopy", "-n", "-i", _esp(image), f"::{path}", "-"],
                           capture_output=True, check=False, env={**os.environ, **_MTOOLS_ENV})
     if proc.returncode != 0:
         raise RuntimeError(f"cannot read {path} from the ESP of {image}: "
@@ -110,6 +110,6 @@ def write_esp_file(image: Path, path: str, data: bytes, work: Path) -> None:
     local = work / "esp-file"
     local.write_bytes(data)
     try:
-        _run(["mcopy", "-o", "-i", _esp(image, path), local, f"::{path}"], env=_MTOOLS_ENV)
+        _run(["mcopy", "-o", "-i", _esp(image), local, f"::{path}"], env=_MTOOLS_ENV)
     finally:
         local.unlink()

@@ -164,6 +164,10 @@ def measured(boot_kernel: KernelTree, tmp_path_factory: pytest.TempPathFactory) 
 
         luks.encrypt_root(disk.image, work, volume, passphrase, enrol)
     timings.append(f"encrypt and enrol {time.monotonic() - started:.1f} s")
+    # One TPM2 token, bound to the signed policy over PCR 11 and to no PCR value literally.
+    header = luks.luks_dump(disk.image, work)
+    assert re.search(r"systemd-tpm2\s+tpm2-hash-pcrs:\s+n/a\s", header), header
+    assert re.search(r"tpm2-pubkey-pcrs:\s+11\s", header), header
 
     measured = MeasuredDisk(disk.image, work, volume, state, update, variants, timings=timings)
     measured.paths["A"] = f"/bootkit/deploy/{OS}/deploy/{dep_id}"
@@ -268,6 +272,11 @@ def test_a_changed_uki_asks_for_the_passphrase(measured: MeasuredDisk, tmp_path:
     at = data.index(b" rw ", cmdline.file_offset, cmdline.file_offset + cmdline.size)
     data[at + 2] = ord("o")  # one byte: "rw" becomes "ro"
     luks.write_esp_file(image, path, bytes(data), tmp_path)
+    changed = tmp_path / "changed-uki.efi"
+    changed.write_bytes(data)
+    # bootkit's own prediction: none of the signed PCR 11 values is the one this UKI causes.
+    check = uki.inspect_uki(changed).pcr11
+    assert check is not None and check.phases and not any(p.signed for p in check.phases), check
 
     name = "measured-changed"
     started = time.monotonic()
