@@ -51,8 +51,8 @@ INITRD_FILES = (
     "/usr/lib/systemd/system/initrd.target.wants/systemd-pcrphase-initrd.service",
     f"{LIB}/libtss2-esys.so.0", f"{LIB}/libtss2-sys.so.1", f"{LIB}/libtss2-mu.so.0",
     f"{LIB}/libtss2-rc.so.0", f"{LIB}/libtss2-tcti-device.so.0",
-    # libcryptsetup hands a systemd-tpm2 token to this plugin when it has one; without
-    # it the token is taken for one nobody can open, and the TPM is never asked.
+    # systemd-cryptsetup 252 opens a systemd-tpm2 token through this libcryptsetup plugin
+    # when libcryptsetup supports plugins, as Debian's does (dracut's tpm2-tss adds it too).
     f"{LIB}/cryptsetup/libcryptsetup-token-systemd-tpm2.so",
 )
 DRACUT = dracut_args(add=("crypt",), keep=("crypt", "dm"), install=INITRD_FILES)
