@@ -47,10 +47,11 @@ def tpm_enroll(sysroot: Path | None, device: str, tpm2_device: str, pcrs_text: s
     when a UKI is not signed (one built before the key was set, or tampered with).
 
     Deployments that would ask for the passphrase are listed first. For the
-    root filesystem, add to the kernel command line (`bootkit kargs --append`, or
-    the image's own arguments) rd.luks.uuid=<the volume's UUID> and
-    rd.luks.options=tpm2-device=auto, and build the initramfs with dracut's crypt,
-    tpm2-tss and systemd-pcrphase modules.
+    root filesystem, put in the image's own kernel arguments (so that every UKI
+    carries them) rd.luks.uuid=<the volume's UUID> and
+    rd.luks.options=tpm2-device=auto,tpm2-signature=/.extra/tpm2-pcr-signature.json,
+    and build the initramfs with dracut's crypt, dm, tpm2-tss and
+    systemd-pcrphase modules (README: "Measured boot").
     """
     sr = open_sysroot(sysroot)
     cfg = sr.config

@@ -13,11 +13,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import swtpm
 from support.helpers import fails, ok
 from test_uki_deploy import init, tree
 
 from bootkit.secureboot import keys, pcrpolicy, uki
+
+from bootkit_testing import tpm as swtpm
 
 pytestmark = pytest.mark.skipif(not uki.DEFAULT_STUB.is_file(),
                                 reason="systemd's EFI stub (systemd-boot-efi) is not installed")
@@ -63,7 +64,9 @@ def test_the_volume_gets_a_token_bound_to_the_signed_pcr_11_policy(
         tmp_path: Path, pcr: keys.PcrKeyPair) -> None:
     sysroot = signed_sysroot(tmp_path, pcr)
     volume, key_file = luks_volume(tmp_path)
-    with swtpm.running(tmp_path / "tpm") as tcti:
+    if missing := swtpm.missing_prerequisites():
+        pytest.skip(f"no software TPM here, missing: {', '.join(missing)}")
+    with swtpm.tcti(tmp_path / "tpm", tmp_path / "swtpm.log") as tcti:
         result = ok("tpm", "enroll", "--sysroot", sysroot, "--tpm2-device", tcti,
                     "--unlock-key-file", key_file, volume)
     assert "Enrolled" in result.stdout and "will ask" not in result.stderr

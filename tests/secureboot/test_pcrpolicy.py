@@ -16,13 +16,14 @@ from pathlib import Path
 import pefile
 import pytest
 from click.testing import CliRunner
-from support import swtpm
 from test_uki import OS_RELEASE, fake_bzimage
 
 from bootkit.cli import main
 from bootkit.errors import BootkitError
 from bootkit.formats import tpm2
 from bootkit.secureboot import keys, pcrpolicy, uki
+
+from bootkit_testing import tpm as swtpm
 
 pytestmark = pytest.mark.skipif(not uki.DEFAULT_STUB.is_file(),
                                 reason="systemd's EFI stub (systemd-boot-efi) is not installed")
@@ -118,7 +119,10 @@ def test_predicted_values_equal_systemd_measure_calculate(signed_uki: Path, tmp_
 
 @pytest.fixture
 def tpm(tmp_path: Path) -> Iterator[str]:
-    with swtpm.running(tmp_path / "tpm") as tcti:
+    """A swtpm on 127.0.0.1 for systemd-measure's trial sessions: its TCTI string."""
+    if missing := swtpm.missing_prerequisites():
+        pytest.skip(f"no software TPM here, missing: {', '.join(missing)}")
+    with swtpm.tcti(tmp_path / "tpm", tmp_path / "swtpm.log") as tcti:
         yield tcti
 
 
