@@ -109,8 +109,11 @@ def run_command(
     argv: Sequence[str | Path], log: Path | None = None, env: dict[str, str] | None = None
 ) -> str:
     started = time.monotonic()
+    # The cached trees must not depend on the umask of whoever runs this (a test may
+    # narrow it for a moment while a base is built in another thread).
     proc = subprocess.run(
-        [str(a) for a in argv], capture_output=True, text=True, check=False, env=env
+        [str(a) for a in argv], capture_output=True, text=True, check=False, env=env,
+        umask=0o022,
     )
     if log is not None:
         with open(log, "a") as f:

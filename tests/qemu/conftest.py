@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,45 @@ from bootkit_testing.kernel import KernelTree, KernelUnavailable, ensure_kernel
 from bootkit_testing.testos import build_testos
 
 TESTOS_VERSIONS = ("1", "2")
+# The test modules that boot the Debian tree, and the derived base each needs besides it.
+DEBIAN_MODULES = {"test_debian.py": None, "test_oci.py": "containers", "test_measured.py": "crypt"}
+
+
+def _build_debian_bases(derived: set[str]) -> None:
+    """Build the cached Debian bases the selected tests need, or do nothing if they are
+    there. Errors are left to the tests' own fixtures, which build again and say why."""
+    from bootkit_testing import debian
+    from bootkit_testing.debian.containers import ensure_containers_base
+    from bootkit_testing.debian.crypt import ensure_crypt_base
+
+    builders: dict[str, Callable[[Path, KernelTree], Path]] = {
+        "containers": lambda base, kernel: ensure_containers_base(base),
+        "crypt": ensure_crypt_base,
+    }
+    try:
+        if qemu.missing_prerequisites() or debian.missing_prerequisites():
+            return
+        kernel = ensure_kernel()
+        base = debian.ensure_base(kernel)
+        for name in sorted(derived):
+            builders[name](base, kernel)
+    except Exception:  # the fixtures that need the bases build again and report it
+        logging.getLogger(__name__).debug("building the Debian bases ahead failed", exc_info=True)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start building the Debian bases while the tests before the Debian boots run.
+
+    Building them (debootstrap, dpkg, dracut) takes minutes on one core, mostly while
+    the fast tests and the test OS's boots leave the other core idle. The fixtures
+    that need a base wait on the cache's lock until it is there.
+    """
+    modules = {Path(str(item.fspath)).name for item in session.items}
+    wanted = modules & DEBIAN_MODULES.keys()
+    if wanted:
+        derived = {d for m in wanted if (d := DEBIAN_MODULES[m]) is not None}
+        threading.Thread(target=_build_debian_bases, args=(derived,), name="debian-bases",
+                         daemon=True).start()
 
 
 @pytest.fixture(scope="session")
