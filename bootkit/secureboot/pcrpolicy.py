@@ -54,6 +54,8 @@ PCRSIG = ".pcrsig"
 MEASURED_SECTIONS = {
     252: (".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", PCRPKEY),
 }
+# Every section a known stub measures, and the signature: what `bootkit uki inspect` reads.
+SIGNED_OR_MEASURED = frozenset({PCRSIG}.union(*MEASURED_SECTIONS.values()))
 _STUB_VERSION = re.compile(rb"LoaderInfo: systemd-stub (\d+)")
 KEY_BITS = 2048  # what every TPM 2.0 verifies; 3072 is optional in the specification
 

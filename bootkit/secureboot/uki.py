@@ -383,11 +383,11 @@ class UkiInfo:
         )
 
 
-def _loaded_contents(data: bytes, header: pefile.SectionStructure) -> bytes:
-    """A section as the stub sees it in memory: VirtualSize bytes, zeros past the raw data."""
-    size = header.Misc_VirtualSize
-    raw = data[header.PointerToRawData : header.PointerToRawData + min(size, header.SizeOfRawData)]
-    return raw.ljust(size, b"\0")
+def _file_contents(data: bytes, header: pefile.SectionStructure) -> bytes:
+    """A section's bytes in the file, up to its VirtualSize. Past the raw data the stub
+    would see zeros; they are not made here, as a hostile VirtualSize may be gigabytes."""
+    size = min(header.Misc_VirtualSize, header.SizeOfRawData)
+    return data[header.PointerToRawData : header.PointerToRawData + size]
 
 
 def inspect_uki(path: Path) -> UkiInfo:
@@ -400,18 +400,23 @@ def inspect_uki(path: Path) -> UkiInfo:
     infos = []
     contents: dict[str, bytes] = {}
     duplicated: set[str] = set()
+    larger: set[str] = set()  # measured sections the file does not hold whole
     for header in pe.sections:
         name = _section_name(header)
         infos.append(SectionInfo(name, header.VirtualAddress, header.Misc_VirtualSize,
                                  header.PointerToRawData))
         if name in contents:
             duplicated.add(name)
-        contents[name] = _loaded_contents(data, header)
+        if name in pcrpolicy.SIGNED_OR_MEASURED and header.Misc_VirtualSize > header.SizeOfRawData:
+            larger.add(name)
+        contents[name] = _file_contents(data, header)
     texts = {name: contents[name].rstrip(b"\0").decode("utf-8", "replace")
              if name in contents else None for name in TEXT_SECTIONS}
     pcr11, problem = None, None
     if duplicated:
         problem = f"sections named more than once: {', '.join(sorted(duplicated))}"
+    elif larger:
+        problem = f"sections larger in memory than in the file: {', '.join(sorted(larger))}"
     elif ".linux" in contents:
         try:
             version = pcrpolicy.stub_version(contents.get(".sdmagic", b""))

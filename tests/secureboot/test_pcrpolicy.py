@@ -201,6 +201,24 @@ def test_a_forged_signature_is_not_valid(signed_uki: Path, tmp_path: Path) -> No
     assert [p.signed for p in check.phases] == [False, True, True, True]
 
 
+def test_a_measured_section_bigger_in_memory_than_in_the_file_is_not_predicted(
+        signed_uki: Path, tmp_path: Path) -> None:
+    # The stub would measure 2 GiB of zeros after the command line; inspect must say so
+    # without making them.
+    pe = pefile.PE(str(signed_uki), fast_load=True)
+    (header,) = [s for s in pe.sections if s.Name.rstrip(b"\0") == b".cmdline"]
+    header.Misc_VirtualSize = header.Misc = header.Misc_PhysicalAddress = 1 << 31
+    data = bytearray(signed_uki.read_bytes())
+    at = header.get_file_offset()
+    data[at : at + 40] = header.__pack__()
+    hostile = tmp_path / "hostile.efi"
+    hostile.write_bytes(bytes(data))
+    info = uki.inspect_uki(hostile)
+    assert info.pcr11 is None
+    assert info.pcr11_problem == "sections larger in memory than in the file: .cmdline"
+    assert info.cmdline == "root=LABEL=r bootkit=/x quiet"
+
+
 def test_an_unsigned_uki_has_predictions_and_no_signature(tmp_path: Path) -> None:
     linux = tmp_path / "vmlinuz"
     linux.write_bytes(fake_bzimage())
