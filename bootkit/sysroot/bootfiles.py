@@ -18,14 +18,17 @@ import secrets
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bootkit.base.confined import Tree
 from bootkit.base.files import remove_path
 from bootkit.boot import payloads
 from bootkit.errors import BootkitError
-from bootkit.secureboot.pcrpolicy import PcrSigner
 from bootkit.secureboot.signing import Signer
 from bootkit.sysroot.kernel import TreeKernel, os_release_data
+
+if TYPE_CHECKING:
+    from bootkit.secureboot.pcrpolicy import PcrSigner
 
 # The scratch directory of one call, in the sysroot's tmp directory.
 _WORK = "boot-files-"

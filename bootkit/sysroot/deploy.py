@@ -42,8 +42,7 @@ from bootkit.formats import bootvalues
 from bootkit.records.config import SysrootConfig
 from bootkit.records.deployment import Deployment, PayloadFile
 from bootkit.records.state import State
-from bootkit.secureboot import pcrpolicy, signing
-from bootkit.secureboot.pcrpolicy import PcrSigner
+from bootkit.secureboot import signing
 from bootkit.sysroot import desktoplayout, etcmerge, imageargs, mergesource, staged, transaction
 from bootkit.sysroot.bootfiles import InitramfsMode, boot_files
 from bootkit.sysroot.cleanup import reclaimable_bytes
@@ -55,6 +54,7 @@ from bootkit.sysroot.store import share_tree
 
 # The image modules are loaded only to deploy an image: a tree's deploy does without.
 if TYPE_CHECKING:
+    from bootkit.secureboot.pcrpolicy import PcrSigner
     from bootkit.sysroot.images.pull import ResolvedImage
 
 log = logging.getLogger("bootkit")
@@ -165,7 +165,12 @@ def _start(sysroot: Sysroot, request: DeployRequest) -> Job:
     os_name = request.os_name or config.os
     # Before anything is written: a key that does not load fails the deploy at once.
     signer = signing.configured_signer(config) if config.uki else None
-    pcr_signer = pcrpolicy.configured_pcr_signer(config) if config.uki else None
+    pcr_signer = None
+    if config.uki and config.pcr_key:
+        # Loaded only for a sysroot with a PCR key: it brings construct into start-up.
+        from bootkit.secureboot import pcrpolicy
+
+        pcr_signer = pcrpolicy.configured_pcr_signer(config)
     stateroot = sysroot.stateroot(os_name)
     if isinstance(request.source, Path):
         source: Source = open_source(request.source, sysroot.meta / HASH_CACHE)
